@@ -1,0 +1,57 @@
+"""`scripted`: the fused loops compiled with TorchScript (torch.jit.script).
+
+Recent torch warns that TorchScript is deprecated; that one warning is silenced here, and
+nowhere else. If scripting fails, `unavailable_reason()` says why and the registry lists the
+backend as unavailable instead of raising at import.
+
+CPU fusion: TorchScript's TensorExpr fuser is off for CPU by default. Setting
+CELLBENCH_SCRIPTED_CPU_FUSION=1 turns it on (torch._C._jit_override_can_fuse_on_cpu) before
+the first call; see the README for what it changed when measured.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable
+
+import torch
+
+from .. import loops
+from .fused import FusedLoop
+
+_SCRIPTED: dict[str, Callable] = {}
+_ERROR: str | None = None
+
+
+def _script_all() -> None:
+    global _ERROR
+    if _SCRIPTED or _ERROR:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                    category=DeprecationWarning)
+            for kind, fn in (("rnn", loops.rnn_loop), ("gru", loops.gru_loop), ("lstm", loops.lstm_loop)):
+                _SCRIPTED[kind] = torch.jit.script(fn)
+        if os.environ.get("CELLBENCH_SCRIPTED_CPU_FUSION") == "1":
+            torch._C._jit_override_can_fuse_on_cpu(True)
+    except Exception as exc:  # scripting is optional: report, don't crash the registry
+        _SCRIPTED.clear()
+        _ERROR = f"torch.jit.script failed: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def unavailable_reason() -> str | None:
+    _script_all()
+    return _ERROR
+
+
+class ScriptedLoop(FusedLoop):
+    def __init__(self, *args, **kwargs) -> None:
+        reason = unavailable_reason()
+        if reason:
+            raise RuntimeError(f"backend 'scripted' is unavailable: {reason}")
+        super().__init__(*args, **kwargs)
+
+    @property
+    def loop_functions(self) -> dict[str, Callable]:  # type: ignore[override]
+        return _SCRIPTED

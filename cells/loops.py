@@ -1,0 +1,77 @@
+"""Fused time loops, one per kind, written in TorchScript's subset so that backends `fused`
+(eager), `scripted` (torch.jit.script) and `compiled` (torch.compile) run the same code.
+
+The input projection of all time steps is one GEMM with the biases folded in; each step is
+then one recurrent GEMM that produces every gate, split with chunk. GRU keeps b_hn out of the
+fold because r multiplies (W_hn h + b_hn).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def project_input(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x (T, B, I) -> x W_ih^T + bias, (T, B, G*H), as one GEMM."""
+    flat = x.reshape(-1, x.size(2))
+    out = flat.matmul(w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
+    return out.view(x.size(0), x.size(1), w_ih.size(0))
+
+
+def rnn_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor], relu: bool) -> Tuple[Tensor, Tensor]:
+    bias: Optional[Tensor] = None
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + b_hh
+    xw = project_input(x, w_ih, bias)
+    w_hh_t = w_hh.t()
+    outputs: List[Tensor] = []
+    for t in range(x.size(0)):
+        pre = torch.addmm(xw[t], h, w_hh_t)
+        h = torch.relu(pre) if relu else torch.tanh(pre)
+        outputs.append(h)
+    return torch.stack(outputs), h
+
+
+def gru_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    hidden = h.size(1)
+    bias: Optional[Tensor] = None
+    b_hn: Optional[Tensor] = None
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden:])])
+        b_hn = b_hh[2 * hidden:]
+    xw = project_input(x, w_ih, bias)
+    w_hh_t = w_hh.t()
+    outputs: List[Tensor] = []
+    for t in range(x.size(0)):
+        hw = h.matmul(w_hh_t)
+        x_r, x_z, x_n = xw[t].chunk(3, 1)
+        h_r, h_z, h_n = hw.chunk(3, 1)
+        if b_hn is not None:
+            h_n = h_n + b_hn
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        h = n + z * (h - n)
+        outputs.append(h)
+    return torch.stack(outputs), h
+
+
+def lstm_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    bias: Optional[Tensor] = None
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + b_hh
+    xw = project_input(x, w_ih, bias)
+    w_hh_t = w_hh.t()
+    outputs: List[Tensor] = []
+    for t in range(x.size(0)):
+        gates = torch.addmm(xw[t], h, w_hh_t)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.stack(outputs), h, c
