@@ -10,6 +10,7 @@ direction, time-major. A backend that fuses the whole stack may override `run_st
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import ClassVar, Optional
 
@@ -165,6 +166,11 @@ def for_kind(backend_class: type, kind: str, name: str = "") -> type:
                      proj_size: int = 0, device=None, dtype=None) -> None:
             backend_class.__init__(self, input_size, hidden_size, num_layers, bias, batch_first,
                                    dropout, bidirectional, proj_size, device, dtype)
-    return type(cls_name, (backend_class,), {"kind": kind, "backend": label, "__init__": __init__,
-                                             "__module__": backend_class.__module__,
-                                             "__qualname__": cls_name})
+    cls = type(cls_name, (backend_class,), {"kind": kind, "backend": label, "__init__": __init__,
+                                            "__module__": backend_class.__module__,
+                                            "__qualname__": cls_name})
+    # make the class findable by name, so modules pickle (torch.save, multiprocessing)
+    home = sys.modules.get(backend_class.__module__)
+    if home is not None and not hasattr(home, cls_name):
+        setattr(home, cls_name, cls)
+    return cls

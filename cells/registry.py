@@ -130,7 +130,10 @@ def unavailable(kind: Optional[str] = None) -> dict[str, str]:
 def get(kind: str, backend: str) -> Callable[..., nn.Module]:
     """The factory of `backend` for `kind`; raises with the valid names if there is none."""
     spec(kind)
-    _load_all()
+    if backend in BUILTIN:  # import only what is asked for: numba and inductor load slowly
+        _load_builtin(backend)
+    else:
+        _load_all()
     entry = _table[kind].get(backend)
     if entry is None:
         raise ValueError(f"unknown backend {backend!r} for {kind!r}; available: "

@@ -215,3 +215,15 @@ def test_forward_flops_by_hand():
     # 2 layers, bidirectional GRU: layer 1 sees 2H inputs
     per_step = 2 * 3 * 4 * 8 * ((5 + 8) + (16 + 8)) * 2
     assert cells.forward_flops("gru", 5, 8, 4, 10, num_layers=2, bidirectional=True) == per_step * 10
+
+
+@pytest.mark.parametrize("kind, backend", BACKENDS)
+def test_modules_pickle_and_deepcopy(kind, backend):
+    import copy
+    import pickle
+    module = make(kind, backend).eval()
+    x = torch.randn(3, 2, 5)
+    with torch.no_grad():
+        expected = module(x)[0]
+        for clone in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
+            torch.testing.assert_close(clone(x)[0], expected, rtol=0, atol=0)

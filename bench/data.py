@@ -1,0 +1,314 @@
+"""Training data: found locally or downloaded, always checksummed.
+
+Lookup order for every resource (see docs/tasks.md):
+
+1. an explicit path (`--data PATH`): the file itself, or a directory holding it;
+2. the directory named by `$CELLBENCH_DATA`;
+3. the user cache directory (`$CELLBENCH_CACHE`, else `$XDG_CACHE_HOME/cellbench`, else
+   `~/.cache/cellbench`);
+4. a download from the canonical source into that cache, verified before it is kept.
+
+Downloads are written to a temporary file (or directory) beside the target and moved in place
+with `os.replace`, so an interrupted or corrupted download never leaves a half file behind.
+A file that is found but has the wrong checksum is an error that says what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ENV_DATA = "CELLBENCH_DATA"
+ENV_CACHE = "CELLBENCH_CACHE"
+ENV_D2L_URL = "CELLBENCH_D2L_URL"        # overrides d2l's DATA_URL (a base URL, ending in '/')
+ENV_NAMES_URL = "CELLBENCH_NAMES_URL"    # overrides the PyTorch tutorial's data.zip URL
+ENV_OFFLINE = "CELLBENCH_OFFLINE"        # "1": never download
+
+D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
+NAMES_ZIP_URL = "https://download.pytorch.org/tutorial/data.zip"
+
+# Per-file SHA-256 of the tutorial's data/names/*.txt (computed from the reference copy; the
+# zip's own hash is not published, so the extracted files are what we verify).
+NAMES_SHA256: dict[str, str] = {
+    "Arabic.txt": "6f424a8dbe51cbbbabab7a57d38b617210125e4e3991f3c657cb79b8f104bafc",
+    "Chinese.txt": "49263ef55a8cb1740e841d65cad8214b2f9b5b869bc534c811746422496fa91e",
+    "Czech.txt": "145bbbd6d0816578f03388e92c264d39ef1c60df920b081d371fa5c5cc055a8e",
+    "Dutch.txt": "924f32b635170eae561f84538632138fc07d4c8bbd70ba3fb980de1ecc4d2af3",
+    "English.txt": "9cca037066d3d5989e24bc01801416162de506b5e28e15b7c092a47905d29bf2",
+    "French.txt": "81e65b36c60ed5b89a17422f6edcadbb89546f38ad69e960e64e7ba682012a95",
+    "German.txt": "7449cd590b97a733e18d613a4155decd77ec35dc5f8aadd7a82204dce4f051db",
+    "Greek.txt": "3555b5186de7f401e6d991b088e9e644ca3099116477818c25ab5793801389e6",
+    "Irish.txt": "cf8c7013256252a88d2503127b87282a11f21b2ff6db1bded68834c19a1ec058",
+    "Italian.txt": "f88414c27d0606a11a678b4859277828c2565d6cc4d9ee932deef6e94f3b35e4",
+    "Japanese.txt": "e0e717e114fec3e7eade4d9dabe0067c475f43147e36a22b47902ee76ad9e67f",
+    "Korean.txt": "cd54221ccb362a6cba4c78828838cf3268a0e59744767a37cf6ec4b74036b136",
+    "Polish.txt": "45bab898af2f60ed3a728bbf6980e28821011a7caa53227553b5785903a40826",
+    "Portuguese.txt": "50a8735f41f4f73757c8ce5b16cb0275cd86b2b214bcbc8c9805f508cb131c53",
+    "Russian.txt": "43b3e64ce351f77f1ac9e0cdf7566012d127f4371875fd25208845b5c9d6f7c3",
+    "Scottish.txt": "78d0252711d87d948ea86fe34826c51d2d794a8e52d15b5d6f7b6244d45d62dd",
+    "Spanish.txt": "1bcb462ed3316756a85781d68232bddae04498fdddd5d9219c53fd1fbdeba7a7",
+    "Vietnamese.txt": "f3f9e4164ab47601178a6e45b216464a64122f49d05541f24bf18a757253281d",
+}
+
+
+class DataError(RuntimeError):
+    """Data missing, corrupted or not downloadable; the message says how to fix it."""
+
+
+@dataclass
+class FileSpec:
+    """One checksummed file: `name` relative to a data directory."""
+    name: str
+    algorithm: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str                   # the name in a data directory (file, or directory for names)
+    what: str                   # human description
+    files: tuple[FileSpec, ...]
+    source: Optional[str] = None  # where it comes from, for messages
+    downloadable: bool = True
+    notes: str = ""
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+TIME_MACHINE = Resource(
+    "timemachine.txt", "H. G. Wells, The Time Machine (d2l's copy)",
+    (FileSpec("timemachine.txt", "sha1", "090b5e7e70c295757f55df93cb0a180b9691891a"),),
+    source="d2l's DATA_URL + 'timemachine.txt'")
+NAMES = Resource(
+    "names", "the PyTorch names tutorial's data/names/*.txt (18 files)",
+    tuple(FileSpec(f"names/{n}", "sha256", d) for n, d in sorted(NAMES_SHA256.items())),
+    source=NAMES_ZIP_URL + " (data/names/*.txt inside)")
+POEMS = Resource(
+    "poems_tang.txt", "57,435 Tang poems as 'title:content' lines",
+    (FileSpec("poems_tang.txt", "sha256",
+              "c7f002e6ed71f3f0a6d5c471ab4813b4e581b90adb48ae81ea53062435e548b2"),),
+    downloadable=False,
+    notes="it has no canonical download: build it from chinese-poetry/chinese-poetry "
+          "(全唐诗/poet.tang.*.json, one 'title:content' line per poem) or copy the project's "
+          "shared copy (../shared/data/poems_tang.txt)")
+RESOURCES = {r.name: r for r in (TIME_MACHINE, NAMES, POEMS)}
+ALIASES = {"timemachine": TIME_MACHINE, "time_machine": TIME_MACHINE, "names": NAMES,
+           "poems": POEMS, "poems_tang": POEMS}
+
+
+def resource(name: str) -> Resource:
+    r = RESOURCES.get(name) or ALIASES.get(name)
+    if r is None:
+        raise DataError(f"unknown data resource {name!r}; expected one of {', '.join(RESOURCES)}")
+    return r
+
+
+def cache_dir() -> Path:
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cellbench"
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _how_to_provide(r: Resource) -> str:
+    target = r.name + ("/ (the 18 names/*.txt files)" if r is NAMES else "")
+    s = (f"Provide {target} in one of these ways: pass --data PATH (the file, or a directory "
+         f"holding it); or put it in the directory named by ${ENV_DATA}; or put it in the cache "
+         f"directory {cache_dir()} (set ${ENV_CACHE} to move it)")
+    if r.downloadable:
+        s += f"; or allow the download from {r.source}"
+    if r.notes:
+        s += f". Note: {r.notes}"
+    return s + "."
+
+
+def _root_of(r: Resource, path: Path) -> Optional[Path]:
+    """The data directory in which `path` provides resource r, or None."""
+    if r is NAMES:
+        if path.is_dir() and path.name == "names" and (path / "Arabic.txt").exists():
+            return path.parent
+        if path.is_dir() and (path / "names").is_dir():
+            return path
+        return None
+    if path.is_file():
+        return path  # an explicit file: verified by content, any name
+    if path.is_dir() and (path / r.name).is_file():
+        return path
+    return None
+
+
+def _files_at(r: Resource, root: Path) -> list[tuple[FileSpec, Path]]:
+    if root.is_file():
+        return [(r.files[0], root)]
+    return [(spec, root / spec.name) for spec in r.files]
+
+
+def verify(r: Resource, root: Path) -> None:
+    """Raise DataError unless every file of r under root exists with the right checksum."""
+    for spec, path in _files_at(r, root):
+        if not path.is_file():
+            raise DataError(f"{path} is missing (part of {r.what}). {_how_to_provide(r)}")
+        got = file_digest(path, spec.algorithm)
+        if got != spec.digest:
+            raise DataError(
+                f"{path} has {spec.algorithm.upper()} {got}, expected {spec.digest}: the file is "
+                f"corrupted, truncated or a different version of {r.what}. Delete it"
+                + (" (it will be downloaded again)" if r.downloadable else "")
+                + f" or replace it with the right copy. {_how_to_provide(r)}")
+
+
+def locate(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
+           url: Optional[str] = None, timeout: float = 30.0) -> Path:
+    """The verified path of resource `name`: a file (or, for 'names', the names/ directory).
+
+    `data` is an explicit file or directory; `url` overrides the download URL (for 'timemachine',
+    a base URL to which the file name is appended, like d2l's DATA_URL; for 'names', the zip).
+    """
+    r = resource(name)
+    if data is not None:
+        p = Path(data).expanduser()
+        if not p.exists():
+            raise DataError(f"--data {p}: no such file or directory (expected {r.what}). "
+                            + _how_to_provide(r))
+        root = _root_of(r, p)
+        if root is None:
+            raise DataError(f"--data {p}: does not hold {r.name} (expected {r.what}). "
+                            + _how_to_provide(r))
+        verify(r, root)
+        return _result(r, root)
+    env = os.environ.get(ENV_DATA)
+    if env:
+        root = _root_of(r, Path(env).expanduser())
+        if root is not None and root.is_dir():
+            verify(r, root)
+            return _result(r, root)
+    cache = cache_dir()
+    root = _root_of(r, cache)
+    if root is not None and root.is_dir():
+        verify(r, root)
+        return _result(r, root)
+    if download is None:
+        download = os.environ.get(ENV_OFFLINE, "") not in ("1", "true", "yes")
+    where = f"not found in ${ENV_DATA} ({env or 'unset'}) nor in the cache {cache}"
+    if not r.downloadable:
+        raise DataError(f"{r.name} {where}, and {r.what} cannot be downloaded. " + _how_to_provide(r))
+    if not download:
+        raise DataError(f"{r.name} {where}, and downloads are off (${ENV_OFFLINE}). "
+                        + _how_to_provide(r))
+    fetch(r, cache, url=url, timeout=timeout)
+    return _result(r, cache)
+
+
+def _result(r: Resource, root: Path) -> Path:
+    if root.is_file():
+        return root
+    return root / ("names" if r is NAMES else r.name)
+
+
+def _download_bytes(url: str, timeout: float) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DataError(f"cannot download {url}: {reason}") from exc
+
+
+def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = None,
+          timeout: float = 30.0) -> Path:
+    """Download resource r into directory dest, verify it, and move it in place atomically."""
+    r = resource(r) if isinstance(r, str) else r
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if r is TIME_MACHINE:
+        base = url or os.environ.get(ENV_D2L_URL) or D2L_DATA_URL
+        src = base + r.name if base.endswith("/") else base + "/" + r.name
+        try:
+            payload = _download_bytes(src, timeout)
+        except DataError as exc:
+            raise DataError(f"{exc}. {_how_to_provide(r)}") from exc
+        spec = r.files[0]
+        got = hashlib.new(spec.algorithm, payload).hexdigest()
+        if got != spec.digest:
+            raise DataError(f"downloaded {src} has {spec.algorithm.upper()} {got}, expected "
+                            f"{spec.digest}: the download is corrupted or the source changed; "
+                            f"nothing was kept. Retry, or: {_how_to_provide(r)}")
+        _write_atomic(dest / r.name, payload)
+        return dest / r.name
+    if r is NAMES:
+        src = url or os.environ.get(ENV_NAMES_URL) or NAMES_ZIP_URL
+        try:
+            payload = _download_bytes(src, timeout)
+        except DataError as exc:
+            raise DataError(f"{exc}. {_how_to_provide(r)}") from exc
+        tmp = Path(tempfile.mkdtemp(prefix=".names.", dir=dest))
+        try:
+            try:
+                archive = zipfile.ZipFile(io.BytesIO(payload))
+            except zipfile.BadZipFile as exc:
+                raise DataError(f"downloaded {src} is not a valid zip archive ({exc}); nothing was "
+                                f"kept. Retry, or {_how_to_provide(r)}") from exc
+            members = {Path(m).name: m for m in archive.namelist()
+                       if Path(m).parent.name == "names" and m.endswith(".txt")}
+            for name, digest in NAMES_SHA256.items():
+                if name not in members:
+                    raise DataError(f"downloaded {src} has no names/{name}; nothing was kept. "
+                                    + _how_to_provide(r))
+                content = archive.read(members[name])
+                got = hashlib.sha256(content).hexdigest()
+                if got != digest:
+                    raise DataError(f"names/{name} in {src} has SHA-256 {got}, expected {digest}: "
+                                    f"corrupted or a different version; nothing was kept. "
+                                    + _how_to_provide(r))
+                (tmp / name).write_bytes(content)
+            target = dest / "names"
+            if target.exists() and not target.is_dir():
+                target.unlink()
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():  # not a concurrent download that finished first
+                    raise
+                verify(r, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest / "names"
+    raise DataError(f"{r.name} cannot be downloaded. " + _how_to_provide(r))
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_text(name: str, data: str | os.PathLike | None = None) -> str:
+    """The verified text of a single-file resource ('timemachine.txt' or 'poems_tang.txt')."""
+    path = locate(name, data)
+    return path.read_text(encoding="utf-8")

@@ -1,0 +1,85 @@
+"""Named sweeps. A preset is a union of blocks; each block is a cartesian grid.
+
+A command-line value (--kinds, --batch, ...) replaces that field in every block of the preset,
+so `--preset fastrnns --kinds lstm` is fastrnns' shape for LSTM only. A block's `backends` of
+None means every available backend of each kind (cells.backends(kind)); `exclude` drops some
+(quick keeps torch.compile, whose first call takes tens of seconds per shape, at the d2l size).
+An `input_size` of None means "equal to hidden_size" (DeepBench's convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from cells.kinds import KINDS
+
+ALL_MODES = ("train", "infer", "generate")
+
+
+@dataclass(frozen=True)
+class Block:
+    kinds: tuple[str, ...] = KINDS
+    backends: Optional[tuple[str, ...]] = None  # None: all available for the kind
+    exclude: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ALL_MODES
+    input_size: tuple[Optional[int], ...] = (28,)
+    hidden_size: tuple[int, ...] = (256,)
+    num_layers: tuple[int, ...] = (1,)
+    batch: tuple[int, ...] = (32,)
+    seq_len: tuple[int, ...] = (35,)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    blocks: tuple[Block, ...]
+    device: str = "cpu"
+    # measurement settings this preset prefers (a command-line value wins)
+    settings: dict = field(default_factory=dict)
+
+
+D2L = Block()
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        "quick",
+        "all kinds x available backends x all modes at the d2l size (I28 H256 B32 T35), plus a "
+        "small LSTM batch / hidden grid for the fast backends; the sweep of `nox -s bench`",
+        (D2L,
+         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
+               batch=(8, 128)),
+         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
+               hidden_size=(128, 512))),
+        settings={"min_run_time": 0.15, "min_repeats": 5, "warmup": 1, "time_limit": 90.0,
+                  "budget": 160.0}),
+    "d2l": Preset("d2l", "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
+                  (D2L,)),
+    "fastrnns": Preset(
+        "fastrnns", "PyTorch's benchmarks/fastrnns defaults: input 512, hidden 512, batch 64, 100 steps",
+        (Block(input_size=(512,), hidden_size=(512,), batch=(64,), seq_len=(100,)),)),
+    "deepbench": Preset(
+        "deepbench",
+        "DeepBench-like GPU grid: hidden 512-2048 (input = hidden), batch 16-128, 25 and 50 steps; "
+        "train and infer, plus generate at each hidden size",
+        (Block(modes=("train", "infer"), input_size=(None,), hidden_size=(512, 1024, 2048),
+               batch=(16, 32, 64, 128), seq_len=(25, 50)),
+         Block(modes=("generate",), input_size=(None,), hidden_size=(512, 1024, 2048), batch=(1,),
+               seq_len=(50,))),
+        device="cuda"),
+}
+
+
+def get(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}") from None
+
+
+def override(block: Block, **values) -> Block:
+    """The block with every non-None value replaced (command-line lists win over the preset)."""
+    given = {k: tuple(v) for k, v in values.items() if v is not None}
+    if "backends" in given:
+        given["exclude"] = ()
+    return replace(block, **given)

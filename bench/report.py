@@ -1,0 +1,339 @@
+"""`python -m bench report DIR... [--output PATH.md]`: markdown tables and plots from records.
+
+Per kind and mode: backends x shapes with tokens/s, speedup over `native` and % of the GEMM
+peak; the fastest backend per shape; failures with their reasons; the FLOP convention, the
+timing and memory methods, the environment and the measured peak. Plots (tokens/s against batch
+and against hidden size, one line per backend, log axes) are written beside the markdown in
+STEM-figures/ and linked relatively. Task records (training runs) are rendered by
+bench.tasks.report_section when that module is present.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .measure import CASE_FIELDS, FLOP_CONVENTION, MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, NOISE_THRESHOLD
+from .records import iter_records
+
+SHAPE = ["input_size", "hidden_size", "num_layers", "batch", "seq_len"]
+CONTEXT = ["device", "dtype", "threads", "optimizer_step"]
+SHORT = {"input_size": "I", "hidden_size": "H", "num_layers": "L", "batch": "B", "seq_len": "T",
+         "device": "device", "dtype": "dtype", "threads": "threads", "optimizer_step": "opt. step"}
+TIMING_METHOD = (
+    "torch.utils.benchmark.Timer.blocked_autorange (CUDA-synchronised, torch threads pinned), "
+    "topped up to a minimum number of blocks; the median and IQR are over blocks of calls. The first "
+    "call (compilation, JIT, allocation) is timed separately as `first call`, and warm-up calls "
+    "follow it before timing. One call processes one sequence: train = forward + backward of "
+    "y.sum() (optimizer step excluded unless the run says otherwise), infer = forward under "
+    "no_grad, generate = batch 1, one step at a time carrying the state. tokens/s = batch x "
+    "seq_len / median (generate: seq_len / median).")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="record directories (or .jsonl files)")
+    parser.add_argument("--output", help="markdown file to write (default: FIRST_DIR/report.md)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.set_defaults(func=main)
+
+
+# --- formatting --------------------------------------------------------------------------------
+def human(value: Optional[float], unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def human_bytes(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    value = float(value)
+    for factor, suffix in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+        if value >= factor:
+            return f"{value / factor:.1f} {suffix}"
+    return f"{value:.0f} B"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+
+
+def _num(value) -> Optional[float]:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# --- loading -------------------------------------------------------------------------------------
+def load(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(case records, run records) of all paths; for a case measured more than once in the same
+    directory, the last record wins. A `dir` column names where each record came from."""
+    cases, runs = [], []
+    for path in paths:
+        label = Path(path).name or str(path)
+        for record in iter_records([path]):
+            record["dir"] = label
+            if record.get("type") == "case":
+                cases.append(record)
+            elif record.get("type") == "run":
+                runs.append(record)
+    df = pd.DataFrame(cases)
+    if not df.empty:
+        for name in CASE_FIELDS:
+            if name not in df:
+                df[name] = None
+        df["optimizer_step"] = df["optimizer_step"].fillna(False).astype(bool)
+        df = df.drop_duplicates(subset=["dir", *CASE_FIELDS], keep="last").reset_index(drop=True)
+        if df["dir"].nunique() > 1:
+            df["label"] = df["backend"] + " [" + df["dir"] + "]"
+        else:
+            df["label"] = df["backend"]
+    return df, pd.DataFrame(runs)
+
+
+def _varying(df: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if c in df and df[c].astype(str).nunique() > 1]
+
+
+def _order(labels) -> list[str]:
+    preferred = ["native", "naive", "fused", "scripted", "compiled", "numba", "triton"]
+    rank = {name: i for i, name in enumerate(preferred)}
+    return sorted(labels, key=lambda s: (rank.get(s.split(" [")[0], len(rank)), s))
+
+
+# --- sections ------------------------------------------------------------------------------------
+def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, list[dict]]:
+    """One row per shape, one column per backend: 'tokens/s (xspeedup, % of peak)'; and the
+    fastest backend of each shape."""
+    rows, fastest = [], []
+    labels = _order(df["label"].unique())
+    for shape, group in df.groupby(shape_cols, sort=True, dropna=False):
+        shape = shape if isinstance(shape, tuple) else (shape,)
+        row = {SHORT.get(c, c): str(v) for c, v in zip(shape_cols, shape)}
+        ok = group[group["status"] == "ok"]
+        by_label = {r["label"]: r for _, r in group.iterrows()}
+        baselines = {}
+        for _, r in ok.iterrows():
+            if r["backend"] == "native":
+                baselines[r["dir"]] = _num(r["tokens_per_s"])
+        for label in labels:
+            r = by_label.get(label)
+            if r is None:
+                row[label] = ""
+                continue
+            if r["status"] != "ok":
+                row[label] = r["status"]
+                continue
+            tps = _num(r["tokens_per_s"])
+            parts = []
+            base = baselines.get(r["dir"])
+            if base and tps:
+                parts.append(f"×{tps / base:.2f}")
+            pct = _num(r.get("pct_of_peak"))
+            if pct is not None:
+                parts.append(f"{pct:.1f}%")
+            noisy = "~" if bool(r.get("noisy")) else ""
+            row[label] = f"{noisy}{human(tps)}" + (f" ({', '.join(parts)})" if parts else "")
+        if not ok.empty and ok["tokens_per_s"].notna().any():
+            best = ok.loc[ok["tokens_per_s"].astype(float).idxmax()]
+            row["fastest"] = best["label"]
+            base = baselines.get(best["dir"])
+            fastest.append({**{SHORT.get(c, c): str(best[c]) for c in SHAPE + [c for c in shape_cols if c not in SHAPE]},
+                            "fastest": best["label"], "tokens/s": human(_num(best["tokens_per_s"])),
+                            "× native": f"{_num(best['tokens_per_s']) / base:.2f}" if base else "–",
+                            "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
+                            "% of peak": f"{_num(best['pct_of_peak']):.1f}" if _num(best.get("pct_of_peak")) else "–"})
+        else:
+            row["fastest"] = "–"
+        rows.append(row)
+    return pd.DataFrame(rows), fastest
+
+
+def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
+    """Every ok case with its raw figures (median, IQR, first call, memory, GFLOP/s)."""
+    ok = df[df["status"] == "ok"].copy()
+    rows = []
+    for _, r in ok.sort_values(shape_cols + ["label"]).iterrows():
+        row = {SHORT.get(c, c): str(r[c]) for c in shape_cols}
+        med, iqr = _num(r["median_s"]), _num(r["iqr_s"])
+        row.update({
+            "backend": r["label"],
+            "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
+            "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else "")) if med and iqr is not None else "–",
+            "tokens/s": human(_num(r["tokens_per_s"])),
+            "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
+            "% peak": f"{_num(r.get('pct_of_peak')):.1f}" if _num(r.get("pct_of_peak")) is not None else "–",
+            "first call": f"{_num(r['first_call_s']):.3g} s" if _num(r["first_call_s"]) is not None else "–",
+            "peak memory": human_bytes(_num(r.get("peak_mem_bytes"))),
+        })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) -> bool:
+    """tokens/s against x, one line per backend, at the most populated setting of `fixed`."""
+    ok = df[(df["status"] == "ok") & df["tokens_per_s"].notna()]
+    if ok.empty or ok[x].nunique() < 2:
+        return False
+    groups = [(key, g) for key, g in ok.groupby(fixed, dropna=False) if g[x].nunique() >= 2]
+    if not groups:
+        return False
+    key, group = max(groups, key=lambda kg: (kg[1][x].nunique(), len(kg[1])))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in _order(group["label"].unique()):
+        g = group[group["label"] == label].sort_values(x)
+        if g[x].nunique() < 2:
+            continue
+        ax.plot(g[x].astype(float), g["tokens_per_s"].astype(float), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(group[x].astype(float).unique())
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+    ax.set_yscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("tokens/s")
+    key = key if isinstance(key, tuple) else (key,)
+    ax.set_title(title + "\n" + " ".join(f"{SHORT.get(c, c)}={v}" for c, v in zip(fixed, key)
+                                         if c in SHAPE), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def environment_section(runs: pd.DataFrame) -> str:
+    if runs.empty:
+        return "_No run records: environment and peak unknown._\n"
+    rows = []
+    for _, r in runs.iterrows():
+        env = r.get("environment") if isinstance(r.get("environment"), dict) else {}
+        peaks = r.get("peaks") if isinstance(r.get("peaks"), list) else []
+        peak_text = "; ".join(
+            f"{human((p.get('peak_gflops') or 0) * 1e9)}FLOP/s ({p.get('peak_source')}, {p.get('device')}, "
+            f"{p.get('threads')} threads; " + ", ".join(f"{k} {v:.0f}" for k, v in (p.get("peak_by_library") or {}).items() if v)
+            + ")" for p in peaks if p.get("peak_gflops")) or "not measured"
+        rows.append({"dir": r.get("dir"), "run": r.get("run_id"), "time": env.get("time"),
+                     "cases": f"{r.get('pending')}/{r.get('cases')}",
+                     "CPU": f"{env.get('cpu_model')} ({env.get('cpu_cores')} cores)",
+                     "GPU": env.get("gpu_name") or "–",
+                     "threads (torch/numba)": f"{env.get('torch_threads')}/{env.get('numba_threads')}",
+                     "torch": env.get("torch"), "numba": env.get("numba"), "numpy": env.get("numpy"),
+                     "cuDNN": env.get("cudnn") or "–", "git": (env.get("git_commit") or "–")[:12],
+                     "float32 GEMM peak (GFLOP/s by library)": peak_text})
+    return _markdown(pd.DataFrame(rows)) + "\n"
+
+
+def failures_section(df: pd.DataFrame) -> str:
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return "No failed or skipped cases.\n"
+    rows = [{"kind": r["kind"], "backend": r["label"], "mode": r["mode"],
+             "shape": " ".join(f"{SHORT[c]}{r[c]}" for c in SHAPE), "device": r["device"],
+             "dtype": r["dtype"], "status": r["status"],
+             "reason": str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]}
+            for _, r in bad.sort_values(["status", "kind", "backend", "mode"]).iterrows()]
+    return _markdown(pd.DataFrame(rows)) + "\n"
+
+
+def tasks_section(paths: list[str], out_dir: Path) -> str:
+    """Markdown from bench.tasks.report_section for task records; '' if none or no module."""
+    try:
+        if not any(r.get("type") == "task" for r in iter_records(paths)):
+            return ""
+        from .tasks import report_section
+    except Exception:
+        return ""
+    try:
+        return report_section.render(paths, out_dir)
+    except Exception as exc:
+        return f"\n## Training tasks\n\n_The task section could not be rendered: {type(exc).__name__}: {exc}_\n"
+
+
+def render(paths: list[str], output: Path, plots: bool = True) -> str:
+    """The whole report as markdown; figures are written beside `output`."""
+    df, runs = load(paths)
+    out_dir = output.parent
+    fig_dir_name = f"{output.stem}-figures"
+    lines = ["# cellbench report", "",
+             f"Records: {', '.join(str(p) for p in paths)}. Each cell: tokens/s (speedup over `native` of "
+             "the same shape, % of the float32 GEMM peak); `~` marks a noisy case "
+             f"(IQR/median above the run's threshold, default {NOISE_THRESHOLD:.0%}).", ""]
+    if df.empty:
+        lines += ["_No sweep records found._", ""]
+    else:
+        context = _varying(df, CONTEXT)
+        fixed = {c: df[c].iloc[0] for c in CONTEXT if c not in context}
+        lines += ["Common to all cases: " + ", ".join(f"{SHORT[c]} {v}" for c, v in fixed.items()) + ".", ""]
+        counts = df["status"].value_counts().to_dict()
+        lines += [f"Cases: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+                  f"{counts.get('skipped', 0)} skipped.", ""]
+        all_fastest = []
+        for kind in [k for k in ("rnn", "gru", "lstm") if k in set(df["kind"])] + \
+                sorted(set(df["kind"]) - {"rnn", "gru", "lstm"}):
+            for mode in [m for m in ("train", "infer", "generate") if m in set(df[df["kind"] == kind]["mode"])]:
+                part = df[(df["kind"] == kind) & (df["mode"] == mode)]
+                shape_cols = [c for c in SHAPE if not (mode == "generate" and c == "batch")] + context
+                lines += [f"## {kind} — {mode}", ""]
+                table, fastest = speed_table(part, shape_cols)
+                lines += [_markdown(table), ""]
+                all_fastest += [{"kind": kind, "mode": mode, **f} for f in fastest]
+                detail = detail_table(part, shape_cols)
+                if not detail.empty:
+                    lines += ["<details><summary>raw figures</summary>", "", _markdown(detail), "",
+                              "</details>", ""]
+                if plots:
+                    others = [c for c in SHAPE + context]
+                    for x, fixed_cols in (("batch", [c for c in others if c != "batch"]),
+                                          ("hidden_size", [c for c in others if c not in ("hidden_size", "input_size")])):
+                        name = f"{kind}-{mode}-{x.split('_')[0]}.png"
+                        if mode == "generate" and x == "batch":
+                            continue
+                        if _plot(part, x, fixed_cols, f"{kind} {mode}: tokens/s vs {x.replace('_', ' ')}",
+                                 out_dir / fig_dir_name / name):
+                            lines += [f"![{kind} {mode} tokens/s vs {x.replace('_', ' ')}]"
+                                      f"({fig_dir_name}/{name})", ""]
+        if all_fastest:
+            lines += ["## Fastest backend per shape", "", _markdown(pd.DataFrame(all_fastest)), ""]
+        lines += ["## Failures and skips", "", failures_section(df)]
+    methods = sorted({str(m) for m in df.get("mem_method", pd.Series(dtype=object)).dropna()}) if not df.empty else []
+    lines += ["## Method", "",
+              f"- **Timing**: {TIMING_METHOD}",
+              f"- **FLOP convention**: {FLOP_CONVENTION}",
+              f"- **Peak memory**: CPU: {MEMORY_METHOD_CPU} (allocations outside torch, e.g. inside a "
+              f"numba kernel, are not seen); CUDA: {MEMORY_METHOD_CUDA}."
+              + (f" Methods in these records: {'; '.join(methods)}." if methods else ""),
+              "", "## Environment and peak", "", environment_section(runs)]
+    tasks = tasks_section(paths, out_dir)
+    if tasks:
+        lines += ["", tasks.strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    for d in args.dirs:
+        if not Path(d).exists():
+            print(f"error: no records at {d}: expected a directory written by `python -m bench run`",
+                  file=sys.stderr)
+            return 2
+    output = Path(args.output) if args.output else Path(args.dirs[0]) / "report.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = render(list(args.dirs), output, plots=not args.no_plots)
+    output.write_text(text, encoding="utf-8")
+    print(f"report written to {output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,247 @@
+"""Run cases in a reusable worker subprocess, restarted after a timeout or a crash.
+
+Why a subprocess: a case can hang (a compiler that never returns), exhaust memory (the kernel's
+OOM killer ends the process) or crash the interpreter (a segfault in a native kernel). None of
+these can be contained in the sweep's own process; in a child they cost one failed record and a
+restart (a couple of seconds to import torch again), and the sweep goes on. The child is reused
+between cases so that the import cost is paid once, not per case. It is started with the
+`spawn` method (no fork of a process holding OpenMP / CUDA state), with the BLAS thread
+variables set for the run's thread count before torch and numpy load, and it imports the
+`--import` modules so that third-party backends are registered there too.
+
+The worker's stdout and stderr go to a log file (compiler chatter, profiler warnings), whose
+tail is quoted when the worker dies.
+
+This module imports nothing heavy at the top: the child sets its environment first.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+
+def _redirect_output(log_path: Optional[str]) -> None:
+    if not log_path:
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def handle(message: tuple, state: dict) -> tuple:
+    """Serve one request in this process: ('case', Case, Options, peak) | ('peak', device) | ('env',)."""
+    from . import environment, measure
+    what = message[0]
+    try:
+        if what == "case":
+            _, case, options, peak = message
+            return ("ok", measure.run_case(case, options, peak))
+        if what == "peak":
+            return ("ok", measure.measure_peak(message[1]))
+        if what == "env":
+            return ("ok", environment.collect())
+        return ("failed", f"unknown request {what!r}")
+    except BaseException as exc:  # noqa: BLE001 - anything a backend raises is a result
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        detail = traceback.format_exc(limit=-6)
+        return ("failed", measure.error_message(exc), detail)
+    finally:
+        _cleanup()
+
+
+def _cleanup() -> None:
+    import gc
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def prepare(threads: int, imports: list[str]) -> dict:
+    """Set threads and import plug-in modules in this process; returns the threads in effect."""
+    from . import measure
+    got = measure.set_threads(threads)
+    for name in imports:
+        importlib.import_module(name)
+    return got
+
+
+def _serve(conn, threads: int, imports: list[str], env: dict, log_path: Optional[str]) -> None:
+    os.environ.update(env)
+    try:
+        os.setsid()  # own process group: killing it also ends helpers it spawned (compile workers)
+    except OSError:
+        pass
+    _redirect_output(log_path)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # --import names modules relative to where we run
+        got = prepare(threads, imports)
+    except BaseException as exc:  # noqa: BLE001
+        conn.send(("failed", f"worker start-up failed: {type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", got))
+    state: dict = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        conn.send(handle(message, state))
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = "; killed: out of memory?" if -code == signal.SIGKILL else ""
+        return f"{name}{hint}"
+    return f"exit code {code}"
+
+
+def _tail(path: Optional[str], lines: int = 3) -> str:
+    if not path or not os.path.exists(path):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4000))
+            text = f.read().decode("utf-8", "replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+    except OSError:
+        return ""
+
+
+class Worker:
+    """One child process serving requests; restarted on demand after it dies or is killed."""
+
+    def __init__(self, threads: int, imports: list[str], log_path: Optional[str] = None,
+                 startup_timeout: float = 180.0) -> None:
+        self.threads, self.imports, self.log_path = threads, list(imports), log_path
+        self.startup_timeout = startup_timeout
+        self.process = None
+        self.conn = None
+        self.info: dict = {}
+        self.starts = 0
+
+    def _start(self) -> Optional[str]:
+        from .measure import thread_env
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, daemon=True, name="cellbench-worker",
+                                   args=(child, self.threads, self.imports, thread_env(self.threads),
+                                         self.log_path))
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.starts += 1
+        if not parent.poll(self.startup_timeout):
+            self.stop()
+            return f"worker did not start within {self.startup_timeout:g} s"
+        try:
+            reply = parent.recv()
+        except EOFError:
+            code = self._reap()
+            return f"worker died at start-up ({describe_exit(code)}) {_tail(self.log_path)}".strip()
+        if reply[0] != "ready":
+            self.stop()
+            return reply[1]
+        self.info = reply[1]
+        return None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def _reap(self) -> Optional[int]:
+        if self.process is None:
+            return None
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        return code
+
+    def stop(self) -> None:
+        """Ask the child to stop; kill it if it does not."""
+        if self.process is None:
+            return
+        try:
+            if self.process.is_alive() and self.conn is not None:
+                self.conn.send(("stop",))
+                self.process.join(timeout=5)
+        except (OSError, BrokenPipeError):
+            pass
+        if self.process is not None and self.process.is_alive():
+            self.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and, if it leads its own process group, everything it started."""
+        if self.process is not None and self.process.is_alive():
+            pid = self.process.pid
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    self.process.kill()
+            except (ProcessLookupError, PermissionError):
+                self.process.kill()
+        self._reap()
+
+    def call(self, message: tuple, timeout: Optional[float]) -> tuple:
+        """('ok', result) or ('failed', message[, detail]); never raises for the case's sake."""
+        if not self.alive():
+            problem = self._start()
+            if problem:
+                return ("failed", problem)
+        try:
+            self.conn.send(message)
+        except (OSError, BrokenPipeError) as exc:
+            self.kill()
+            return ("failed", f"could not reach the worker: {exc}")
+        if not self.conn.poll(timeout):
+            self.kill()
+            return ("failed", f"exceeded the time limit of {timeout:g} s (worker killed and restarted)")
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            code = self._reap()
+            return ("failed", f"worker process died ({describe_exit(code)}) {_tail(self.log_path)}".strip())
+
+
+class InProcess:
+    """The same interface, in this process: no isolation and no time limit (for debugging)."""
+
+    def __init__(self, threads: int, imports: list[str]) -> None:
+        self.info = prepare(threads, imports)
+        self.threads = threads
+        self.state: dict[str, Any] = {}
+
+    def call(self, message: tuple, timeout: Optional[float]) -> tuple:
+        return handle(message, self.state)
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,368 @@
+"""`compiled`: the fused recurrence with its per-step cell compiled by torch.compile (Inductor).
+
+Design (measured; see docs/compiled-and-triton.md):
+
+* torch.compile of the whole fused loop (cells/loops.py) unrolls time: one graph per sequence
+  length, ~30-40 s to compile T=35 forward+backward on this 2-core machine, minutes at T~1000,
+  and a recompile for every new T. Marking T dynamic does not help, because the Python loop
+  over `range(T)` is specialised by Dynamo anyway.
+* So the time loop stays in Python and only one *step* is compiled: the recurrent GEMM plus the
+  gate pointwise work fused into one generated kernel (forward), and the pointwise derivative
+  plus the GEMM that carries the gradient to h_{t-1} (backward). Step functions do not depend
+  on T, are compiled with dynamic=True (batch and hidden symbolic), once per kind and process;
+  Inductor's on-disk cache makes later processes cheaper still.
+* Forward and backward are one `torch.autograd.Function` per layer and direction
+  (`Recurrence`). Autograd through a loop of compiled steps would compute the recurrent weight
+  gradient as T small GEMMs and, with `xw[t]` indexing, zero-fill a (T, B, G*H) buffer per step
+  (O(T^2) memory traffic); here the backward keeps the gate gradients of all steps and forms
+  dW_hh with ONE GEMM, (G*H, T*B) @ (T*B, H), like oneDNN/cuDNN do. The input projection
+  (x W_ih^T + folded biases, one GEMM for all steps) stays outside the Function, so autograd
+  gives dW_ih, the bias gradients and dx from it.
+* Batch 1 (and unbatched input) is run as a batch of two identical rows, so that Dynamo's 0/1
+  specialisation does not trigger a second compile; the extra row gets a zero upstream
+  gradient and contributes exactly nothing to the weight gradients.
+
+The same `Recurrence` backward is reused by the `triton` backend, whose forward is a
+persistent Triton kernel (cells/kernels/triton_gpu.py).
+
+`compile_times()` reports the wall time of every call that triggered a compilation (the first
+call per kind, dtype and device), so the compile cost is observable.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .. import loops
+from ..base import LayerWeights, RecurrentBase, State
+
+# --------------------------------------------------------------------------------------------
+# One step, forward and backward, per kind. Plain torch: compiled below, or run eagerly.
+# `acts` are the activated gates saved for the backward.
+
+
+def lstm_forward_step(xw_t: Tensor, h: Tensor, c: Tensor, w_t: Tensor):
+    gates = torch.addmm(xw_t, h, w_t)
+    i, f, g, o = gates.chunk(4, 1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g
+    h = o * torch.tanh(c)
+    return h, c, torch.cat([i, f, g, o], 1)
+
+
+def lstm_backward_step(dy_t: Tensor, dh: Tensor, dc: Tensor, acts: Tensor, c_prev: Tensor,
+                       c: Tensor, w: Tensor):
+    """Returns (d pre-activation gates, dh_{t-1}, dc_{t-1})."""
+    dh = dh + dy_t
+    i, f, g, o = acts.chunk(4, 1)
+    tc = torch.tanh(c)
+    dc = dc + dh * o * (1 - tc * tc)
+    da = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                    dh * tc * o * (1 - o)], 1)
+    return da, da.mm(w), dc * f
+
+
+def gru_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, b_hn: Tensor):
+    hw = h.mm(w_t)
+    x_r, x_z, x_n = xw_t.chunk(3, 1)
+    h_r, h_z, h_n = hw.chunk(3, 1)
+    h_n = h_n + b_hn
+    r = torch.sigmoid(x_r + h_r)
+    z = torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    h = n + z * (h - n)
+    return h, torch.cat([r, z, n, h_n], 1)
+
+
+def gru_backward_step(dy_t: Tensor, dh: Tensor, acts: Tensor, h_prev: Tensor, w: Tensor):
+    """Returns (d xw_t, d (h W_hh^T + b_hn), dh_{t-1})."""
+    dh = dh + dy_t
+    r, z, n, h_n = acts.chunk(4, 1)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dan = dh * (1 - z) * (1 - n * n)
+    dr = dan * h_n * r * (1 - r)
+    dhw = torch.cat([dr, dz, dan * r], 1)
+    return torch.cat([dr, dz, dan], 1), dhw, dh * z + dhw.mm(w)
+
+
+def rnn_tanh_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor):
+    return torch.tanh(torch.addmm(xw_t, h, w_t))
+
+
+def rnn_relu_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor):
+    return torch.relu(torch.addmm(xw_t, h, w_t))
+
+
+def rnn_tanh_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor):
+    da = (dh + dy_t) * (1 - h * h)
+    return da, da.mm(w)
+
+
+def rnn_relu_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor):
+    da = (dh + dy_t) * (h > 0).to(h.dtype)  # torch's relu backward: gradient 0 at 0
+    return da, da.mm(w)
+
+
+class Steps(NamedTuple):
+    forward: Callable
+    backward: Callable
+
+
+EAGER_STEPS: dict[str, Steps] = {
+    "lstm": Steps(lstm_forward_step, lstm_backward_step),
+    "gru": Steps(gru_forward_step, gru_backward_step),
+    "rnn_tanh": Steps(rnn_tanh_forward_step, rnn_tanh_backward_step),
+    "rnn_relu": Steps(rnn_relu_forward_step, rnn_relu_backward_step),
+}
+
+# --------------------------------------------------------------------------------------------
+# The recurrence of one layer and direction with a hand-written, batched backward.
+
+
+def _front_padded(x: Tensor) -> Tensor:
+    """x (T, ...) -> a fresh (T+1, ...) buffer whose rows 1.. are x. Its row views all sit at a
+    storage offset >= 2 on a contiguous base, so Dynamo sees the same layout at every step
+    (a view at offset 0 would be specialised and compiled separately)."""
+    out = x.new_empty((x.size(0) + 1,) + tuple(x.shape[1:]))
+    out[0].zero_()
+    out[1:].copy_(x)
+    return out
+
+
+def _fresh(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A contiguous tensor that is not a view (one layout for Dynamo's guards)."""
+    return None if t is None else t.clone(memory_format=torch.contiguous_format)
+
+
+def run_forward(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: Optional[Tensor],
+                w_hh: Tensor, b_hn: Optional[Tensor], on_first: Optional[Callable] = None):
+    """Python loop over steps. Returns lists (one tensor per step) hs, cs, acts (cs, acts may
+    be empty)."""
+    on_first = on_first or _plain
+    w_t = w_hh.t().contiguous()  # a transposed view would be copied by the graph at every step
+    h, c = _fresh(h0), _fresh(c0)
+    padded = _front_padded(xw)
+    hs: list[Tensor] = []
+    cs: list[Tensor] = []
+    acts: list[Tensor] = []
+    for t in range(xw.size(0)):
+        call = on_first if t == 0 else _plain
+        xw_t = padded[t + 1]
+        if variant == "lstm":
+            h, c, a = call(steps.forward, xw_t, h, c, w_t)
+            cs.append(c)
+            acts.append(a)
+        elif variant == "gru":
+            h, a = call(steps.forward, xw_t, h, w_t, b_hn)
+            acts.append(a)
+        else:
+            h = call(steps.forward, xw_t, h, w_t)
+        hs.append(h)
+    return hs, cs, acts
+
+
+def _plain(fn, *args):
+    return fn(*args)
+
+
+def run_backward(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optional[Tensor],
+                 hs, h0: Tensor, c0: Optional[Tensor], cs, acts, w_hh: Tensor,
+                 on_first: Callable = _plain):
+    """Reverse loop over steps; hs, cs, acts index by step (lists or stacked tensors).
+
+    Returns dxw, dh0, dc0, dW_hh, db_hn (dc0 and db_hn may be None)."""
+    seq = dy.size(0)
+    dy_padded = _front_padded(dy)
+    dh, dc, h0, c0 = _fresh(dh), _fresh(dc), _fresh(h0), _fresh(c0)
+    dxws: list[Optional[Tensor]] = [None] * seq
+    dhws: list[Optional[Tensor]] = [None] * seq
+    for t in range(seq - 1, -1, -1):
+        call = on_first if t == seq - 1 else _plain
+        h_prev = hs[t - 1] if t else h0
+        dy_t = dy_padded[t + 1]
+        if variant == "lstm":
+            c_prev = cs[t - 1] if t else c0
+            da, dh, dc = call(steps.backward, dy_t, dh, dc, acts[t], c_prev, cs[t], w_hh)
+        elif variant == "gru":
+            da, dhws[t], dh = call(steps.backward, dy_t, dh, acts[t], h_prev, w_hh)
+        else:
+            da, dh = call(steps.backward, dy_t, dh, hs[t], w_hh)
+        dxws[t] = da
+    dxw = torch.stack(dxws)
+    d_rec = torch.stack(dhws) if variant == "gru" else dxw  # gradient of h W_hh^T (+ b_hn)
+    hidden = h0.size(1)
+    h_prev_all = torch.stack([h0] + [hs[t] for t in range(seq - 1)])
+    dw = d_rec.reshape(-1, d_rec.size(2)).t().mm(h_prev_all.reshape(-1, hidden))
+    db_hn = d_rec[:, :, 2 * hidden:].sum((0, 1)) if variant == "gru" else None
+    return dxw, dh, dc, dw, db_hn
+
+
+def _no_duck_sizing():
+    """While compiling, do not assume that two sizes that happen to be equal (say T + 1 and H)
+    are always equal: that guess costs a recompile when they differ."""
+    from torch.fx.experimental import _config
+    return _config.patch(use_duck_shape=False)
+
+
+def _detached(*tensors):
+    return tuple(t.detach() if t is not None else None for t in tensors)
+
+
+class Recurrence(torch.autograd.Function):
+    """One layer, one direction. forward(variant, steps, forward_impl, xw, h0, c0, w_hh, b_hn).
+
+    `forward_impl(xw, h0, c0, w_hh, b_hn)` returns per-step hs, cs, acts (lists or stacked
+    tensors; the default is the Python loop over `steps.forward`; the triton backend passes its
+    fused kernel instead). They are kept on ctx for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, variant, steps, forward_impl, xw, h0, c0, w_hh, b_hn):
+        xw, h0, c0, w_hh, b_hn = _detached(xw, h0, c0, w_hh, b_hn)  # no requires_grad guards
+        if b_hn is not None:
+            b_hn = _fresh(b_hn)
+        hs, cs, acts = forward_impl(xw, h0, c0, w_hh, b_hn)
+        y = hs if isinstance(hs, Tensor) else torch.stack(hs)
+        ctx.variant, ctx.steps = variant, steps
+        ctx.per_step = (hs, cs, acts)
+        ctx.save_for_backward(h0, c0, w_hh)
+        h_n = _fresh(hs[-1])  # not a view of another output
+        c_n = _fresh(cs[-1]) if variant == "lstm" else None
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        h0, c0, w_hh = ctx.saved_tensors
+        hs, cs, acts = ctx.per_step
+        del ctx.per_step
+        dy = torch.zeros((len(hs),) + tuple(h0.shape), dtype=h0.dtype, device=h0.device) \
+            if dy is None else dy
+        dh = torch.zeros_like(h0) if dh_n is None else dh_n
+        dc = None
+        if ctx.variant == "lstm":
+            dc = torch.zeros_like(c0) if dc_n is None else dc_n
+        dxw, dh0, dc0, dw, db_hn = run_backward(ctx.variant, ctx.steps, dy, dh, dc, hs, h0, c0, cs,
+                                                acts, w_hh, _timed("backward", ctx.variant))
+        need = ctx.needs_input_grad
+        return (None, None, None, dxw if need[3] else None, dh0 if need[4] else None,
+                dc0 if need[5] else None, dw if need[6] else None,
+                db_hn if need[7] else None)
+
+
+def recurrent_layer(variant: str, steps: Steps, x: Tensor, state: State, weights: LayerWeights,
+                    forward_impl: Optional[Callable] = None, pad_batch_one: bool = True
+                    ) -> tuple[Tensor, State]:
+    """run_layer for backends built on `Recurrence` (compiled, triton)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    hidden = w_hh.size(1)
+    b_hn = None
+    if b_ih is None or b_hh is None:
+        bias = None
+    elif variant == "gru":
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden:])])
+        b_hn = b_hh[2 * hidden:]
+    else:
+        bias = b_ih + b_hh
+    xw = loops.project_input(x, w_ih, bias)
+    h0 = state[0]
+    c0 = state[1] if variant == "lstm" else None
+    if variant == "gru" and b_hn is None:
+        b_hn = w_hh.new_zeros(hidden)  # one graph for bias and bias=False
+    padded = pad_batch_one and x.size(1) == 1
+    if padded:  # see the module docstring: avoid Dynamo's size-1 specialisation
+        xw, h0 = xw.expand(-1, 2, -1).contiguous(), h0.expand(2, -1).contiguous()
+        c0 = c0.expand(2, -1).contiguous() if c0 is not None else None
+    if forward_impl is None:
+        forward_impl = _python_forward(variant, steps)
+    y, h_n, c_n = Recurrence.apply(variant, steps, forward_impl, xw, h0, c0, w_hh, b_hn)
+    if padded:
+        y, h_n = y[:, :1], h_n[:1]
+        c_n = c_n[:1] if c_n is not None else None
+    return y, ((h_n, c_n) if variant == "lstm" else (h_n,))
+
+
+def _python_forward(variant: str, steps: Steps) -> Callable:
+    def forward_impl(xw, h0, c0, w_hh, b_hn):
+        return run_forward(variant, steps, xw, h0, c0, w_hh, b_hn, _timed("forward", variant))
+    return forward_impl
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation: one compiled function per step kind, created lazily; compile time is logged.
+
+_COMPILED: dict[str, Steps] = {}
+_COMPILE_TIMES: dict[str, float] = {}
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def _timed(direction: str, variant: str) -> Callable:
+    """Call wrapper for the first step of a loop, where compilation happens: compiles without
+    duck sizing and logs the wall time if it compiled a graph. (The config patch stays off
+    the other steps: active, it costs ~35 us per compiled call.)"""
+    def call(fn, *args):
+        before = _graph_count()
+        start = time.perf_counter()
+        with _no_duck_sizing():
+            out = fn(*args)
+        if _graph_count() != before:
+            key = f"{variant}.{direction}[{args[0].dtype}, {args[0].device.type}]"
+            _COMPILE_TIMES[key] = _COMPILE_TIMES.get(key, 0.0) + time.perf_counter() - start
+        return out
+    return call
+
+
+def compile_times() -> dict[str, float]:
+    """Seconds spent in calls that compiled, per step function ("lstm.forward[float32, cpu]": s)."""
+    return dict(_COMPILE_TIMES)
+
+
+def compiled_steps(variant: str) -> Steps:
+    if variant not in _COMPILED:
+        eager = EAGER_STEPS[variant]
+        _COMPILED[variant] = Steps(torch.compile(eager.forward, dynamic=True),
+                                   torch.compile(eager.backward, dynamic=True))
+    return _COMPILED[variant]
+
+
+def variant_of(module: RecurrentBase) -> str:
+    return f"rnn_{module.nonlinearity}" if module.kind == "rnn" else module.kind
+
+
+def unavailable_reason() -> Optional[str]:
+    """Cheap checks only (compiling here would slow down every `cells.backends()` call)."""
+    try:
+        import torch._dynamo
+        if not torch._dynamo.is_dynamo_supported():
+            return f"torch.compile (Dynamo) does not support this Python ({torch.__version__})"
+        from torch._inductor import config as inductor_config
+        cxx = inductor_config.cpp.cxx
+        names = [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c]
+        if not any(shutil.which(n) for n in names + ["g++", "clang++"]):
+            return "torch.compile's Inductor needs a C++ compiler for CPU code; none found (g++/clang++)"
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        return f"torch.compile is not usable: {type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+class CompiledLoop(RecurrentBase):
+    """Per-step cells compiled with torch.compile, batched weight-gradient backward."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        reason = unavailable_reason()
+        if reason:
+            raise RuntimeError(f"backend 'compiled' is unavailable: {reason}")
+        super().__init__(*args, **kwargs)
+
+    def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
+        variant = variant_of(self)
+        return recurrent_layer(variant, compiled_steps(variant), x, state, weights)

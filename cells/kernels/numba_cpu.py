@@ -1,0 +1,366 @@
+"""`numba`: forward and backward of every kind as numba kernels (cells.kernels.numba_kernels).
+
+Each layer and direction is one `torch.autograd.Function` whose forward and backward each call
+one @njit kernel on zero-copy numpy views of the torch tensors (`Tensor.numpy()` /
+`torch.from_numpy`). Without a gradient to compute, the kernel is called directly and nothing is
+saved. Generation (no grad, one layer, one direction, T == 1, B == 1) takes a fast path that
+skips the shared Python stacking code: see `NumbaLoop.forward`.
+
+CPU only; float32 and float64 (other dtypes are refused at construction and at call time).
+Compiled code is cached on disk (`cache=True`); `warm_up()` compiles or loads everything.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..base import RecurrentBase, State
+
+try:
+    import scipy.linalg.cython_blas  # noqa: F401 - the BLAS behind numba's np.dot
+
+    from . import numba_kernels as K
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # numba or scipy missing: listed by cells.unavailable()
+    K = None  # type: ignore[assignment]
+    _IMPORT_ERROR = f"needs numba and scipy (numba's np.dot calls scipy's BLAS): {exc}"
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def unavailable_reason() -> Optional[str]:
+    return _IMPORT_ERROR
+
+
+def _check_dtype(dtype: torch.dtype, what: str) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
+                        "(use .float() or .double(), or another backend)")
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a CPU tensor, made C-contiguous if needed."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
+
+
+def _bias(b: Optional[Tensor], rows: int, dtype) -> np.ndarray:
+    return np.zeros(rows, dtype) if b is None else _np(b)
+
+
+# --- per-kind drivers: numpy in, numpy out ---------------------------------------------
+def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: int, save: bool):
+    """Run one layer; returns (hs (T+1, B, H), final states tuple, saved dict)."""
+    w_ih, w_hh, b_ih, b_hh = w
+    H = w_hh.shape[1]
+    T = x2.shape[0] // B
+    dt = x2.dtype
+    hs = np.empty((T + 1, B, H), dt)
+    if kind == "lstm":
+        cs = np.empty((T + 1 if save else 2, B, H), dt)
+        gates = np.empty((T if save else 1, B, 4 * H), dt)
+        tcs = np.empty((T if save else 1, B, H), dt)
+        K.lstm_forward(x2, states[0], states[1], w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save)
+        return hs, (hs[T], cs[T if save else T & 1]), (cs, gates, tcs)
+    if kind == "gru":
+        acts = np.empty((T if save else 1, B, 4 * H), dt)
+        K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save)
+        return hs, (hs[T],), (acts,)
+    K.rnn_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, relu)
+    return hs, (hs[T],), ()
+
+
+class _LayerFunction(torch.autograd.Function):
+    """One layer, one direction. Inputs: x (T, B, I), h0, c0 (None unless LSTM), w_ih, w_hh,
+    b_ih, b_hh (None without bias). Outputs: y (T, B, H), h_T (, c_T for LSTM)."""
+
+    @staticmethod
+    def forward(ctx, kind: str, relu: bool, x: Tensor, h0: Tensor, c0: Optional[Tensor],
+                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+        T, B, I = x.shape
+        rows = w_ih.shape[0]
+        xn = _np(x).reshape(T * B, I)
+        wn = (_np(w_ih), _np(w_hh), _bias(b_ih, rows, xn.dtype), _bias(b_hh, rows, xn.dtype))
+        states = (_np(h0),) if c0 is None else (_np(h0), _np(c0))
+        hs, finals, saved = _forward(kind, relu, xn, states, wn, B, True)
+        y = torch.from_numpy(hs[1:])
+        # the backward reads x, the weights and hs (= h0 and y) through numpy views: saving the
+        # tensors makes autograd refuse a backward after any of them was changed in place
+        ctx.save_for_backward(x, w_ih, w_hh, y)
+        ctx.kind, ctx.relu, ctx.B, ctx.has_bias = kind, relu, B, b_ih is not None
+        ctx.arrays = (xn, hs, wn[0], wn[1]) + saved
+        return (y,) + tuple(torch.from_numpy(s.copy()) for s in finals)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh, dc=None):
+        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
+        xn, hs, w_ih, w_hh = ctx.arrays[:4]
+        kind, B = ctx.kind, ctx.B
+        T, I = xn.shape[0] // B, xn.shape[1]
+        H = w_hh.shape[1]
+        need = ctx.needs_input_grad  # kind, relu, x, h0, c0, w_ih, w_hh, b_ih, b_hh
+        need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
+        dt = xn.dtype
+        dyn = np.zeros((T, B, H), dt) if dy is None else _np(dy)
+        dhn = np.zeros((B, H), dt) if dh is None else _np(dh)
+        dc0 = None
+        if kind == "lstm":
+            cs, gates, tcs = ctx.arrays[4:]
+            dcn = np.zeros((B, H), dt) if dc is None else _np(dc)
+            dx2, dh0, dc0, dw_ih, dw_hh, db_ih = K.lstm_backward(
+                dyn, dhn, dcn, xn, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw)
+            db_hh = db_ih.copy()
+        elif kind == "gru":
+            (acts,) = ctx.arrays[4:]
+            dx2, dh0, dw_ih, dw_hh, db_ih, db_hh = K.gru_backward(
+                dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw)
+        else:
+            dx2, dh0, dw_ih, dw_hh, db_ih = K.rnn_backward(
+                dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw)
+            db_hh = db_ih.copy()
+
+        def out(flag, arr):
+            return torch.from_numpy(arr) if flag and arr is not None else None
+
+        dx = out(need_dx, dx2)
+        return (None, None, None if dx is None else dx.view(T, B, I), out(need[3], dh0),
+                out(need[4], dc0), out(need[5], dw_ih), out(need[6], dw_hh),
+                out(need[7] and ctx.has_bias, db_ih), out(need[8] and ctx.has_bias, db_hh))
+
+
+class NumbaLoop(RecurrentBase):
+    """Backend `numba`: numba kernels for the time loop, forward and backward."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        p = next(self.parameters())
+        _check_dtype(p.dtype, "the parameters' dtype")
+        if p.device.type != "cpu":
+            raise RuntimeError(f"backend 'numba' runs on the CPU only; parameters are on {p.device}")
+        self._fast = None  # cached numpy views of the weights for the batch-1 step path
+        self._last_state = None  # (h_n, c_n, their numpy views) that the step path returned last
+        self._single = self.num_layers == 1 and not self.bidirectional
+
+    # --- the batch-1, one-step path (generation) ------------------------------------------
+    def __getstate__(self):  # copy / deepcopy / pickle: the caches refer to this instance's memory
+        state = self.__dict__.copy()
+        state["_fast"] = state["_last_state"] = None
+        return state
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .double() ... replace the storage
+        self._fast = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def register_parameter(self, name, param) -> None:  # module.weight_hh_l0 = nn.Parameter(..)
+        self.__dict__["_fast"] = None
+        super().register_parameter(name, param)
+
+    def _fast_weights(self):
+        """(numpy w_ih, w_hh, b_ih, b_hh, dtype), rebuilt when a parameter's storage changed."""
+        fast = self._fast
+        if fast is not None:
+            for p, ptr in fast[1]:
+                if p.data_ptr() != ptr:
+                    break
+            else:
+                return fast[0]
+        params = self.layer_weights(0, 0)
+        w_ih, w_hh = params[0], params[1]
+        if w_ih.dtype not in SUPPORTED_DTYPES or w_ih.device.type != "cpu" or not all(
+                p.is_contiguous() for p in params if p is not None):
+            self._fast = None
+            return None
+        rows = w_ih.shape[0]
+        dt = torch.empty(0, dtype=w_ih.dtype).numpy().dtype
+        arrays = (w_ih.detach().numpy(), w_hh.detach().numpy(), _bias(params[2], rows, dt),
+                  _bias(params[3], rows, dt), w_ih.dtype)
+        self._fast = (arrays, [(p, p.data_ptr()) for p in params if p is not None])
+        return arrays
+
+    def _step(self, input: Tensor, hx):
+        """One step at batch 1 without autograd, or None when the general path must run.
+
+        Same semantics as the general path: anything unusual (other shapes or dtypes, a tensor
+        that requires grad, non-contiguous memory ...) returns None, and the general path runs
+        with its checks and messages."""
+        shape = input.shape
+        batched = len(shape) == 3
+        if not ((batched and shape[0] == 1 and shape[1] == 1) or (len(shape) == 2 and shape[0] == 1)):
+            return None
+        weights = self._fast_weights()
+        if weights is None:
+            return None
+        w_ih, w_hh, b_ih, b_hh, dtype = weights
+        if shape[-1] != self.input_size or input.dtype is not dtype or not input.is_cpu \
+                or input.requires_grad or not input.is_contiguous():
+            return None
+        H = self.hidden_size
+        kind = self.kind
+        state_shape = (1, 1, H) if batched else (1, H)
+        if hx is None:
+            h = c = np.zeros(H, w_ih.dtype)
+        else:
+            if kind == "lstm":
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                hs, cs = hx
+                if type(cs) is not Tensor or cs.shape != state_shape or cs.dtype is not dtype \
+                        or not cs.is_cpu or cs.requires_grad or not cs.is_contiguous():
+                    return None
+                last = self._last_state  # the state this path returned last: numpy views known
+                c = last[3] if last is not None and cs is last[1] else cs.numpy().reshape(H)
+            else:
+                hs = hx
+            if type(hs) is not Tensor or hs.shape != state_shape or hs.dtype is not dtype \
+                    or not hs.is_cpu or hs.requires_grad or not hs.is_contiguous():
+                return None
+            last = self._last_state
+            h = last[2] if last is not None and hs is last[0] else hs.numpy().reshape(H)
+        x = input.numpy().reshape(shape[-1])
+        # y, h_n (, c_n) in one numpy buffer: np.empty + from_numpy is the cheapest allocation
+        if kind == "lstm":
+            out = np.empty((3,) + state_shape, w_ih.dtype)
+            flat = out.reshape(3, H)
+            K.lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh, flat)
+            y, hn, cn = torch.from_numpy(out).unbind(0)
+            self._last_state = (hn, cn, flat[1], flat[2])
+            return y, (hn, cn)
+        out = np.empty((2,) + state_shape, w_ih.dtype)
+        flat = out.reshape(2, H)
+        if kind == "gru":
+            K.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, flat)
+        else:
+            K.rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, self.nonlinearity == "relu", flat)
+        y, hn = torch.from_numpy(out).unbind(0)
+        self._last_state = (hn, None, flat[1], None)
+        return y, hn
+
+    def forward(self, input: Tensor, hx=None):
+        if not torch.is_grad_enabled() and self._single and type(input) is Tensor:
+            result = self._step(input, hx)
+            if result is not None:
+                return result
+        return super().forward(input, hx)
+
+    # --- general path: the shared stacking code calls this per layer and direction ------
+    def run_layer(self, x: Tensor, state: State, weights) -> tuple[Tensor, State]:
+        _check_dtype(x.dtype, "the input's dtype")
+        if x.device.type != "cpu" or weights[0].device.type != "cpu":
+            raise RuntimeError("backend 'numba' runs on the CPU only; got tensors on "
+                               f"{x.device} and {weights[0].device}")
+        relu = self.nonlinearity == "relu"
+        c0 = state[1] if self.kind == "lstm" else None
+        tensors = (x, state[0], c0) + tuple(weights)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            y, *finals = _LayerFunction.apply(self.kind, relu, *tensors)
+            return y, tuple(finals)
+        T, B, I = x.shape
+        rows = weights[0].shape[0]
+        xn = _np(x).reshape(T * B, I)
+        wn = (_np(weights[0]), _np(weights[1]), _bias(weights[2], rows, xn.dtype),
+              _bias(weights[3], rows, xn.dtype))
+        states = tuple(_np(s) for s in state)
+        hs, finals, _ = _forward(self.kind, relu, xn, states, wn, B, False)
+        return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
+
+
+# --- BLAS threads ----------------------------------------------------------------------
+def _openblas():
+    """scipy's OpenBLAS (the BLAS numba's np.dot calls), or None if it cannot be found."""
+    import ctypes
+    import glob
+
+    import scipy
+    import scipy.linalg.cython_blas  # noqa: F401 - loads the library
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*.so*"))):
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas_", "openblas_"):
+            if hasattr(lib, prefix + "set_num_threads"):
+                return lib, prefix
+    return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set the thread count of the BLAS behind numba's np.dot (scipy's OpenBLAS). False if the
+    library was not found (another BLAS: use its own environment variable)."""
+    found = _openblas()
+    if found is None:
+        return False
+    lib, prefix = found
+    getattr(lib, prefix + "set_num_threads")(int(n))
+    return True
+
+
+def blas_threads() -> Optional[int]:
+    """The thread count of scipy's OpenBLAS, or None if it was not found."""
+    found = _openblas()
+    if found is None:
+        return None
+    lib, prefix = found
+    return int(getattr(lib, prefix + "get_num_threads")())
+
+
+def _default_blas_threads() -> None:
+    """Set once at import: CELLS_NUMBA_BLAS_THREADS if set (0 = leave OpenBLAS alone); else,
+    if OPENBLAS_NUM_THREADS is set, OpenBLAS has read it and it is left alone; else 1 thread.
+
+    One thread because the GEMMs here are small (a recurrent step at batch 32 is ~17 MFLOP) and
+    OpenBLAS's spinning thread pool collapses when the CPU is shared: on 2 busy cores a 2-thread
+    LSTM forward ran 30-50x slower than a 1-thread one (docs/numba.md)."""
+    value = os.environ.get("CELLS_NUMBA_BLAS_THREADS", "").strip()
+    if not value:
+        if os.environ.get("OPENBLAS_NUM_THREADS", "").strip():
+            return
+        value = "1"
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"CELLS_NUMBA_BLAS_THREADS must be an integer, got {value!r}") from None
+    if n > 0:
+        try:
+            set_blas_threads(n)
+        except OSError:  # pragma: no cover - an unusual BLAS: leave it alone
+            pass
+
+
+if _IMPORT_ERROR is None:
+    _default_blas_threads()
+
+
+# --- compile / load every kernel up front ------------------------------------------------
+def warm_up(kinds=("rnn", "gru", "lstm"), dtypes=(torch.float32, torch.float64)) -> dict:
+    """Compile (first run) or load from numba's on-disk cache every kernel the given kinds and
+    dtypes use: forward with and without saving, backward, and the batch-1 step.
+
+    Returns {"<kind> <dtype>": seconds}. A first call in a fresh process takes this long once;
+    later calls of `warm_up` return in milliseconds."""
+    if _IMPORT_ERROR:
+        raise RuntimeError(_IMPORT_ERROR)
+    from ..registry import create
+
+    times = {}
+    for kind in kinds:
+        for dtype in dtypes:
+            start = time.perf_counter()
+            variants = [{}] if kind != "rnn" else [{"nonlinearity": "tanh"}, {"nonlinearity": "relu"}]
+            for extra in variants:
+                module = create(kind, "numba", 3, 4, dtype=dtype, **extra)
+                x = torch.randn(2, 2, 3, dtype=dtype, requires_grad=True)
+                y, state = module(x)
+                y.sum().backward()
+                with torch.no_grad():
+                    module(x)
+                    module(x[:1, :1])
+            times[f"{kind} {str(dtype).replace('torch.', '')}"] = time.perf_counter() - start
+    return times

@@ -1,0 +1,116 @@
+"""The measurement engine: FLOP model, tokens/s arithmetic, statistics, and timing with a fake clock."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_bench_fakes  # noqa: E402
+from bench import measure  # noqa: E402
+from bench.measure import Case, Options  # noqa: E402
+
+
+@pytest.fixture
+def fakes():
+    test_bench_fakes.register_all()
+    test_bench_fakes.CALLS.clear()
+    yield test_bench_fakes
+    test_bench_fakes.unregister_all()
+
+
+# --- FLOP model against hand-computed values ----------------------------------------------------
+def test_flops_lstm_d2l_by_hand():
+    # 2 FLOPs x 4 gates x batch 32 x hidden 256 x (28 + 256) inputs x 35 steps
+    forward = 2 * 4 * 32 * 256 * 284 * 35
+    assert forward == 651_427_840
+    assert measure.mode_flops("lstm", "infer", 28, 256, 32, 35) == forward
+    assert measure.mode_flops("lstm", "train", 28, 256, 32, 35) == 3 * forward
+    assert measure.mode_flops("lstm", "generate", 28, 256, 32, 35) == 2 * 4 * 1 * 256 * 284 * 35
+
+
+def test_flops_two_layer_gru_and_rnn():
+    # layer 0 sees the input (10), layer 1 sees hidden (20): 2*3*B*H*(I+H)*T + 2*3*B*H*(H+H)*T
+    b, h, t = 4, 20, 7
+    expected = 2 * 3 * b * h * (10 + h) * t + 2 * 3 * b * h * (h + h) * t
+    assert measure.mode_flops("gru", "infer", 10, h, b, t, num_layers=2) == expected
+    assert measure.mode_flops("rnn", "infer", 10, h, b, t) == 2 * 1 * b * h * (10 + h) * t
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="train, infer, generate"):
+        measure.mode_flops("lstm", "sing", 1, 1, 1, 1)
+
+
+def test_tokens_per_second_and_pct_of_peak():
+    case = Case("lstm", "native", "train", 28, 256, 1, 32, 35)
+    d = measure.derived(case, 0.1, peak_gflops=200.0)
+    assert d["tokens_per_s"] == pytest.approx(32 * 35 / 0.1)
+    assert d["gflops"] == pytest.approx(3 * 651_427_840 / 0.1 / 1e9)
+    assert d["pct_of_peak"] == pytest.approx(100 * d["gflops"] / 200.0)
+    gen = Case("lstm", "native", "generate", 28, 256, 1, 1, 35)
+    assert measure.derived(gen, 0.5, None)["tokens_per_s"] == pytest.approx(35 / 0.5)
+    assert measure.derived(gen, 0.5, None)["pct_of_peak"] is None
+    assert measure.derived(case, None, 200.0)["tokens_per_s"] is None
+
+
+def test_summarize_median_iqr_and_noise_flag():
+    s = measure.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s["median_s"] == 3.0 and s["iqr_s"] == 2.0 and s["repeats"] == 5
+    assert s["noisy"] is True  # 2/3 > 10 %
+    quiet = measure.summarize([1.0, 1.01, 1.0, 0.99, 1.0])
+    assert quiet["noisy"] is False and quiet["median_s"] == 1.0
+    assert measure.summarize([1.0, 1.5], threshold=1.0)["noisy"] is False
+
+
+# --- timing with a fake clock: known cost in, known numbers out ---------------------------------
+def test_run_case_with_fake_clock_gives_exact_numbers(fakes):
+    case = Case("lstm", "fake", "infer", 3, 4, 1, 2, 10, threads=1)
+    r = measure.run_case(case, Options(min_run_time=0.05, memory=False), peak_gflops=1.0,
+                         timer=fakes.CLOCK)
+    per_call = fakes.FakeRecurrent.STEP_COST * 10
+    assert r["median_s"] == pytest.approx(per_call)
+    assert r["iqr_s"] == pytest.approx(0.0, abs=1e-12)
+    assert r["noisy"] is False and r["repeats"] >= 5
+    assert r["tokens_per_s"] == pytest.approx(2 * 10 / per_call)
+    # the first call carries the 'compilation' and is kept out of the median
+    assert r["first_call_s"] == pytest.approx(fakes.FakeRecurrent.FIRST_COST + per_call)
+    assert r["gflops"] == pytest.approx(measure.mode_flops("lstm", "infer", 3, 4, 2, 10) / per_call / 1e9)
+
+
+def test_generate_contract(fakes):
+    """batch 1, one token at a time, state carried from None, eval mode, no_grad."""
+    case = Case("lstm", "fake", "generate", 3, 4, 1, 1, 6, threads=1)
+    fn, module = measure.build_workload(case)
+    fn()
+    assert [c["shape"] for c in fakes.CALLS] == [(1, 1, 3)] * 6
+    assert [c["state_none"] for c in fakes.CALLS] == [True] + [False] * 5
+    assert not any(c["training"] or c["grad"] for c in fakes.CALLS)
+    r = measure.run_case(case, Options(min_run_time=0.05, memory=False), timer=fakes.CLOCK)
+    assert r["tokens_per_s"] == pytest.approx(6 / (6 * fakes.FakeRecurrent.STEP_COST))
+
+
+def test_train_and_infer_modes(fakes):
+    fn, module = measure.build_workload(Case("lstm", "fake", "train", 3, 4, 1, 2, 5))
+    fn()
+    assert fakes.CALLS[-1] == {"shape": (5, 2, 3), "state_none": True, "training": True, "grad": True}
+    assert all(p.grad is None for p in module.parameters())  # cleared after each call
+    fn, module = measure.build_workload(Case("lstm", "fake", "infer", 3, 4, 1, 2, 5))
+    fn()
+    assert fakes.CALLS[-1]["training"] is False and fakes.CALLS[-1]["grad"] is False
+
+
+def test_real_backend_measures_memory_and_peak():
+    case = Case("lstm", "native", "train", 4, 8, 1, 2, 3, threads=1)
+    r = measure.run_case(case, Options(min_run_time=0.01, warmup=0))
+    assert r["median_s"] > 0 and r["tokens_per_s"] > 0
+    assert r["peak_mem_bytes"] is not None and r["peak_mem_bytes"] > 0
+    assert "profiler" in r["mem_method"]
+    peak = measure.measure_peak("cpu", size=128, repeats=1)
+    assert peak["peak_gflops"] > 0 and peak["peak_source"] in ("torch", "numpy")
+
+
+def test_error_message_is_one_line():
+    assert measure.error_message(RuntimeError("boom\nstack")) == "RuntimeError: boom"
+    assert measure.error_message(MemoryError()) == "MemoryError"

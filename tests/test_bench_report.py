@@ -1,0 +1,112 @@
+"""`python -m bench report`: rendering from stored records (no measurement)."""
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from bench import cli, report
+from bench.measure import Case, derived
+from bench.records import append
+from bench.sweep import case_record
+
+PEAK = {"peak_gflops": 100.0, "peak_source": "numpy"}
+
+
+def write_case(out: Path, backend: str, mode: str, batch: int, hidden: int, median_s=None, status="ok",
+               error=None, noisy=False) -> None:
+    case = Case("lstm", backend, mode, 28, hidden, 1, batch, 35, "cpu", "float32", 2)
+    result = None
+    if status == "ok":
+        result = {"median_s": median_s, "iqr_s": median_s * (0.5 if noisy else 0.01), "noisy": noisy,
+                  "repeats": 5, "first_call_s": 0.5, "peak_mem_bytes": 3 * 2 ** 20,
+                  "mem_method": "torch.profiler", **derived(case, median_s, PEAK["peak_gflops"])}
+    append(out, case_record(case, "r1", status, result, error=error, peak=PEAK))
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    out = tmp_path / "run"
+    append(out, {"type": "run", "run_id": "r1", "cases": 9, "pending": 9,
+                 "peaks": [{"device": "cpu", "threads": 2, "peak_gflops": 100.0, "peak_source": "numpy",
+                            "peak_by_library": {"torch": 60.0, "numpy": 100.0}}],
+                 "environment": {"time": "2026-01-01T00:00:00+00:00", "cpu_model": "Test CPU", "cpu_cores": 2,
+                                 "torch": "2.13.0", "numba": "0.68", "numpy": "2.4", "torch_threads": 2,
+                                 "numba_threads": 2, "git_commit": "abc123"}})
+    for batch in (8, 32):
+        for hidden in (128, 256):
+            write_case(out, "native", "train", batch, hidden, 0.010)
+            write_case(out, "fused", "train", batch, hidden, 0.020, noisy=(batch == 8))
+    write_case(out, "native", "infer", 32, 256, 0.004)
+    write_case(out, "BROKEN", "infer", 32, 256, status="failed", error="RuntimeError: kernel | exploded")
+    write_case(out, "ghost", "infer", 32, 256, status="skipped", error="backend 'ghost' is unavailable: no GPU")
+    # measured twice: the last record wins
+    write_case(out, "naive", "infer", 32, 256, 0.100)
+    write_case(out, "naive", "infer", 32, 256, 0.008)
+    return out
+
+
+def test_report_tables_speedups_failures_and_environment(run_dir):
+    text = report.render([str(run_dir)], run_dir / "report.md", plots=False)
+    assert "## lstm — train" in text and "## lstm — infer" in text
+    # fused at half native's speed: 32*35/0.02 = 56k tokens/s, x0.50; 2*4*... % of a 100 GFLOP/s peak
+    row = next(line for line in text.splitlines() if line.startswith("| 28") and "| 32" in line
+               and "| 256" in line and "×0.50" in line)
+    assert "56k (×0.50" in row and "112k (×1.00" in row and "| native" in row
+    pct = 100 * 3 * 2 * 4 * 32 * 256 * (28 + 256) * 35 / 0.02 / 1e9 / 100.0
+    assert f"{pct:.1f}%" in row
+    assert "~14k (×0.50" in text  # the noisy batch-8 case (8*35/0.02 tokens/s) is marked
+    assert "140k (×0.50" in text  # naive infer: the later record (8 ms) replaced the 100 ms one
+    assert "RuntimeError: kernel \\| exploded" in text  # pipes escaped inside the table
+    assert "backend 'ghost' is unavailable: no GPU" in text
+    assert "## Fastest backend per shape" in text
+    assert "input projection included" in text and "3 x forward" in text
+    assert "Test CPU (2 cores)" in text and "numpy" in text and "100GFLOP/s" in text
+    assert "torch.profiler" in text
+
+
+def test_report_plots_are_written_and_linked_relatively(run_dir, tmp_path):
+    output = tmp_path / "reports" / "latest.md"
+    assert cli.main(["report", str(run_dir), "--output", str(output)]) == 0
+    text = output.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "latest-figures/lstm-train-batch.png" in links
+    assert "latest-figures/lstm-train-hidden.png" in links
+    for link in links:
+        assert not Path(link).is_absolute() and (output.parent / link).stat().st_size > 1000
+
+
+def test_report_default_output_and_missing_dir(run_dir, tmp_path, capsys):
+    assert cli.main(["report", str(run_dir), "--no-plots"]) == 0
+    assert (run_dir / "report.md").exists()
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+    assert "no records at" in capsys.readouterr().err
+
+
+def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypatch):
+    calls = []
+    fake = types.ModuleType("bench.tasks.report_section")
+    fake.render = lambda paths, out_dir: calls.append((paths, out_dir)) or "## Training tasks\n\nppl 1.2\n"
+    import bench.tasks
+    monkeypatch.setitem(sys.modules, "bench.tasks.report_section", fake)
+    monkeypatch.setattr(bench.tasks, "report_section", fake, raising=False)
+    assert "Training tasks" not in report.render([str(run_dir)], run_dir / "r.md", plots=False)
+    assert calls == []  # no task records: not called
+    append(run_dir, {"type": "task", "task": "charlm"})
+    text = report.render([str(run_dir)], run_dir / "r.md", plots=False)
+    assert text.rstrip().endswith("ppl 1.2") and calls == [([str(run_dir)], run_dir)]
+
+
+def test_empty_directory_renders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "_No sweep records found._" in report.render([str(tmp_path / "empty")], tmp_path / "r.md")
+
+
+def test_two_directories_are_labelled(run_dir, tmp_path):
+    other = tmp_path / "other"
+    write_case(other, "native", "infer", 32, 256, 0.002)
+    text = report.render([str(run_dir), str(other)], tmp_path / "r.md", plots=False)
+    assert "native [run]" in text and "native [other]" in text

@@ -1,0 +1,209 @@
+"""`python -m bench run`: planning, bad input, failure isolation, resume, worker timeouts and crashes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_bench_fakes  # noqa: E402
+import cells  # noqa: E402
+from bench import cli, presets, sweep  # noqa: E402
+from bench.measure import Case, Options  # noqa: E402
+from bench.records import RECORDS_FILE  # noqa: E402
+
+FAST = ["--min-run-time", "0.001", "--min-repeats", "3", "--warmup", "0", "--no-peak", "--no-memory"]
+TINY = ["--input-size", "3", "--hidden-size", "4", "--batch", "2", "--seq-len", "3"]
+
+
+@pytest.fixture
+def fakes():
+    test_bench_fakes.register_all()
+    yield test_bench_fakes
+    test_bench_fakes.unregister_all()
+
+
+def records(out: Path, type_: str = "case") -> list[dict]:
+    lines = (out / RECORDS_FILE).read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == type_]
+
+
+def plan(*argv: str):
+    parser = cli.build_parser(["run"])
+    return sweep.plan(parser.parse_args(["run", *argv]))
+
+
+# --- planning ------------------------------------------------------------------------------------
+def test_comma_lists_form_a_cartesian_grid():
+    cases, settings, _ = plan("--kinds", "lstm,gru", "--backends", "native", "--modes", "train,infer",
+                              "--batch", "1,8", "--hidden-size", "16,32,64", "--input-size", "5",
+                              "--seq-len", "4", "--threads", "1")
+    assert len(cases) == 2 * 2 * 2 * 3
+    assert {(c.kind, c.batch, c.hidden_size) for c in cases} >= {("gru", 8, 64), ("lstm", 1, 16)}
+    assert settings["time_limit"] == sweep.DEFAULTS["time_limit"]
+
+
+def test_generate_always_uses_batch_one():
+    cases, _, _ = plan("--kinds", "rnn", "--backends", "native", "--modes", "generate,infer",
+                       "--batch", "4,16", "--threads", "1")
+    gen = [c for c in cases if c.mode == "generate"]
+    assert len(gen) == 1 and gen[0].batch == 1
+    assert len([c for c in cases if c.mode == "infer"]) == 2
+
+
+def test_default_backends_are_all_available_ones():
+    cases, _, _ = plan("--kinds", "gru", "--modes", "infer", "--threads", "1")
+    assert [c.backend for c in cases] == cells.backends("gru")
+
+
+def test_presets_and_overrides():
+    cases, settings, preset = plan("--preset", "fastrnns", "--kinds", "lstm", "--backends", "native")
+    assert preset.name == "fastrnns" and settings["min_run_time"] == sweep.DEFAULTS["min_run_time"]
+    assert {(c.input_size, c.hidden_size, c.seq_len) for c in cases} == {(512, 512, 100)}
+    assert {c.batch for c in cases} == {64, 1}  # generate runs at batch 1
+    quick, settings, _ = plan("--preset", "quick")
+    assert settings["budget"] and settings["time_limit"] <= 120
+    d2l = [c for c in quick if (c.input_size, c.hidden_size, c.seq_len) == (28, 256, 35)
+           and c.batch in (1, 32)]
+    assert {c.kind for c in d2l} == {"rnn", "gru", "lstm"}
+    assert {c.mode for c in d2l} == {"train", "infer", "generate"}
+    off_d2l = [c for c in quick if c not in d2l]
+    assert off_d2l and not {c.backend for c in off_d2l} & {"compiled", "naive", "scripted"}
+    deepbench = presets.get("deepbench")
+    assert deepbench.device == "cuda"
+    assert {b.hidden_size for b in deepbench.blocks} == {(512, 1024, 2048)}
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--kinds", "lstm,tree"], "unknown kind 'tree'; valid: rnn, gru, lstm"),
+    (["--kinds", "lstm", "--backends", "native,nope"], "unknown backend 'nope'; valid:"),
+    (["--modes", "sing"], "unknown mode 'sing'; valid: train, infer, generate"),
+    (["--preset", "huge"], "unknown preset 'huge'; expected one of quick, d2l, fastrnns, deepbench"),
+    (["--dtype", "float8"], "unknown dtype 'float8'; valid: float32"),
+    (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda"),
+    (["--import", "no_such_module_xyz"], "--import no_such_module_xyz: ModuleNotFoundError"),
+])
+def test_bad_input_is_one_line_exit_2_before_measuring(tmp_path, capsys, argv, fragment):
+    out = tmp_path / "out"
+    assert cli.main(["run", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not (out / RECORDS_FILE).exists()
+
+
+def test_bad_numbers_are_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--batch", "8,zero"])
+    assert exc.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+# --- running: failure isolation, skipped backends, resume ---------------------------------------
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fakes, monkeypatch):
+    from cells import registry
+    monkeypatch.setitem(registry._table["lstm"], "ghost", registry._Entry(reason="needs a GPU that is not here"))
+    out = tmp_path / "run"
+    argv = ["run", "--kinds", "lstm", "--backends", "broken,fake,ghost,native", "--modes", "train,infer",
+            *TINY, "--threads", "1", "--in-process", "--out", str(out), *FAST]
+    assert cli.main(argv) == 0
+    cases = records(out)
+    by = {(r["backend"], r["mode"]): r for r in cases}
+    assert len(cases) == 8
+    for mode in ("train", "infer"):
+        assert by[("broken", mode)]["status"] == "failed"
+        assert by[("broken", mode)]["error"] == "RuntimeError: fake kernel exploded on purpose"
+        assert by[("ghost", mode)]["status"] == "skipped"
+        assert "needs a GPU that is not here" in by[("ghost", mode)]["error"]
+        for ok in ("fake", "native"):
+            r = by[(ok, mode)]
+            assert r["status"] == "ok" and r["error"] is None
+            assert r["tokens_per_s"] == pytest.approx(2 * 3 / r["median_s"])
+    required = {"kind", "backend", "mode", "device", "dtype", "input_size", "hidden_size", "num_layers",
+                "batch", "seq_len", "threads", "median_s", "iqr_s", "tokens_per_s", "gflops", "pct_of_peak",
+                "first_call_s", "peak_mem_bytes", "status", "error"}
+    assert all(required <= set(r) for r in cases)
+    run, = records(out, "run")
+    assert {"torch", "numba", "numpy", "cpu_model", "gpu_name", "cudnn", "git_commit", "time",
+            "torch_threads"} <= set(run["environment"])
+    assert "peak_gflops" in run and run["flop_convention"]
+
+
+def test_resume_after_an_interrupted_sweep(tmp_path, fakes):
+    out = tmp_path / "run"
+    argv = ["run", "--kinds", "lstm", "--backends", "fake,native", "--modes", "train,infer", *TINY,
+            "--threads", "1", "--in-process", "--out", str(out), *FAST]
+    assert cli.main(argv) == 0
+    path = out / RECORDS_FILE
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5  # one run record, four cases
+    # interruption: the last case was lost and the one before it was torn mid-line
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
+    assert cli.main(argv + ["--resume"]) == 0
+    cases = [r for r in records_tolerant(path) if r["type"] == "case"]
+    keys = [(r["backend"], r["mode"]) for r in cases]
+    assert sorted(set(keys)) == sorted({("fake", "train"), ("fake", "infer"), ("native", "train"),
+                                        ("native", "infer")})
+    assert len(keys) == 4  # the two recorded cases were not measured again
+    assert cli.main(argv + ["--resume"]) == 0  # nothing left to do: only a run record is added
+    assert len([r for r in records_tolerant(path) if r["type"] == "case"]) == 4
+    assert len([r for r in records_tolerant(path) if r["type"] == "run"]) == 3
+
+
+def records_tolerant(path: Path) -> list[dict]:
+    from bench.records import iter_records
+    return list(iter_records([path]))
+
+
+def test_resume_retries_failed_cases_only_when_asked(tmp_path, fakes):
+    out = tmp_path / "run"
+    argv = ["run", "--kinds", "lstm", "--backends", "broken", "--modes", "infer", *TINY, "--threads", "1",
+            "--in-process", "--out", str(out), *FAST]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--resume"]) == 0
+    assert len(records(out)) == 1
+    assert cli.main(argv + ["--resume", "--retry-failed"]) == 0
+    assert len(records(out)) == 2
+
+
+def test_list_prints_cases_without_measuring(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", "--kinds", "rnn", "--backends", "native", "--modes", "infer", "--list",
+                     "--out", str(out)]) == 0
+    assert "rnn/native/infer I28 H256" in capsys.readouterr().out
+    assert not (out / RECORDS_FILE).exists()
+
+
+# --- the worker subprocess: time limit, crash, restart ------------------------------------------
+def test_worker_survives_timeouts_and_crashes(tmp_path, monkeypatch):
+    plugin = tmp_path / "fake_plugin_for_worker.py"
+    plugin.write_text("import test_bench_fakes\ntest_bench_fakes.register_all()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bench.worker import Worker
+    worker = Worker(threads=1, imports=["fake_plugin_for_worker"], log_path=str(tmp_path / "worker.log"))
+    options = Options(min_run_time=0.001, min_repeats=3, warmup=0, memory=False)
+    fake = Case("lstm", "fake", "infer", 3, 4, 1, 2, 3, threads=1)
+    try:
+        assert worker.call(("case", fake, options, None), 60)[0] == "ok"
+        ok = worker.call(("case", fake, options, None), 60)
+        assert ok[0] == "ok" and ok[1]["median_s"] > 0
+        assert worker.starts == 1 and worker.info["torch_threads"] == 1  # reused between cases
+        hang = worker.call(("case", Case("lstm", "hangs", "infer", 3, 4, 1, 2, 3, threads=1), options, None), 2.0)
+        assert hang[0] == "failed" and "exceeded the time limit of 2 s" in hang[1]
+        assert not worker.alive()
+        crash = worker.call(("case", Case("lstm", "crashes", "infer", 3, 4, 1, 2, 3, threads=1), options, None), 60)
+        assert crash[0] == "failed" and "worker process died (SIGKILL" in crash[1]
+        assert worker.starts == 2  # restarted after the timeout; the crash is reported, not raised
+    finally:
+        worker.stop()
+    assert not worker.alive()
+
+
+def test_budget_stops_starting_cases_and_resume_finishes(tmp_path, fakes, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--kinds", "lstm", "--backends", "fake", "--modes", "train,infer", *TINY, "--threads", "1",
+            "--in-process", "--out", str(out), *FAST]
+    assert cli.main(argv + ["--budget", "0"]) == 0
+    assert records(out) == [] and "--resume" in capsys.readouterr().err
+    assert cli.main(argv + ["--resume"]) == 0
+    assert len(records(out)) == 2

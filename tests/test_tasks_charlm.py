@@ -1,0 +1,160 @@
+"""charlm: d2l's preprocessing and iterators, backend parity, the CLI and its records."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main as bench_main
+from bench.tasks import charlm
+
+DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
+needs_tm = pytest.mark.skipif(DATA is None or not (DATA / "timemachine.txt").is_file(),
+                              reason="timemachine.txt not found in $CELLBENCH_DATA (set it to ../shared/data)")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_tm
+def test_d2l_corpus_and_vocab():
+    corpus, vocab = charlm.load_time_machine(max_tokens=0)
+    assert len(corpus) == 170580 and len(vocab) == 28
+    assert vocab.idx_to_token[:5] == ["<unk>", " ", "e", "t", "a"]
+    head, _ = charlm.load_time_machine()
+    assert head == corpus[:10000]
+    assert "".join(vocab.to_tokens(corpus[:16])) == "the time machine"
+
+
+@needs_tm
+def test_split_does_not_overlap():
+    train, val, vocab = charlm.load_split(10000, 0.1)
+    full, _ = charlm.load_time_machine(0)
+    assert len(train) == 10000 and len(val) == 17058
+    assert val == full[-len(val):] and len(train) + len(val) <= len(full)
+
+
+def test_preprocess_is_d2ls():
+    assert charlm.preprocess("The Time-Machine, by H. G. Wells [1898]\n\nI.") == \
+        ["the time machine by h g wells", "", "i"]
+
+
+def test_sequential_batches_continue_each_other():
+    corpus = list(range(1000))
+    pairs = list(charlm.batches(corpus, batch_size=4, num_steps=5, seed=3))
+    assert all(X.shape == (4, 5) and Y.shape == (4, 5) and X.dtype == torch.long for X, Y in pairs)
+    for X, Y in pairs:
+        assert torch.equal(Y, X + 1)
+    for (X1, _), (X2, _) in zip(pairs, pairs[1:]):
+        assert torch.equal(X2[:, 0], X1[:, -1] + 1)  # row i of batch k+1 continues row i of batch k
+    again = list(charlm.batches(corpus, 4, 5, seed=3))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(pairs, again))
+
+
+def test_random_batches_cover_disjoint_subsequences():
+    corpus = list(range(1000))
+    pairs = list(charlm.batches(corpus, batch_size=4, num_steps=5, random=True, seed=1))
+    starts = [int(x) for X, _ in pairs for x in X[:, 0]]
+    assert len(starts) == len(set(starts)) and len(pairs) == (999 // 5) // 4 or len(pairs) == ((999 - 4) // 5) // 4
+    for X, Y in pairs:
+        assert torch.equal(Y, X + 1)
+    assert [s % 5 for s in starts] == [starts[0] % 5] * len(starts)  # one random offset
+
+
+def test_charlm_model_shapes_and_same_init_across_backends():
+    a = charlm.CharLM("gru", "native", 28, 16, num_layers=2, seed=5)
+    b = charlm.CharLM("gru", "fused", 28, 16, num_layers=2, seed=5)
+    for (na, pa), (nb, pb) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+        assert na == nb and torch.equal(pa, pb)
+    X = torch.randint(0, 28, (3, 7))
+    logits, state = a(X)
+    assert logits.shape == (7 * 3, 28) and state.shape == (2, 3, 16)
+
+
+@pytest.mark.parametrize("init", ["normal", "xavier", "kaiming"])
+def test_inits(init):
+    m = charlm.CharLM("lstm", "native", 28, 8, init=init, seed=0)
+    assert float(m.rnn.bias_ih_l0.detach().abs().sum()) == 0.0
+    if init == "normal":
+        assert float(m.rnn.weight_hh_l0.detach().std()) == pytest.approx(0.01, rel=0.3)
+
+
+@needs_tm
+def test_native_and_fused_follow_the_same_trajectory():
+    """Same seed -> same init and batches: the perplexity curves agree up to float32 noise."""
+    corpus, vocab = charlm.load_time_machine(max_tokens=3000)
+    curves = {}
+    for backend in ("native", "fused"):
+        torch.manual_seed(0)
+        model = charlm.CharLM("lstm", backend, len(vocab), 32, seed=0)
+        curves[backend] = charlm.train(model, corpus, epochs=4, batch_size=8, num_steps=10,
+                                       lr=1.0, seed=0, show_progress=False)["perplexity"]
+    assert curves["native"][-1] < curves["native"][0]
+    assert curves["native"] == pytest.approx(curves["fused"], rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_parity_without_data(kind):
+    """The same check on a synthetic corpus (runs even without the data), random iterator."""
+    corpus = [int(v) for v in torch.randint(0, 10, (400,), generator=torch.Generator().manual_seed(1))]
+    curves = {}
+    for backend in ("native", "fused", "naive"):
+        model = charlm.CharLM(kind, backend, 10, 16, num_layers=2, seed=3)
+        curves[backend] = charlm.train(model, corpus, epochs=2, batch_size=4, num_steps=8, lr=0.5,
+                                       random_iter=True, seed=2, show_progress=False)["perplexity"]
+    assert curves["native"] == pytest.approx(curves["fused"], rel=1e-4)
+    assert curves["native"] == pytest.approx(curves["naive"], rel=1e-4)
+
+
+@needs_tm
+def test_cli_writes_a_complete_record(tmp_path):
+    out = tmp_path / "run"
+    rc = bench_main(["train", "charlm", "--kind", "rnn", "--backend", "native", "--epochs", "2",
+                     "--hidden", "16", "--max-tokens", "2000", "--val-fraction", "0.02",
+                     "--num-preds", "5", "--optimizer", "sgd,adam", "--out", str(out)])
+    assert rc == 0
+    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 2
+    for r in recs:
+        assert r["type"] == "task" and r["task"] == "charlm" and r["kind"] == "rnn"
+        assert len(r["curves"]["perplexity"]) == 2
+        for key in ("perplexity", "val_perplexity", "train_time_s", "tokens_per_s", "predict_time_s"):
+            assert r["metrics"][key] > 0
+        assert set(r["samples"]) == set(charlm.PREFIXES)
+        sample = r["samples"]["time traveller"]["text"]
+        assert sample.startswith("time traveller") and len(sample) == len("time traveller") + 5
+    assert {r["settings"]["optimizer"] for r in recs} == {"sgd", "adam"}
+    assert (out / "charlm_ppl_native.png").is_file()
+    # --resume skips both
+    assert bench_main(["train", "charlm", "--kind", "rnn", "--epochs", "2", "--hidden", "16",
+                       "--max-tokens", "2000", "--val-fraction", "0.02", "--num-preds", "5",
+                       "--optimizer", "sgd,adam", "--out", str(out), "--resume"]) == 0
+    assert len((out / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert bench_main(["train", "charlm", "--backend", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown backend 'nope'" in capsys.readouterr().err
+    assert bench_main(["train", "charlm", "--kind", "tanh", "--out", str(tmp_path)]) == 2
+    assert "unknown cell kind 'tanh'" in capsys.readouterr().err
+    assert bench_main(["train", "charlm", "--init", "zeros", "--out", str(tmp_path)]) == 2
+    assert "unknown --init 'zeros'" in capsys.readouterr().err
+    assert bench_main(["train", "charlm", "--data", str(tmp_path / "missing"), "--epochs", "1",
+                       "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    if DATA is not None and (DATA / "timemachine.txt").is_file():
+        assert bench_main(["train", "charlm", "--random-iter", "--max-tokens", "500", "--epochs", "1",
+                           "--out", str(tmp_path)]) == 2
+        assert "holds no batch of 32 x 35" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["train", "chess", "--out", str(tmp_path)])
+    assert "invalid choice: 'chess'" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""poems: the lab's filters, vocabulary, generation, the CLI; plus the suite and report section."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main as bench_main
+from bench.tasks import poems, report_section, suite
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
+needs_poems = pytest.mark.skipif(DATA is None or not (DATA / "poems_tang.txt").is_file(),
+                                 reason="poems_tang.txt not found in $CELLBENCH_DATA (set it to ../shared/data)")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lab_filters():
+    kept = poems.parse_poems((FIXTURES / "poems_sample.txt").read_text(encoding="utf-8"))
+    assert kept[0] == "G床前明月光，疑是地上霜。舉頭望明月，低頭思故鄉。E"
+    assert [len(p) - 2 for p in kept] == [24, 80, 12]  # 5..80 kept, 81 and 3 dropped
+    assert kept[2].startswith("G春眠")  # spaces removed
+    assert not any(bad in p[1:-1] for p in kept for bad in poems.BAD)
+
+
+def test_vocab_and_generation_stop():
+    vocab = poems.CharVocab(["G春眠不覺曉E", "G處處聞啼鳥E"])
+    assert vocab.idx_to_token[:2] == [" ", "<unk>"] and vocab.encode("春X") == [vocab.token_to_idx["春"], 1]
+    model = poems.PoemLM("gru", "native", len(vocab), embed=8, hidden_size=8, seed=0)
+    text = poems.generate(model, vocab, "春", max_len=12, generator=torch.Generator().manual_seed(0))
+    assert text.startswith("春") and 1 <= len(text) <= 12 and "E" not in text
+    with torch.no_grad():
+        model.head.bias.fill_(-1e4)
+        model.head.bias[vocab.token_to_idx["E"]] = 1e4
+    assert poems.generate(model, vocab, "春", greedy=True) == "春"
+
+
+@needs_poems
+def test_cli_small_run(tmp_path):
+    out = tmp_path / "p"
+    rc = bench_main(["train", "poems", "--backend", "native", "--kind", "gru", "--epochs", "1",
+                     "--max-poems", "60", "--hidden", "16", "--embed", "8", "--lab-loop-poems", "4",
+                     "--begin", "日山", "--max-gen", "10", "--out", str(out)])
+    assert rc == 0
+    (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert r["task"] == "poems" and r["filtered_poems"] > 40000
+    assert r["metrics"]["test_perplexity"] > 1 and r["metrics"]["lab_loop_tokens_per_s"] > 0
+    assert set(r["samples"]) == {"日", "山"} and all(len(t) <= 10 for t in r["samples"].values())
+
+
+def test_suite_argument_lists_parse():
+    for mode in ("short", "full"):
+        for task in suite.SHORT:
+            module = __import__(f"bench.tasks.{task}", fromlist=["configure"])
+            parser = argparse.ArgumentParser()
+            module.configure(parser)
+            args = parser.parse_args(suite.task_argv(task, mode, "/tmp/x", "lstm", "native,fused", True))
+            assert args.resume and args.backends == ["native", "fused"]
+
+
+def test_suite_rejects_unknown_task(tmp_path):
+    with pytest.raises(SystemExit, match="unknown task"):
+        bench_main(["tasks", "--short", "--tasks", "chess", "--out", str(tmp_path)])
+
+
+def test_report_section_renders_every_task(tmp_path):
+    out = tmp_path / "runs"
+    assert bench_main(["train", "anbn", "--seeds", "0", "--steps", "5", "--n-eval", "5",
+                       "--out", str(out)]) == 0
+    fake = {"type": "task", "task": "names", "kind": "lstm", "backend": "native", "seed": 0,
+            "run_key": "x", "settings": {"num_layers": 1, "epochs": 1},
+            "metrics": {"test_accuracy": 0.5, "test_loss": 1.0}, "timings": {},
+            "curves": {"epoch": [1], "train_loss": [1.0], "test_loss": [1.1],
+                       "train_accuracy": [0.4], "test_accuracy": [0.5]},
+            "confusion": [[1, 0], [1, 0]], "languages": ["A", "B"],
+            "per_class_accuracy": {"A": 1.0, "B": 0.0}}
+    from bench import records
+    records.append(out, fake)
+    md = report_section.render([out], tmp_path / "report")
+    assert "## aⁿbⁿ" in md and "## Names" in md and "| lstm" in md
+    for link in [line[line.index("(") + 1: -1] for line in md.splitlines() if line.startswith("![")]:
+        assert (tmp_path / "report" / link).is_file()
+    assert report_section.render([tmp_path / "report"], tmp_path / "r2") == ""
