@@ -25,11 +25,10 @@ def rnn_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     bias: Optional[Tensor] = None
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
-    xw = project_input(x, w_ih, bias)
     w_hh_t = w_hh.t()
     outputs: List[Tensor] = []
-    for t in range(x.size(0)):
-        pre = torch.addmm(xw[t], h, w_hh_t)
+    for xw_t in project_input(x, w_ih, bias).unbind(0):
+        pre = torch.addmm(xw_t, h, w_hh_t)
         h = torch.relu(pre) if relu else torch.tanh(pre)
         outputs.append(h)
     return torch.stack(outputs), h
@@ -43,12 +42,11 @@ def gru_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     if b_ih is not None and b_hh is not None:
         bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden:])])
         b_hn = b_hh[2 * hidden:]
-    xw = project_input(x, w_ih, bias)
     w_hh_t = w_hh.t()
     outputs: List[Tensor] = []
-    for t in range(x.size(0)):
+    for xw_t in project_input(x, w_ih, bias).unbind(0):
         hw = h.matmul(w_hh_t)
-        x_r, x_z, x_n = xw[t].chunk(3, 1)
+        x_r, x_z, x_n = xw_t.chunk(3, 1)
         h_r, h_z, h_n = hw.chunk(3, 1)
         if b_hn is not None:
             h_n = h_n + b_hn
@@ -65,11 +63,10 @@ def lstm_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih:
     bias: Optional[Tensor] = None
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
-    xw = project_input(x, w_ih, bias)
     w_hh_t = w_hh.t()
     outputs: List[Tensor] = []
-    for t in range(x.size(0)):
-        gates = torch.addmm(xw[t], h, w_hh_t)
+    for xw_t in project_input(x, w_ih, bias).unbind(0):
+        gates = torch.addmm(xw_t, h, w_hh_t)
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

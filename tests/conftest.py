@@ -11,6 +11,24 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "CELLBENCH_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["CELLBENCH_DATA"] = str(SHARED_DATA)
 
+DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
+
+
+def needs_data(relative: str, what: str) -> pytest.MarkDecorator:
+    """Skip, naming the file, when the real data set is not in $CELLBENCH_DATA."""
+    return pytest.mark.skipif(DATA is None or not (DATA / relative).is_file(),
+                              reason=f"{what} not found in $CELLBENCH_DATA (set it to ../shared/data)")
+
+
+@pytest.fixture
+def one_thread():
+    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 

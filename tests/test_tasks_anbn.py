@@ -10,13 +10,7 @@ from bench.cli import main as bench_main
 from bench.tasks import anbn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sequence_and_batch():

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from bench.cli import main as bench_main
+from conftest import DATA, needs_data
 from bench.tasks import charlm
 
-DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
-needs_tm = pytest.mark.skipif(DATA is None or not (DATA / "timemachine.txt").is_file(),
-                              reason="timemachine.txt not found in $CELLBENCH_DATA (set it to ../shared/data)")
+needs_tm = needs_data("timemachine.txt", "timemachine.txt")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @needs_tm

@@ -10,21 +10,14 @@ import pytest
 import torch
 
 from bench.cli import main as bench_main
+from conftest import DATA, needs_data
 from bench.tasks import poems, report_section, suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
-DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
-needs_poems = pytest.mark.skipif(DATA is None or not (DATA / "poems_tang.txt").is_file(),
-                                 reason="poems_tang.txt not found in $CELLBENCH_DATA (set it to ../shared/data)")
+needs_poems = needs_data("poems_tang.txt", "poems_tang.txt")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on shared cores: one thread avoids oversubscription stalls (as the CLI does)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lab_filters():
