@@ -213,3 +213,36 @@ def test_deepcopy_drops_the_step_caches():
             y1, _ = module(x, state)
             assert not torch.equal(y1, y2)
             assert rel(y2, reference(clone)(x.double(), tuple(s.double() for s in state))[0]) <= 2e-5
+
+
+@pytest.mark.parametrize("kind, nonlinearity, dtype", CASES,
+                         ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES])
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, chunks, monkeypatch):
+    """The kernels split the batch (and the T*B rows of the weight gradients) into blocks, one
+    per numba thread; forcing 2 or 3 uneven blocks (B = 7) must give torch.nn's results, with
+    every gradient (input, states, weights, biases). Run serially if numba has 1 thread."""
+    monkeypatch.setattr(numba_cpu, "_chunks", lambda rows, per_thread: min(chunks, rows))
+    module = make(kind, nonlinearity, dtype)
+    ref = reference(module)
+    x = torch.randn(5, 7, 5, dtype=dtype)
+    h0 = tuple(torch.randn(1, 7, 7, dtype=dtype) for _ in range(2 if kind == "lstm" else 1))
+    xs = [x.clone().requires_grad_(), x.double().requires_grad_()]
+    hs = [tuple(h.clone().requires_grad_() for h in h0),
+          tuple(h.double().requires_grad_() for h in h0)]
+    outs = []
+    for m, xi, hi in ((module, xs[0], hs[0]), (ref, xs[1], hs[1])):
+        y, s = m(xi, hi if kind == "lstm" else hi[0])
+        (y.square().sum() + sum(t.sum() for t in states(s))).backward()
+        outs.append((y, states(s)))
+    assert rel(outs[0][0], outs[1][0]) <= TOL[dtype]
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert rel(a, b) <= TOL[dtype]
+    assert rel(xs[0].grad, xs[1].grad) <= TOL[dtype]
+    for a, b in zip(hs[0], hs[1]):
+        assert rel(a.grad, b.grad) <= TOL[dtype]
+    for (name, p), q in zip(module.named_parameters(), ref.parameters()):
+        assert rel(p.grad, q.grad) <= TOL[dtype], name
+    with torch.no_grad():  # the no-grad kernels (ping-pong buffers) split the same way
+        y, _ = module(x)
+    assert rel(y, ref(x.double())[0]) <= TOL[dtype]

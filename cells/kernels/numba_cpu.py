@@ -2,9 +2,11 @@
 
 Each layer and direction is one `torch.autograd.Function` whose forward and backward each call
 one @njit kernel on zero-copy numpy views of the torch tensors (`Tensor.numpy()` /
-`torch.from_numpy`). Without a gradient to compute, the kernel is called directly and nothing is
-saved. Generation (no grad, one layer, one direction, T == 1, B == 1) takes a fast path that
-skips the shared Python stacking code: see `NumbaLoop.forward`.
+`torch.from_numpy`). The kernels split the batch over numba's threads (`numba.set_num_threads`,
+`NUMBA_NUM_THREADS`); scipy's OpenBLAS, which they call, is kept at 1 thread. Without a gradient
+to compute, the kernel is called directly and nothing is saved. Generation (no grad, one layer,
+one direction, T == 1, B == 1) takes a fast path that skips the shared Python stacking code: see
+`NumbaLoop.forward`.
 
 CPU only; float32 and float64 (other dtypes are refused at construction and at call time).
 Compiled code is cached on disk (`cache=True`); `warm_up()` compiles or loads everything.
@@ -56,6 +58,21 @@ def _bias(b: Optional[Tensor], rows: int, dtype) -> np.ndarray:
     return np.zeros(rows, dtype) if b is None else _np(b)
 
 
+# --- threads: the batch is split over numba's threads -----------------------------------
+MIN_ROWS = 8  # batch rows per thread below which a split does not pay (start-up, tiny GEMMs)
+MIN_WGRAD_ROWS = 64  # T*B rows per thread for the weight-gradient GEMMs
+
+
+def _threads() -> int:
+    import numba
+    return numba.get_num_threads()
+
+
+def _chunks(rows: int, per_thread: int) -> int:
+    """How many threads share `rows` rows: numba's thread count, capped so each has enough."""
+    return max(1, min(_threads(), rows // per_thread))
+
+
 # --- per-kind drivers: numpy in, numpy out ---------------------------------------------
 def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: int, save: bool):
     """Run one layer; returns (hs (T+1, B, H), final states tuple, saved dict)."""
@@ -64,17 +81,19 @@ def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: 
     T = x2.shape[0] // B
     dt = x2.dtype
     hs = np.empty((T + 1, B, H), dt)
+    n = _chunks(B, MIN_ROWS)
     if kind == "lstm":
         cs = np.empty((T + 1 if save else 2, B, H), dt)
         gates = np.empty((T if save else 1, B, 4 * H), dt)
         tcs = np.empty((T if save else 1, B, H), dt)
-        K.lstm_forward(x2, states[0], states[1], w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save)
+        K.lstm_forward(x2, states[0], states[1], w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save,
+                       n)
         return hs, (hs[T], cs[T if save else T & 1]), (cs, gates, tcs)
     if kind == "gru":
         acts = np.empty((T if save else 1, B, 4 * H), dt)
-        K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save)
+        K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save, n)
         return hs, (hs[T],), (acts,)
-    K.rnn_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, relu)
+    K.rnn_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, relu, n)
     return hs, (hs[T],), ()
 
 
@@ -113,20 +132,26 @@ class _LayerFunction(torch.autograd.Function):
         dyn = np.zeros((T, B, H), dt) if dy is None else _np(dy)
         dhn = np.zeros((B, H), dt) if dh is None else _np(dh)
         dc0 = None
+        n = _chunks(B, MIN_ROWS)
         if kind == "lstm":
             cs, gates, tcs = ctx.arrays[4:]
             dcn = np.zeros((B, H), dt) if dc is None else _np(dc)
-            dx2, dh0, dc0, dw_ih, dw_hh, db_ih = K.lstm_backward(
-                dyn, dhn, dcn, xn, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw)
-            db_hh = db_ih.copy()
+            dx2, dh0, dc0, dGh, db_ih = K.lstm_backward(
+                dyn, dhn, dcn, xn, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
+            dGx, db_hh = dGh, db_ih.copy()
         elif kind == "gru":
             (acts,) = ctx.arrays[4:]
-            dx2, dh0, dw_ih, dw_hh, db_ih, db_hh = K.gru_backward(
-                dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw)
+            dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
+                dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
         else:
-            dx2, dh0, dw_ih, dw_hh, db_ih = K.rnn_backward(
-                dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw)
-            db_hh = db_ih.copy()
+            dx2, dh0, dGh, db_ih = K.rnn_backward(
+                dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n)
+            dGx, db_hh = dGh, db_ih.copy()
+        dw_ih = dw_hh = None
+        if need_dw:  # the two GEMMs over all T*B rows, split over threads by rows
+            nw = _chunks(T * B, MIN_WGRAD_ROWS)
+            dw_ih = K.wgrad(dGx.reshape(T * B, -1), xn, nw)
+            dw_hh = K.wgrad(dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H), nw)
 
         def out(flag, arr):
             return torch.from_numpy(arr) if flag and arr is not None else None
@@ -232,7 +257,7 @@ class NumbaLoop(RecurrentBase):
             flat = out.reshape(3, H)
             K.lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh, flat)
             y, hn, cn = torch.from_numpy(out).unbind(0)
-            self._last_state = (hn, cn, flat[1], flat[2])
+            self.__dict__["_last_state"] = (hn, cn, flat[1], flat[2])  # skips Module.__setattr__
             return y, (hn, cn)
         out = np.empty((2,) + state_shape, w_ih.dtype)
         flat = out.reshape(2, H)
@@ -241,7 +266,7 @@ class NumbaLoop(RecurrentBase):
         else:
             K.rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, self.nonlinearity == "relu", flat)
         y, hn = torch.from_numpy(out).unbind(0)
-        self._last_state = (hn, None, flat[1], None)
+        self.__dict__["_last_state"] = (hn, None, flat[1], None)
         return y, hn
 
     def forward(self, input: Tensor, hx=None):
@@ -312,17 +337,15 @@ def blas_threads() -> Optional[int]:
 
 
 def _default_blas_threads() -> None:
-    """Set once at import: CELLS_NUMBA_BLAS_THREADS if set (0 = leave OpenBLAS alone); else,
-    if OPENBLAS_NUM_THREADS is set, OpenBLAS has read it and it is left alone; else 1 thread.
+    """Set once at import: CELLS_NUMBA_BLAS_THREADS if set (0 = leave OpenBLAS alone), else 1
+    thread, whatever OPENBLAS_NUM_THREADS says.
 
-    One thread because the GEMMs here are small (a recurrent step at batch 32 is ~17 MFLOP) and
-    OpenBLAS's spinning thread pool collapses when the CPU is shared: on 2 busy cores a 2-thread
-    LSTM forward ran 30-50x slower than a 1-thread one (docs/numba.md)."""
-    value = os.environ.get("CELLS_NUMBA_BLAS_THREADS", "").strip()
-    if not value:
-        if os.environ.get("OPENBLAS_NUM_THREADS", "").strip():
-            return
-        value = "1"
+    The kernels parallelise themselves: each of numba's threads runs its own block of the batch
+    (or of the T*B rows) and makes its own BLAS calls, so a multi-threaded OpenBLAS would only
+    oversubscribe the cores, and its thread start-up dominates the small per-step GEMMs and the
+    batch-1 matrix-vector products (docs/numba.md). The thread count to set is numba's
+    (numba.set_num_threads / NUMBA_NUM_THREADS)."""
+    value = os.environ.get("CELLS_NUMBA_BLAS_THREADS", "").strip() or "1"
     try:
         n = int(value)
     except ValueError:

@@ -5,23 +5,30 @@ Layout (time-major, C-contiguous; G = gates * H):
 * `x2`  (T*B, I): the layer input, flattened over time and batch.
 * `hs`  (T+1, B, H): hs[0] = h_0, hs[t+1] = h_t; the caller hands hs[1:] to torch as the output,
   and the backward uses hs[:T] (the h_{t-1} of every step) as one (T*B, H) matrix.
-* LSTM: `gates` (T, B, 4H): the recurrent GEMM of step t writes into gates[t], the pointwise
-  loop turns it in place into i, f, g, o; `tcs` (T, B, H) tanh(c_t); `cs` (T+1, B, H) cells.
+* LSTM: `gates` (T, B, 4H): i, f, g, o of every step (the pointwise loop writes them from the
+  step's transposed GEMM result); `tcs` (T, B, H) tanh(c_t); `cs` (T+1, B, H) cells.
   Without saving (inference) gates and tcs are (1, B, .) scratch and cs a (2, B, H) ping-pong.
 * GRU: `acts` (T, B, 4H): r, z, n, W_hn h + b_hn. RNN: nothing beyond hs (h is enough).
 
-GEMMs go through np.dot, i.e. scipy's BLAS: the input projection of all steps is one GEMM
-before the loop; per step one recurrent GEMM for all gates; in the backward one GEMM per step
-for dh_{t-1}, then dW_ih, dW_hh and dx as one GEMM each over all T*B rows. Bias gradients are
-summed in the pointwise loop. The pointwise loops run over contiguous rows of H elements so
-LLVM vectorises them; in float32 sigmoid and tanh are a branch-free rational approximation
-(no libm call, so it vectorises; max abs error 3.6e-7 ~ 6 ulp), in float64 libm's exp / tanh
-(full precision, as float64's 1e-10 tolerance needs).
+The batch is split into `nchunks` blocks, one per numba thread (prange): rows are independent
+through the whole recurrence, forward and backward, so each thread runs all T steps of its block
+with no synchronisation between steps. GEMMs go through np.dot, i.e. scipy's BLAS, which must
+stay at 1 thread (each numba thread makes its own calls). The input projection of all steps is
+one GEMM before the loop (rows split over the threads); per step and block one recurrent GEMM
+for all gates, computed transposed (W @ h.T) because OpenBLAS packs the weight on every call
+and is 1.5-1.8x faster with the weight as the left operand at few rows; in the backward one
+GEMM per step and block for dh_{t-1} (W_hh.T @ dG.T, same reason; both cut into row blocks
+for OpenBLAS's small-matrix kernel, see _wdot), then dx over all T*B rows
+split by rows, and dW_ih, dW_hh (`wgrad`) with the T*B-row reduction split over the threads.
+Bias gradients are summed in the pointwise loop. The pointwise loops run over contiguous rows
+of H elements so LLVM vectorises them; in float32 sigmoid and tanh are a branch-free rational
+approximation (no libm call, so it vectorises; max abs error 3.6e-7 ~ 6 ulp), in float64 libm's
+exp / tanh (full precision, as float64's 1e-10 tolerance needs).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 # fast-math without nnan/ninf: NaN and inf still propagate as in torch.nn
@@ -80,49 +87,99 @@ def _ov_sigmoid(x):
     return lambda x: 1.0 / (1.0 + np.exp(-x))
 
 
+# --- splitting the batch over threads ---------------------------------------------------
+# Batch rows are independent through the whole recurrence, forward and backward, so each of
+# `nchunks` threads (numba prange) runs every time step for its own block of rows, with its own
+# 1-thread BLAS calls and no synchronisation between steps. The GEMMs over all T*B rows (input
+# projection, dx) are split by rows; dW_ih and dW_hh by their reduction dimension (partial sums
+# added at the end). nchunks = 1 is the serial kernel.
+PAR = dict(OPTS, parallel=True)
+
+
+@njit(**OPTS)
+def _block(n, k, nchunks):
+    """Start of block k of n rows split into nchunks near-equal blocks."""
+    return (n * k) // nchunks
+
+
+@njit(**PAR)
+def wgrad(dG2, a2, nchunks):
+    """A weight gradient dG2.T @ a2 (G, K), the reduction over the T*B rows split over nchunks
+    threads: block 0 writes the result, the others partial products, added in parallel by rows."""
+    n = dG2.shape[0]
+    G = dG2.shape[1]
+    K = a2.shape[1]
+    out = np.empty((G, K), dG2.dtype)
+    parts = np.empty((max(nchunks - 1, 0), G, K), dG2.dtype)
+    for k in prange(nchunks):
+        r0 = _block(n, k, nchunks)
+        r1 = _block(n, k + 1, nchunks)
+        if k == 0:
+            if r1 > r0:
+                np.dot(dG2[r0:r1].T, a2[r0:r1], out)
+            else:
+                out[:] = 0
+        elif r1 > r0:
+            np.dot(dG2[r0:r1].T, a2[r0:r1], parts[k - 1])
+        else:
+            parts[k - 1] = 0
+    for k in prange(nchunks):
+        g0 = _block(G, k, nchunks)
+        g1 = _block(G, k + 1, nchunks)
+        for q in range(nchunks - 1):
+            for g in range(g0, g1):
+                o = out[g]
+                p = parts[q, g]
+                for j in range(K):
+                    o[j] += p[j]
+    return out
+
+
+SMALL_GEMM = 262144  # 64^3: at or below this M*N*K OpenBLAS uses its small-matrix kernels
+
+
+@njit(**OPTS)
+def _wdot(w, v, out):
+    """out (G, n) = w (G, K) @ v.T for v (n, K), in row blocks of w: each block's product is
+    small enough for OpenBLAS's small-matrix kernel, which skips packing the weight (a d2l step
+    at 16 rows: 105 -> 82 us forward, 117 -> 80 us for the backward's W_hh.T (256, 1024))."""
+    G, K = w.shape
+    n = v.shape[0]
+    mb = max(8, SMALL_GEMM // max(n * K, 1))
+    for g0 in range(0, G, mb):
+        g1 = min(G, g0 + mb)
+        np.dot(w[g0:g1], v.T, out[g0:g1])
+
+
 # --- LSTM ------------------------------------------------------------------------------
 @njit(**OPTS)
-def lstm_forward(x2, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save):
-    """hs[1:] <- outputs, cs <- cells; gates <- i, f, g, o and tcs <- tanh(c) per step when
-    `save` (else gates, tcs are (1, B, .) scratch and cs a (2, B, H) ping-pong buffer).
-
-    tanh(a) = 2 sigmoid(2a) - 1: the g rows of W_hh, W_ih and the bias are doubled (exact), so
-    one flat sigmoid loop covers all four gates of a step, then g = 2 s - 1."""
-    B, H = h0.shape
-    TB = x2.shape[0]
-    T = TB // B
+def _lstm_fwd_rows(xw, w, hs, cs, gates, tcs, save, b0, b1):
+    """The recurrence of rows b0:b1 of the batch, all steps (see lstm_forward)."""
+    T = hs.shape[0] - 1
+    B = hs.shape[1]
+    H = hs.shape[2]
     G = 4 * H
-    one = x2.dtype.type(1)
-    two = x2.dtype.type(2)
-    scale = np.ones(G, x2.dtype)
-    scale[2 * H:3 * H] = two
-    bias = (b_ih + b_hh) * scale
-    w = w_hh.copy()
-    w[2 * H:3 * H] *= two
-    xw = np.dot(x2, w_ih.T)
-    for r in range(TB):
-        row = xw[r]
-        for k in range(G):
-            row[k] = row[k] * scale[k] + bias[k]
-    xflat = xw.reshape(TB * G)
-    hs[0] = h0
-    cs[0] = c0
+    n = b1 - b0
+    one = xw.dtype.type(1)
+    two = xw.dtype.type(2)
+    gT = np.empty((G, n), xw.dtype)
     for t in range(T):
         ts = t if save else 0
         cp = t if save else t & 1
         cn = t + 1 if save else (t + 1) & 1
-        g = gates[ts]
-        np.dot(hs[t], w.T, g)  # the GEMM writes the gate rows in place
-        gf = g.reshape(B * G)
-        base = t * B * G
-        for k in range(B * G):
-            gf[k] = act_sigmoid(gf[k] + xflat[base + k])
-        for b in range(B):
+        g = gates[ts, b0:b1]
+        _wdot(w, hs[t, b0:b1], gT)  # (G, n): see _lstm_bwd_rows on why transposed
+        for b in range(n):
             gr = g[b]
-            cprev = cs[cp, b]
-            cnew = cs[cn, b]
-            hnew = hs[t + 1, b]
-            tr = tcs[ts, b]
+            xr = xw[t * B + b0 + b]
+            for k in range(G):
+                gr[k] = act_sigmoid(gT[k, b] + xr[k])
+        for b in range(n):
+            gr = g[b]
+            cprev = cs[cp, b0 + b]
+            cnew = cs[cn, b0 + b]
+            hnew = hs[t + 1, b0 + b]
+            tr = tcs[ts, b0 + b]
             for j in range(H):
                 gg = two * gr[2 * H + j] - one
                 gr[2 * H + j] = gg
@@ -131,23 +188,63 @@ def lstm_forward(x2, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save):
                 cnew[j] = c
                 tr[j] = tc
                 hnew[j] = gr[3 * H + j] * tc
+
+
+@njit(**PAR)
+def lstm_forward(x2, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save, nchunks):
+    """hs[1:] <- outputs, cs <- cells; gates <- i, f, g, o and tcs <- tanh(c) per step when
+    `save` (else gates, tcs are (1, B, .) scratch and cs a (2, B, H) ping-pong buffer).
+
+    tanh(a) = 2 sigmoid(2a) - 1: the g rows of W_hh, W_ih and the bias are doubled (exact), so
+    one flat sigmoid loop covers all four gates of a step, then g = 2 s - 1."""
+    B, H = h0.shape
+    TB = x2.shape[0]
+    G = 4 * H
+    one = x2.dtype.type(1)
+    two = x2.dtype.type(2)
+    scale = np.ones(G, x2.dtype)
+    scale[2 * H:3 * H] = two
+    bias = np.empty(G, x2.dtype)
+    for k in range(G):
+        bias[k] = (b_ih[k] + b_hh[k]) * scale[k]
+    w = w_hh.copy()
+    wf = w.reshape(G * H)
+    for k in range(2 * H * H, 3 * H * H):
+        wf[k] = wf[k] * two
+    xw = np.empty((TB, G), x2.dtype)
+    for k in prange(nchunks):
+        r0 = _block(TB, k, nchunks)
+        r1 = _block(TB, k + 1, nchunks)
+        if r1 > r0:
+            np.dot(x2[r0:r1], w_ih.T, xw[r0:r1])
+            for r in range(r0, r1):
+                row = xw[r]
+                for q in range(G):
+                    row[q] = row[q] * scale[q] + bias[q]
+    hs[0] = h0
+    cs[0] = c0
+    for k in prange(nchunks):
+        _lstm_fwd_rows(xw, w, hs, cs, gates, tcs, save,
+                       _block(B, k, nchunks), _block(B, k + 1, nchunks))
     return one
 
 
 @njit(**OPTS)
-def lstm_backward(dy, dhT, dcT, x2, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw):
-    """Returns dx2 (T*B, I), dh0, dc0, dw_ih, dw_hh, db (db = d b_ih = d b_hh)."""
-    T, B, H = dy.shape
+def _lstm_bwd_rows(dy, dh, dc, cs, gates, tcs, w_hhT, dG, db, need_dh0, need_dw, b0, b1):
+    """dG[:, b0:b1], dh[b0:b1], dc[b0:b1] (and this block's bias gradient in db).
+
+    The per-step GEMMs have few rows (the batch block), and OpenBLAS then spends most of a
+    call packing the 1 MB weight matrix: computed transposed, W (G, H) @ h.T -> (G, n) and
+    W_hh.T (H, G) @ dG.T -> (H, n), the weight is the "A" operand and a d2l-size step runs
+    1.5-1.8x faster (docs/numba.md)."""
+    T = dy.shape[0]
+    H = dy.shape[2]
     G = 4 * H
+    n = b1 - b0
     one = dy.dtype.type(1)
-    dG = np.empty((T, B, G), dy.dtype)
-    dh = np.empty((B, H), dy.dtype)
-    dh[:] = dhT
-    dc = np.empty((B, H), dy.dtype)
-    dc[:] = dcT
-    db = np.zeros(G, dy.dtype)
+    dhT = np.empty((H, n), dy.dtype)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b0, b1):
             ar = gates[t, b]
             tr = tcs[t, b]
             dyr = dy[t, b]
@@ -175,71 +272,114 @@ def lstm_backward(dy, dhT, dcT, x2, hs, cs, gates, tcs, w_ih, w_hh, need_dx, nee
             if need_dw:
                 for k in range(G):
                     db[k] += dgr[k]
-        if t > 0 or need_dh0:
-            np.dot(dG[t], w_hh, dh)
+        if (t > 0 or need_dh0) and n > 0:
+            _wdot(w_hhT, dG[t, b0:b1], dhT)
+            for b in range(n):
+                dhr = dh[b0 + b]
+                for j in range(H):
+                    dhr[j] = dhT[j, b]
+
+
+@njit(**PAR)
+def lstm_backward(dy, dhT, dcT, x2, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw,
+                  nchunks):
+    """Returns dx2 (T*B, I), dh0, dc0, dG (T, B, 4H), db (db = d b_ih = d b_hh); the weight
+    gradients are wgrad(dG, x2) and wgrad(dG, hs[:T])."""
+    T, B, H = dy.shape
+    G = 4 * H
+    dG = np.empty((T, B, G), dy.dtype)
+    dh = dhT.copy()
+    dc = dcT.copy()
+    dbs = np.zeros((nchunks, G), dy.dtype)
+    w_hhT = np.ascontiguousarray(w_hh.T)
+    for k in prange(nchunks):
+        _lstm_bwd_rows(dy, dh, dc, cs, gates, tcs, w_hhT, dG, dbs[k], need_dh0, need_dw,
+                       _block(B, k, nchunks), _block(B, k + 1, nchunks))
+    db = dbs[0].copy()
+    for k in range(1, nchunks):
+        for q in range(G):
+            db[q] += dbs[k, q]
     dG2 = dG.reshape(T * B, G)
-    dx2 = np.dot(dG2, w_ih) if need_dx else np.empty((0, 0), dy.dtype)
-    if need_dw:
-        dw_ih = np.dot(dG2.T, x2)
-        dw_hh = np.dot(dG2.T, hs[:T].reshape(T * B, H))
+    if need_dx:
+        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
+        for k in prange(nchunks):
+            r0 = _block(T * B, k, nchunks)
+            r1 = _block(T * B, k + 1, nchunks)
+            if r1 > r0:
+                np.dot(dG2[r0:r1], w_ih, dx2[r0:r1])
     else:
-        dw_ih = np.empty((0, 0), dy.dtype)
-        dw_hh = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dc, dw_ih, dw_hh, db
+        dx2 = np.empty((0, 0), dy.dtype)
+    return dx2, dh, dc, dG, db
 
 
 # --- GRU -------------------------------------------------------------------------------
 @njit(**OPTS)
-def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save):
-    """hs[1:] <- outputs; saves r, z, n, W_hn h + b_hn in acts when `save`."""
-    B, H = h0.shape
-    T = x2.shape[0] // B
+def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, b0, b1):
+    T = hs.shape[0] - 1
+    B = hs.shape[1]
+    H = hs.shape[2]
     G = 3 * H
-    one = x2.dtype.type(1)
-    bias = np.empty(G, x2.dtype)  # b_ih + b_hh for r and z; b_in alone for n
-    bias[:2 * H] = b_ih[:2 * H] + b_hh[:2 * H]
-    bias[2 * H:] = b_ih[2 * H:]
-    bhn = b_hh[2 * H:]
-    xw = np.dot(x2, w_ih.T)
-    hw = np.empty((B, G), x2.dtype)
-    hs[0] = h0
+    n = b1 - b0
+    hwT = np.empty((G, n), xw.dtype)
+    hr = np.empty(G, xw.dtype)
     for t in range(T):
-        np.dot(hs[t], w_hh.T, hw)
+        _wdot(w_hh, hs[t, b0:b1], hwT)  # transposed: see _lstm_bwd_rows
         ts = t if save else 0
-        for b in range(B):
-            xr = xw[t * B + b]
-            hr = hw[b]
-            ar = acts[ts, b]
-            hprev = hs[t, b]
-            hnew = hs[t + 1, b]
+        for b in range(n):
+            xr = xw[t * B + b0 + b]
+            for k in range(G):
+                hr[k] = hwT[k, b]
+            ar = acts[ts, b0 + b]
+            hprev = hs[t, b0 + b]
+            hnew = hs[t + 1, b0 + b]
             for j in range(H):
                 r = act_sigmoid(xr[j] + hr[j] + bias[j])
                 z = act_sigmoid(xr[H + j] + hr[H + j] + bias[H + j])
                 hn = hr[2 * H + j] + bhn[j]
-                n = act_tanh(xr[2 * H + j] + bias[2 * H + j] + r * hn)
-                hnew[j] = n + z * (hprev[j] - n)
+                n_ = act_tanh(xr[2 * H + j] + bias[2 * H + j] + r * hn)
+                hnew[j] = n_ + z * (hprev[j] - n_)
                 ar[j] = r
                 ar[H + j] = z
-                ar[2 * H + j] = n
+                ar[2 * H + j] = n_
                 ar[G + j] = hn
+
+
+@njit(**PAR)
+def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save, nchunks):
+    """hs[1:] <- outputs; saves r, z, n, W_hn h + b_hn in acts when `save`."""
+    B, H = h0.shape
+    TB = x2.shape[0]
+    G = 3 * H
+    one = x2.dtype.type(1)
+    bias = np.empty(G, x2.dtype)  # b_ih + b_hh for r and z; b_in alone for n
+    for k in range(2 * H):
+        bias[k] = b_ih[k] + b_hh[k]
+    for k in range(2 * H, G):
+        bias[k] = b_ih[k]
+    bhn = b_hh[2 * H:].copy()
+    xw = np.empty((TB, G), x2.dtype)
+    for k in prange(nchunks):
+        r0 = _block(TB, k, nchunks)
+        r1 = _block(TB, k + 1, nchunks)
+        if r1 > r0:
+            np.dot(x2[r0:r1], w_ih.T, xw[r0:r1])
+    hs[0] = h0
+    for k in prange(nchunks):
+        _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save,
+                      _block(B, k, nchunks), _block(B, k + 1, nchunks))
     return one
 
 
 @njit(**OPTS)
-def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw):
-    """Returns dx2, dh0, dw_ih, dw_hh, db_ih, db_hh."""
-    T, B, H = dy.shape
+def _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, db_ih, db_hh, need_dh0, need_dw, b0, b1):
+    T = dy.shape[0]
+    H = dy.shape[2]
     G = 3 * H
+    n = b1 - b0
     one = dy.dtype.type(1)
-    dGx = np.empty((T, B, G), dy.dtype)
-    dGh = np.empty((T, B, G), dy.dtype)
-    dh = np.empty((B, H), dy.dtype)  # the part of dh_{t} that does not go through W_hh
-    dh[:] = dhT
-    dhw = np.zeros((B, H), dy.dtype)  # dGh_{t+1} @ W_hh
-    db_ih = np.zeros(G, dy.dtype)
-    db_hh = np.zeros(G, dy.dtype)
+    dhT = np.empty((H, n), dy.dtype)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b0, b1):
             ar = acts[t, b]
             dyr = dy[t, b]
             dhr = dh[b]
@@ -250,11 +390,11 @@ def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw):
             for j in range(H):
                 r = ar[j]
                 z = ar[H + j]
-                n = ar[2 * H + j]
+                n_ = ar[2 * H + j]
                 hn = ar[G + j]
                 dht = dhr[j] + dwr[j] + dyr[j]
-                dnp = dht * (one - z) * (one - n * n)
-                dzp = dht * (hprev[j] - n) * z * (one - z)
+                dnp = dht * (one - z) * (one - n_ * n_)
+                dzp = dht * (hprev[j] - n_) * z * (one - z)
                 drp = dnp * hn * r * (one - r)
                 dhr[j] = dht * z
                 gx[j] = drp
@@ -267,40 +407,68 @@ def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw):
                 for k in range(G):
                     db_ih[k] += gx[k]
                     db_hh[k] += gh[k]
-        if t > 0 or need_dh0:
-            np.dot(dGh[t], w_hh, dhw)
+        if (t > 0 or need_dh0) and n > 0:
+            _wdot(w_hhT, dGh[t, b0:b1], dhT)  # transposed: see _lstm_bwd_rows
+            for b in range(n):
+                dwr = dhw[b0 + b]
+                for j in range(H):
+                    dwr[j] = dhT[j, b]
+
+
+@njit(**PAR)
+def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, nchunks):
+    """Returns dx2, dh0, dGx, dGh (T, B, 3H), db_ih, db_hh; the weight gradients are
+    wgrad(dGx, x2) and wgrad(dGh, hs[:T])."""
+    T, B, H = dy.shape
+    G = 3 * H
+    dGx = np.empty((T, B, G), dy.dtype)
+    dGh = np.empty((T, B, G), dy.dtype)
+    dh = dhT.copy()  # the part of dh_{t} that does not go through W_hh
+    dhw = np.zeros((B, H), dy.dtype)  # dGh_{t+1} @ W_hh
+    dbi = np.zeros((nchunks, G), dy.dtype)
+    dbh = np.zeros((nchunks, G), dy.dtype)
+    w_hhT = np.ascontiguousarray(w_hh.T)
+    for k in prange(nchunks):
+        _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[k], dbh[k], need_dh0, need_dw,
+                      _block(B, k, nchunks), _block(B, k + 1, nchunks))
+    db_ih = dbi[0].copy()
+    db_hh = dbh[0].copy()
+    for k in range(1, nchunks):
+        for q in range(G):
+            db_ih[q] += dbi[k, q]
+            db_hh[q] += dbh[k, q]
     if need_dh0:
-        dh += dhw
+        for b in range(B):
+            for j in range(H):
+                dh[b, j] += dhw[b, j]
     Gx2 = dGx.reshape(T * B, G)
-    Gh2 = dGh.reshape(T * B, G)
-    dx2 = np.dot(Gx2, w_ih) if need_dx else np.empty((0, 0), dy.dtype)
-    if need_dw:
-        dw_ih = np.dot(Gx2.T, x2)
-        dw_hh = np.dot(Gh2.T, hs[:T].reshape(T * B, H))
+    if need_dx:
+        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
+        for k in prange(nchunks):
+            r0 = _block(T * B, k, nchunks)
+            r1 = _block(T * B, k + 1, nchunks)
+            if r1 > r0:
+                np.dot(Gx2[r0:r1], w_ih, dx2[r0:r1])
     else:
-        dw_ih = np.empty((0, 0), dy.dtype)
-        dw_hh = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dw_ih, dw_hh, db_ih, db_hh
+        dx2 = np.empty((0, 0), dy.dtype)
+    return dx2, dh, dGx, dGh, db_ih, db_hh
 
 
 # --- RNN (tanh / relu) -----------------------------------------------------------------
 @njit(**OPTS)
-def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu):
-    """hs[1:] <- outputs (the backward needs nothing else)."""
-    B, H = h0.shape
-    T = x2.shape[0] // B
-    one = x2.dtype.type(1)
-    zero = x2.dtype.type(0)
-    bias = b_ih + b_hh
-    xw = np.dot(x2, w_ih.T)
-    hw = np.empty((B, H), x2.dtype)
-    hs[0] = h0
+def _rnn_fwd_rows(xw, w_hh, bias, hs, relu, b0, b1):
+    T = hs.shape[0] - 1
+    B = hs.shape[1]
+    H = hs.shape[2]
+    n = b1 - b0
+    zero = xw.dtype.type(0)
+    hw = np.empty((n, H), xw.dtype)
     for t in range(T):
-        np.dot(hs[t], w_hh.T, hw)
-        for b in range(B):
-            xr = xw[t * B + b]
+        np.dot(hs[t, b0:b1], w_hh.T, hw)
+        for b in range(n):
+            xr = xw[t * B + b0 + b]
             hr = hw[b]
-            hnew = hs[t + 1, b]
+            hnew = hs[t + 1, b0 + b]
             if relu:
                 for j in range(H):
                     p = xr[j] + hr[j] + bias[j]
@@ -308,21 +476,38 @@ def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu):
             else:
                 for j in range(H):
                     hnew[j] = act_tanh(xr[j] + hr[j] + bias[j])
+
+
+@njit(**PAR)
+def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu, nchunks):
+    """hs[1:] <- outputs (the backward needs nothing else)."""
+    B, H = h0.shape
+    TB = x2.shape[0]
+    one = x2.dtype.type(1)
+    bias = np.empty(H, x2.dtype)
+    for k in range(H):
+        bias[k] = b_ih[k] + b_hh[k]
+    xw = np.empty((TB, H), x2.dtype)
+    for k in prange(nchunks):
+        r0 = _block(TB, k, nchunks)
+        r1 = _block(TB, k + 1, nchunks)
+        if r1 > r0:
+            np.dot(x2[r0:r1], w_ih.T, xw[r0:r1])
+    hs[0] = h0
+    for k in prange(nchunks):
+        _rnn_fwd_rows(xw, w_hh, bias, hs, relu, _block(B, k, nchunks), _block(B, k + 1, nchunks))
     return one
 
 
 @njit(**OPTS)
-def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw):
-    """Returns dx2, dh0, dw_ih, dw_hh, db (= d b_ih = d b_hh)."""
-    T, B, H = dy.shape
+def _rnn_bwd_rows(dy, dh, hs, w_hh, dG, db, relu, need_dh0, need_dw, b0, b1):
+    T = dy.shape[0]
+    H = dy.shape[2]
+    n = b1 - b0
     one = dy.dtype.type(1)
     zero = dy.dtype.type(0)
-    dG = np.empty((T, B, H), dy.dtype)
-    dh = np.empty((B, H), dy.dtype)
-    dh[:] = dhT
-    db = np.zeros(H, dy.dtype)
     for t in range(T - 1, -1, -1):
-        for b in range(B):
+        for b in range(b0, b1):
             dyr = dy[t, b]
             dhr = dh[b]
             hr = hs[t + 1, b]
@@ -336,17 +521,35 @@ def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw):
             if need_dw:
                 for k in range(H):
                     db[k] += gr[k]
-        if t > 0 or need_dh0:
-            np.dot(dG[t], w_hh, dh)
+        if (t > 0 or need_dh0) and n > 0:
+            np.dot(dG[t, b0:b1], w_hh, dh[b0:b1])
+
+
+@njit(**PAR)
+def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, nchunks):
+    """Returns dx2, dh0, dG (T, B, H), db (= d b_ih = d b_hh); weight gradients as for LSTM."""
+    T, B, H = dy.shape
+    dG = np.empty((T, B, H), dy.dtype)
+    dh = dhT.copy()
+    dbs = np.zeros((nchunks, H), dy.dtype)
+    for k in prange(nchunks):
+        _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[k], relu, need_dh0, need_dw,
+                      _block(B, k, nchunks), _block(B, k + 1, nchunks))
+    db = dbs[0].copy()
+    for k in range(1, nchunks):
+        for q in range(H):
+            db[q] += dbs[k, q]
     G2 = dG.reshape(T * B, H)
-    dx2 = np.dot(G2, w_ih) if need_dx else np.empty((0, 0), dy.dtype)
-    if need_dw:
-        dw_ih = np.dot(G2.T, x2)
-        dw_hh = np.dot(G2.T, hs[:T].reshape(T * B, H))
+    if need_dx:
+        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
+        for k in prange(nchunks):
+            r0 = _block(T * B, k, nchunks)
+            r1 = _block(T * B, k + 1, nchunks)
+            if r1 > r0:
+                np.dot(G2[r0:r1], w_ih, dx2[r0:r1])
     else:
-        dw_ih = np.empty((0, 0), dy.dtype)
-        dw_hh = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dw_ih, dw_hh, db
+        dx2 = np.empty((0, 0), dy.dtype)
+    return dx2, dh, dG, db
 
 
 # --- one step at batch 1 (generation): matrix-vector products, no scratch saved ----------
