@@ -251,7 +251,7 @@ def failures_section(df: pd.DataFrame) -> str:
     return _markdown(pd.DataFrame(rows)) + "\n"
 
 
-def tasks_section(paths: list[str], out_dir: Path) -> str:
+def tasks_section(paths: list[str], out_dir: Path, fig_dir: Path) -> str:
     """Markdown from bench.tasks.report_section for task records; '' if none or no module."""
     try:
         if not any(r.get("type") == "task" for r in iter_records(paths)):
@@ -260,7 +260,7 @@ def tasks_section(paths: list[str], out_dir: Path) -> str:
     except Exception:
         return ""
     try:
-        return report_section.render(paths, out_dir)
+        return report_section.render(paths, fig_dir, link_base=out_dir)
     except Exception as exc:
         return f"\n## Training tasks\n\n_The task section could not be rendered: {type(exc).__name__}: {exc}_\n"
 
@@ -319,7 +319,7 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
               f"numba kernel, are not seen); CUDA: {MEMORY_METHOD_CUDA}."
               + (f" Methods in these records: {'; '.join(methods)}." if methods else ""),
               "", "## Environment and peak", "", environment_section(runs)]
-    tasks = tasks_section(paths, out_dir)
+    tasks = tasks_section(paths, out_dir, out_dir / fig_dir_name)
     if tasks:
         lines += ["", tasks.strip(), ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -89,7 +89,8 @@ def test_report_default_output_and_missing_dir(run_dir, tmp_path, capsys):
 def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypatch):
     calls = []
     fake = types.ModuleType("bench.tasks.report_section")
-    fake.render = lambda paths, out_dir: calls.append((paths, out_dir)) or "## Training tasks\n\nppl 1.2\n"
+    fake.render = lambda paths, out_dir, link_base: calls.append((paths, out_dir, link_base)) or \
+        "## Training tasks\n\nppl 1.2\n"
     import bench.tasks
     monkeypatch.setitem(sys.modules, "bench.tasks.report_section", fake)
     monkeypatch.setattr(bench.tasks, "report_section", fake, raising=False)
@@ -97,7 +98,8 @@ def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypat
     assert calls == []  # no task records: not called
     append(run_dir, {"type": "task", "task": "charlm"})
     text = report.render([str(run_dir)], run_dir / "r.md", plots=False)
-    assert text.rstrip().endswith("ppl 1.2") and calls == [([str(run_dir)], run_dir)]
+    assert text.rstrip().endswith("ppl 1.2")
+    assert calls == [([str(run_dir)], run_dir / "r-figures", run_dir)]  # plots beside the sweep's
 
 
 def test_empty_directory_renders(tmp_path):

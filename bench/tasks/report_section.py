@@ -7,6 +7,7 @@ where the report's markdown is expected to sit).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -138,8 +139,10 @@ def _poems(runs: list[dict], out_dir: Path) -> str:
 SECTIONS = (("charlm", _charlm), ("names", _names), ("anbn", _anbn), ("poems", _poems))
 
 
-def render(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> str:
-    """Markdown sections for the task records under `paths`; plots written into out_dir."""
+def render(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
+           link_base: str | os.PathLike | None = None) -> str:
+    """Markdown sections for the task records under `paths`; plots written into out_dir and
+    linked relative to link_base (the markdown file's directory; default out_dir)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib
@@ -155,4 +158,8 @@ def render(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> st
                 parts.append(f"## {name}\n\n_could not render: {type(exc).__name__}: {exc}_\n")
     if not parts:
         return ""
-    return "\n\n".join(parts) + "\n"
+    text = "\n\n".join(parts) + "\n"
+    if link_base is not None and Path(link_base).resolve() != out.resolve():
+        prefix = os.path.relpath(out, link_base).replace(os.sep, "/")
+        text = re.sub(r"(!\[[^\]]*\]\()", rf"\g<1>{prefix}/", text)
+    return text
