@@ -19,6 +19,7 @@ from typing import Optional
 import pandas as pd
 
 from .measure import CASE_FIELDS, FLOP_CONVENTION, MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, NOISE_THRESHOLD
+from .figures import save_figure
 from .records import iter_records
 
 SHAPE = ["input_size", "hidden_size", "num_layers", "batch", "seq_len"]
@@ -210,10 +211,7 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
                                          if c in SHAPE), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench import records
+from ..figures import save_figure
 from .common import (add_common_arguments, apply_threads, check_kinds_backends, done_keys,
                      init_weights, make_cell, make_optimizer, progress, run_key,
                      seed_all, task_record)
@@ -158,11 +159,7 @@ def plot_capacity(runs: list[dict], out_dir: str | Path, stem: str = "anbn") -> 
     a2.set_xlabel("training step")
     a2.set_ylabel("capacity")
     a2.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(out_dir) / f"{stem}_capacity.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / f"{stem}_capacity.png")
     return path
 
 

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from bench import data as bdata
 from bench import records
+from ..figures import save_figure
 from .common import (INITS, apply_threads, Timer, add_common_arguments, check_kinds_backends, done_keys,
                      init_weights, list_of, make_cell, make_optimizer, progress, run_key,
                      safe_name, seed_all, task_record, clip_gradients)
@@ -366,11 +367,7 @@ def plot_runs(runs: list[dict], out_dir: str | Path, stem: str = "charlm") -> li
         ax.set_ylabel("perplexity")
         ax.set_title(f"charlm, backend {backend}")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = Path(out_dir) / f"{safe_name(stem, 'ppl', backend)}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        path = save_figure(fig, Path(out_dir) / f"{safe_name(stem, 'ppl', backend)}.png")
         paths.append(path)
     return paths
 

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from bench import data as bdata
 from bench import records
+from ..figures import save_figure
 from .common import (add_common_arguments, apply_threads, check_kinds_backends,
                      clip_gradients, done_keys, init_weights, list_of, make_cell,
                      make_optimizer, progress, run_key, safe_name, seed_all, task_record)
@@ -247,12 +248,8 @@ def plot_confusion(record: dict, out_dir: str | Path) -> Path:
     ax.set_title(f"names {record['kind']}/{record['backend']} seed {record['seed']}: "
                  f"test accuracy {record['metrics']['test_accuracy']:.3f}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(out_dir) / (safe_name("names_confusion", record["kind"], record["backend"],
-                                      f"s{record['seed']}", record["run_key"][:6]) + ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / (safe_name("names_confusion", record["kind"], record["backend"],
+                                      f"s{record['seed']}", record["run_key"][:6]) + ".png"))
     return path
 
 
@@ -271,11 +268,7 @@ def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "names") -> P
     a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(fontsize=6)
     a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.legend(fontsize=6)
     fig.suptitle("names: loss and accuracy")
-    fig.tight_layout()
-    path = Path(out_dir) / f"{stem}_curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / f"{stem}_curves.png")
     return path
 
 

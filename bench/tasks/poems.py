@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from bench import data as bdata
 from bench import records
+from ..figures import save_figure
 from .common import (add_common_arguments, apply_threads, check_kinds_backends, clip_gradients,
                      done_keys, init_weights, make_cell, make_optimizer, progress,
                      run_key, seed_all, task_record)
@@ -236,11 +237,7 @@ def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "poems") -> P
     ax.set_ylabel("perplexity")
     ax.set_title("Tang poems")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(out_dir) / f"{stem}_ppl.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, Path(out_dir) / f"{stem}_ppl.png")
     return path
 
 
