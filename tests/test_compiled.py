@@ -64,10 +64,12 @@ def test_float64_is_exact():
 def test_no_recompile_for_new_sequence_length_or_batch():
     from torch._dynamo.utils import counters
     module = _build(Config("lstm"))
-    x = torch.randn(5, 3, 5)
-    module(x)[0].sum().backward()  # compiles (or finds) forward and backward steps
+    # T = K + 1: one single step and one K-step chunk, so every step function is compiled (or
+    # found); later sequence lengths only change how many chunk and single-step calls run
+    x = torch.randn(compiled.CHUNK + 1, 3, 5)
+    module(x)[0].sum().backward()
     before = counters["stats"]["unique_graphs"]
-    for seq, batch in ((1, 3), (17, 3), (40, 4), (3, 1)):
+    for seq, batch in ((1, 3), (17, 3), (40, 4), (3, 1), (2 * compiled.CHUNK, 2)):
         out, _ = module(torch.randn(seq, batch, 5, requires_grad=True))
         out.sum().backward()
     assert counters["stats"]["unique_graphs"] == before, "a new T or batch size recompiled a step"
@@ -91,3 +93,21 @@ def test_inference_under_no_grad():
         want, h_ref = reference(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_matches_single_steps():
+    """K steps per compiled call (plus T % K single steps) gives what one step per call gives."""
+    config = Config("lstm", seq_len=2 * compiled.CHUNK + 3, num_layers=2)
+    chunked = _build(config)
+    torch.manual_seed(0)
+    single = cells.for_kind(_EagerSteps, config.kind)(config.input_size, config.hidden_size,
+                                                      **config.nn_kwargs())
+    x = torch.randn(config.seq_len, 4, config.input_size, requires_grad=True)
+    outs = []
+    for module in (chunked, single):
+        y, (h, c) = module(x)
+        (y.sum() + h.sum() * 2 + c.sum() * 3).backward()
+        outs.append([y, h, c, x.grad.clone()] + [p.grad for p in module.parameters()])
+        x.grad = None
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -11,6 +11,11 @@ Design (measured; see docs/compiled-and-triton.md):
   plus the GEMM that carries the gradient to h_{t-1} (backward). Step functions do not depend
   on T, are compiled with dynamic=True (batch and hidden symbolic), once per kind and process;
   Inductor's on-disk cache makes later processes cheaper still.
+* K steps per call (`CHUNK`, default 5; env CELLBENCH_COMPILED_CHUNK, 1 = off): a second pair
+  of compiled functions runs the step unrolled K times, so Dynamo's frame/guard/wrapper cost
+  (~70 us a call) is paid once per K steps. A sequence runs its first T % K steps one per call,
+  then (T - T % K) / K chunk calls; T only changes the number of calls, never the graphs.
+  Hidden size 1 runs one step per call (Inductor miscomputed the GRU chunk at H = 1).
 * Forward and backward are one `torch.autograd.Function` per layer and direction
   (`Recurrence`). Autograd through a loop of compiled steps would compute the recurrent weight
   gradient as T small GEMMs and, with `xw[t]` indexing, zero-fill a (T, B, G*H) buffer per step
@@ -30,6 +35,7 @@ call per kind, dtype and device), so the compile cost is observable.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Callable, NamedTuple, Optional
@@ -111,6 +117,10 @@ def rnn_relu_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor):
 class Steps(NamedTuple):
     forward: Callable
     backward: Callable
+    # optional: K steps per call (see chunk_steps); K = 0 means one step per call only
+    forward_chunk: Optional[Callable] = None
+    backward_chunk: Optional[Callable] = None
+    chunk: int = 0
 
 
 EAGER_STEPS: dict[str, Steps] = {
@@ -119,6 +129,59 @@ EAGER_STEPS: dict[str, Steps] = {
     "rnn_tanh": Steps(rnn_tanh_forward_step, rnn_tanh_backward_step),
     "rnn_relu": Steps(rnn_relu_forward_step, rnn_relu_backward_step),
 }
+
+
+
+def chunk_steps(variant: str, k: int):
+    """(forward_chunk, backward_chunk): the step functions unrolled K times, so that one
+    compiled call runs K steps (the per-call overhead is paid once per K steps).
+
+    forward_chunk(xw (K, B, G*H), state..., weights) -> stacked hs (K, B, H)[, cs, acts] plus
+    the final state as separate tensors (not views: the next call sees a fresh layout).
+    backward_chunk(dy (K, B, H), dstate..., saved chunk tensors, state before the chunk, w)
+    -> stacked per-step gradients (K, ...) in time order and the gradient of the state before.
+    """
+    fwd, bwd = EAGER_STEPS[variant].forward, EAGER_STEPS[variant].backward
+    if variant == "lstm":
+        def forward_chunk(xw, h, c, w_t):
+            hs, cs, acts = [], [], []
+            for i in range(k):
+                h, c, a = fwd(xw[i], h, c, w_t)
+                hs.append(h), cs.append(c), acts.append(a)
+            return torch.stack(hs), torch.stack(cs), torch.stack(acts), h, c
+
+        def backward_chunk(dy, dh, dc, acts, cs, c_before, w):
+            das = [None] * k
+            for i in range(k - 1, -1, -1):
+                das[i], dh, dc = bwd(dy[i], dh, dc, acts[i], cs[i - 1] if i else c_before, cs[i], w)
+            return torch.stack(das), dh, dc
+    elif variant == "gru":
+        def forward_chunk(xw, h, w_t, b_hn):
+            hs, acts = [], []
+            for i in range(k):
+                h, a = fwd(xw[i], h, w_t, b_hn)
+                hs.append(h), acts.append(a)
+            return torch.stack(hs), torch.stack(acts), h
+
+        def backward_chunk(dy, dh, acts, hs, h_before, w):
+            das, dhws = [None] * k, [None] * k
+            for i in range(k - 1, -1, -1):
+                das[i], dhws[i], dh = bwd(dy[i], dh, acts[i], hs[i - 1] if i else h_before, w)
+            return torch.stack(das), torch.stack(dhws), dh
+    else:
+        def forward_chunk(xw, h, w_t):
+            hs = []
+            for i in range(k):
+                h = fwd(xw[i], h, w_t)
+                hs.append(h)
+            return torch.stack(hs), h
+
+        def backward_chunk(dy, dh, hs, w):
+            das = [None] * k
+            for i in range(k - 1, -1, -1):
+                das[i], dh = bwd(dy[i], dh, hs[i], w)
+            return torch.stack(das), dh
+    return forward_chunk, backward_chunk
 
 # --------------------------------------------------------------------------------------------
 # The recurrence of one layer and direction with a hand-written, batched backward.
@@ -202,6 +265,114 @@ def run_backward(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optiona
     return dxw, dh, dc, dw, db_hn
 
 
+class _Unit(NamedTuple):
+    """Steps t0 .. t0+n-1 of a chunked forward, run by one call: n == 0 marks a single step
+    (tensors (B, ...)), else a chunk of n steps (tensors (n, B, ...)). `h_before`, `c_before`:
+    the state entering the unit (fresh tensors)."""
+    t0: int
+    n: int
+    hs: Tensor
+    cs: Optional[Tensor]
+    acts: Optional[Tensor]
+    h_before: Tensor
+    c_before: Optional[Tensor]
+
+
+class Chunked(NamedTuple):
+    """What a chunked forward keeps for the backward: the units in time order."""
+    units: list
+    y: Tensor
+    h_n: Tensor
+    c_n: Optional[Tensor]
+
+    def __len__(self) -> int:
+        return self.y.size(0)
+
+
+def run_forward_chunked(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: Optional[Tensor],
+                        w_hh: Tensor, b_hn: Optional[Tensor]) -> Chunked:
+    """The first T % K steps one per call, then the rest K per call (`steps.forward_chunk`).
+    Remainder first: single steps then only ever see fresh state tensors, and every chunk's
+    xw view sits at a storage offset >= 2 of the front-padded buffer (one layout each)."""
+    k = steps.chunk
+    seq = xw.size(0)
+    rest = seq % k
+    w_t = w_hh.t().contiguous()
+    h, c = _fresh(h0), _fresh(c0)
+    padded = _front_padded(xw)
+    units: list[_Unit] = []
+    step_call = _timed("forward", variant)
+    chunk_call = _timed("forward_chunk", variant)
+    for t in range(rest):
+        h_before, c_before = h, c
+        a = None
+        if variant == "lstm":
+            h, c, a = step_call(steps.forward, padded[t + 1], h, c, w_t)
+        elif variant == "gru":
+            h, a = step_call(steps.forward, padded[t + 1], h, w_t, b_hn)
+        else:
+            h = step_call(steps.forward, padded[t + 1], h, w_t)
+        step_call = _plain
+        units.append(_Unit(t, 0, h, c if variant == "lstm" else None, a, h_before, c_before))
+    for t0 in range(rest, seq, k):
+        h_before, c_before = h, c
+        xw_c = padded[t0 + 1: t0 + 1 + k]
+        cs = acts = None
+        if variant == "lstm":
+            hs, cs, acts, h, c = chunk_call(steps.forward_chunk, xw_c, h, c, w_t)
+        elif variant == "gru":
+            hs, acts, h = chunk_call(steps.forward_chunk, xw_c, h, w_t, b_hn)
+        else:
+            hs, h = chunk_call(steps.forward_chunk, xw_c, h, w_t)
+        chunk_call = _plain
+        units.append(_Unit(t0, k, hs, cs, acts, h_before, c_before))
+    y = torch.cat([u.hs if u.n else u.hs.unsqueeze(0) for u in units])
+    return Chunked(units, y, h, c)
+
+
+def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optional[Tensor],
+                         rec: Chunked, h0: Tensor, w_hh: Tensor):
+    """Reverse of run_forward_chunked. Returns dxw, dh0, dc0, dW_hh, db_hn."""
+    dy_padded = _front_padded(dy)
+    dh, dc = _fresh(dh), _fresh(dc)
+    dxws: list[Tensor] = []
+    dhws: list[Tensor] = []
+    step_call = _timed("backward", variant)
+    chunk_call = _timed("backward_chunk", variant)
+    for u in reversed(rec.units):
+        if u.n:
+            dy_c = dy_padded[u.t0 + 1: u.t0 + 1 + u.n]
+            if variant == "lstm":
+                da, dh, dc = chunk_call(steps.backward_chunk, dy_c, dh, dc, u.acts, u.cs,
+                                        u.c_before, w_hh)
+            elif variant == "gru":
+                da, dhw, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.acts, u.hs, u.h_before,
+                                         w_hh)
+                dhws.append(dhw)
+            else:
+                da, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.hs, w_hh)
+            chunk_call = _plain
+        else:
+            dy_t = dy_padded[u.t0 + 1]
+            if variant == "lstm":
+                da, dh, dc = step_call(steps.backward, dy_t, dh, dc, u.acts, u.c_before, u.cs, w_hh)
+            elif variant == "gru":
+                da, dhw, dh = step_call(steps.backward, dy_t, dh, u.acts, u.h_before, w_hh)
+                dhws.append(dhw.unsqueeze(0))
+            else:
+                da, dh = step_call(steps.backward, dy_t, dh, u.hs, w_hh)
+            da = da.unsqueeze(0)
+            step_call = _plain
+        dxws.append(da)
+    dxw = torch.cat(dxws[::-1])
+    d_rec = torch.cat(dhws[::-1]) if variant == "gru" else dxw  # gradient of h W_hh^T (+ b_hn)
+    hidden = h0.size(1)
+    h_prev_all = torch.cat([h0.unsqueeze(0), rec.y[:-1]])
+    dw = d_rec.reshape(-1, d_rec.size(2)).t().mm(h_prev_all.reshape(-1, hidden))
+    db_hn = d_rec[:, :, 2 * hidden:].sum((0, 1)) if variant == "gru" else None
+    return dxw, dh, dc, dw, db_hn
+
+
 def _no_duck_sizing():
     """While compiling, do not assume that two sizes that happen to be equal (say T + 1 and H)
     are always equal: that guess costs a recompile when they differ."""
@@ -226,11 +397,19 @@ class Recurrence(torch.autograd.Function):
         xw, h0, c0, w_hh, b_hn = _detached(xw, h0, c0, w_hh, b_hn)  # no requires_grad guards
         if b_hn is not None:
             b_hn = _fresh(b_hn)
-        hs, cs, acts = forward_impl(xw, h0, c0, w_hh, b_hn)
-        y = hs if isinstance(hs, Tensor) else torch.stack(hs)
+        out = forward_impl(xw, h0, c0, w_hh, b_hn)
         ctx.variant, ctx.steps = variant, steps
-        ctx.per_step = (hs, cs, acts)
         ctx.save_for_backward(h0, c0, w_hh)
+        if isinstance(out, Chunked):
+            ctx.per_step = out
+            if out.units[-1].n:  # separate outputs of the last chunk call, kept by no unit
+                return out.y, out.h_n, out.c_n
+            # the last step's own tensors are kept for the backward: the outputs (which autograd
+            # marks requires_grad) must be other tensors, or the backward step would recompile
+            return out.y, _fresh(out.h_n), _fresh(out.c_n)
+        hs, cs, acts = out
+        y = hs if isinstance(hs, Tensor) else torch.stack(hs)
+        ctx.per_step = (hs, cs, acts)
         h_n = _fresh(hs[-1])  # not a view of another output
         c_n = _fresh(cs[-1]) if variant == "lstm" else None
         return y, h_n, c_n
@@ -239,16 +418,23 @@ class Recurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
         h0, c0, w_hh = ctx.saved_tensors
-        hs, cs, acts = ctx.per_step
+        per_step = ctx.per_step
         del ctx.per_step
-        dy = torch.zeros((len(hs),) + tuple(h0.shape), dtype=h0.dtype, device=h0.device) \
+        dy = torch.zeros((len(per_step[0]) if isinstance(per_step, tuple) else len(per_step),)
+                         + tuple(h0.shape), dtype=h0.dtype, device=h0.device) \
             if dy is None else dy
         dh = torch.zeros_like(h0) if dh_n is None else dh_n
         dc = None
         if ctx.variant == "lstm":
             dc = torch.zeros_like(c0) if dc_n is None else dc_n
-        dxw, dh0, dc0, dw, db_hn = run_backward(ctx.variant, ctx.steps, dy, dh, dc, hs, h0, c0, cs,
-                                                acts, w_hh, _timed("backward", ctx.variant))
+        if isinstance(per_step, Chunked):
+            dxw, dh0, dc0, dw, db_hn = run_backward_chunked(ctx.variant, ctx.steps, dy, dh, dc,
+                                                            per_step, h0, w_hh)
+        else:
+            hs, cs, acts = per_step
+            dxw, dh0, dc0, dw, db_hn = run_backward(ctx.variant, ctx.steps, dy, dh, dc, hs, h0,
+                                                    c0, cs, acts, w_hh,
+                                                    _timed("backward", ctx.variant))
         need = ctx.needs_input_grad
         return (None, None, None, dxw if need[3] else None, dh0 if need[4] else None,
                 dc0 if need[5] else None, dw if need[6] else None,
@@ -289,6 +475,10 @@ def recurrent_layer(variant: str, steps: Steps, x: Tensor, state: State, weights
 
 def _python_forward(variant: str, steps: Steps) -> Callable:
     def forward_impl(xw, h0, c0, w_hh, b_hn):
+        # hidden size 1: Inductor (torch 2.13, CPU) miscomputes the GRU chunk graph specialised
+        # to H = 1 (wrong values, NaN), so H = 1 runs one step per call
+        if steps.chunk and w_hh.size(1) > 1:
+            return run_forward_chunked(variant, steps, xw, h0, c0, w_hh, b_hn)
         return run_forward(variant, steps, xw, h0, c0, w_hh, b_hn, _timed("forward", variant))
     return forward_impl
 
@@ -326,11 +516,18 @@ def compile_times() -> dict[str, float]:
     return dict(_COMPILE_TIMES)
 
 
+CHUNK = int(os.environ.get("CELLBENCH_COMPILED_CHUNK", "5"))
+
+
 def compiled_steps(variant: str) -> Steps:
     if variant not in _COMPILED:
         eager = EAGER_STEPS[variant]
+        fwd_chunk = bwd_chunk = None
+        if CHUNK > 1:
+            fwd_chunk, bwd_chunk = (torch.compile(f, dynamic=True) for f in chunk_steps(variant, CHUNK))
         _COMPILED[variant] = Steps(torch.compile(eager.forward, dynamic=True),
-                                   torch.compile(eager.backward, dynamic=True))
+                                   torch.compile(eager.backward, dynamic=True),
+                                   fwd_chunk, bwd_chunk, CHUNK if CHUNK > 1 else 0)
     return _COMPILED[variant]
 
 
