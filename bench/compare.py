@@ -41,6 +41,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .environment import cpu_model
+
 FORMAT = "cellbench-compare/1"
 MIN_ROUNDS = 4  # below this the Mann-Whitney test can never reach p < 0.05
 DEFAULT_SHAPE = (28, 256, 32, 35)  # d2l's size: input, hidden, batch, seq_len
@@ -52,20 +54,9 @@ class CompareError(Exception):
 
 
 # --- machine identity --------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     import torch
-    info = dict(cpu=_cpu_model(), cores=os.cpu_count(), arch=platform.machine(),
+    info = dict(cpu=cpu_model() or platform.machine(), cores=os.cpu_count(), arch=platform.machine(),
                 system=platform.system(), node=platform.node(), python=platform.python_version())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

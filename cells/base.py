@@ -36,6 +36,9 @@ class RecurrentBase(nn.Module):
         super().__init__()
         if not self.kind:
             raise TypeError(f"{type(self).__name__} has no cell kind; build it with cells.for_kind()")
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeError(f"backend {self.backend or type(self).__name__!r} is unavailable: {reason}")
         check_constructor(self.kind, input_size, hidden_size, num_layers, dropout,
                           nonlinearity, proj_size)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -64,6 +67,12 @@ class RecurrentBase(nn.Module):
                 per_direction.append(names)
             self._weight_names.append(per_direction)
         self.reset_parameters()
+
+    @staticmethod
+    def unavailable_reason() -> Optional[str]:
+        """Why this backend cannot run here, or None; a backend with optional dependencies
+        (a compiler, CUDA, a library) overrides it, and construction refuses with the reason."""
+        return None
 
     @property
     def num_directions(self) -> int:

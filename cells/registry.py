@@ -24,8 +24,8 @@ from .kinds import KINDS, spec
 ENTRY_POINT_GROUP = "cellbench.backends"
 
 # name -> "module:attribute". The attribute is a RecurrentBase subclass (specialised per kind
-# with for_kind) or a dict kind -> class. If the module defines `unavailable_reason()`
-# returning a string, the backend is listed as unavailable with that reason.
+# with for_kind) or a dict kind -> class. If the class's (or else the module's)
+# `unavailable_reason()` returns a string, the backend is listed as unavailable with that reason.
 BUILTIN: dict[str, str] = {
     "naive": "cells.kernels.naive:NaiveLoop",
     "fused": "cells.kernels.fused:FusedLoop",
@@ -55,8 +55,9 @@ def _load_builtin(name: str) -> None:
     module_name, attribute = BUILTIN[name].split(":")
     try:
         module = importlib.import_module(module_name)
-        reason = module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
         target = getattr(module, attribute)
+        reason = _reason(target) or (module.unavailable_reason() if hasattr(module, "unavailable_reason")
+                                     else None)
     except ImportError as exc:
         module, reason, target = None, f"cannot import {module_name}: {exc}", None
     for kind in KINDS:
@@ -67,6 +68,13 @@ def _load_builtin(name: str) -> None:
                 _table[kind][name] = _Entry(target[kind])
         else:
             _table[kind][name] = _Entry(for_kind(target, kind, name))
+
+
+def _reason(factory) -> Optional[str]:
+    """A RecurrentBase subclass's own word on why it cannot run here (None if it can)."""
+    if isinstance(factory, type) and issubclass(factory, RecurrentBase):
+        return factory.unavailable_reason()
+    return None
 
 
 def _load_all() -> None:
@@ -99,6 +107,10 @@ def register(kind: str, name: str, factory: Callable[..., nn.Module], *, replace
     existing = _table[kind].get(name)
     if existing is not None and existing.factory is not None and not replace:
         raise ValueError(f"backend {name!r} is already registered for {kind!r}; pass replace=True")
+    reason = _reason(factory)
+    if reason:
+        _table[kind][name] = _Entry(reason=reason)
+        return
     if isinstance(factory, type) and issubclass(factory, RecurrentBase) and not factory.kind:
         factory = for_kind(factory, kind, name)
     _table[kind][name] = _Entry(factory)

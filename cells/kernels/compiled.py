@@ -554,11 +554,7 @@ def unavailable_reason() -> Optional[str]:
 class CompiledLoop(RecurrentBase):
     """Per-step cells compiled with torch.compile, batched weight-gradient backward."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"backend 'compiled' is unavailable: {reason}")
-        super().__init__(*args, **kwargs)
+    unavailable_reason = staticmethod(unavailable_reason)
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         variant = variant_of(self)

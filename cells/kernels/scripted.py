@@ -70,11 +70,7 @@ def unavailable_reason() -> str | None:
 
 
 class ScriptedLoop(FusedLoop):
-    def __init__(self, *args, **kwargs) -> None:
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"backend 'scripted' is unavailable: {reason}")
-        super().__init__(*args, **kwargs)
+    unavailable_reason = staticmethod(unavailable_reason)
 
     @property
     def loop_functions(self) -> dict[str, Callable]:  # type: ignore[override]

@@ -201,11 +201,7 @@ def triton_forward(variant: str, xw: Tensor, h0: Tensor, c0: Optional[Tensor], w
 class TritonLoop(RecurrentBase):
     """Persistent Triton forward kernel per layer and direction; PyTorch backward from saved gates."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"backend 'triton' is unavailable: {reason}")
-        super().__init__(*args, **kwargs)
+    unavailable_reason = staticmethod(unavailable_reason)
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         variant = variant_of(self)
