@@ -299,8 +299,12 @@ class Options:
 
 
 def run_case(case: Case, options: Options = Options(), peak_gflops: Optional[float] = None,
-             timer: Optional[Callable[[], float]] = None) -> dict:
-    """Measure one case. Raises whatever the backend raises; the caller records it."""
+             timer: Optional[Callable[[], float]] = None, keep: Optional[dict] = None) -> dict:
+    """Measure one case. Raises whatever the backend raises; the caller records it.
+
+    With `keep` (a dict), the workload stays in it under the case's key, so that `retime` can
+    time further rounds of the same module later (interleaved with other backends); the
+    result then carries the raw per-call block times in "times"."""
     clock = timer or time.perf_counter
     fn, module = build_workload(case)
     _sync(case.device)
@@ -319,6 +323,31 @@ def run_case(case: Case, options: Options = Options(), peak_gflops: Optional[flo
     else:
         result["peak_mem_bytes"], result["mem_method"] = None, "not measured"
     result["param_count"] = sum(p.numel() for p in module.parameters())
+    result["rounds"] = 1
+    if keep is not None:
+        keep[case.key()] = fn
+        result["times"] = times
+    return result
+
+
+def retime(case: Case, options: Options, keep: dict,
+           timer: Optional[Callable[[], float]] = None) -> list[float]:
+    """One more round of per-call times of a workload kept by run_case(..., keep=)."""
+    fn = keep.get(case.key())
+    if fn is None:
+        raise KeyError(f"no kept workload for {case.label()}")
+    fn()  # one untimed call: caches and thread pools after the other backends' rounds
+    return time_calls(fn, case.threads, options.min_run_time, options.min_repeats, timer=timer)
+
+
+def pooled(case: Case, first: dict, rounds: list[list[float]], options: Options,
+           peak_gflops: Optional[float] = None) -> dict:
+    """The result of round 1 with the block times of every round pooled into the statistics."""
+    times = [t for r in rounds for t in r]
+    result = {k: v for k, v in first.items() if k != "times"}
+    result.update(summarize(times, options.noise_threshold))
+    result.update(derived(case, result["median_s"], peak_gflops))
+    result["rounds"] = len(rounds)
     return result
 
 

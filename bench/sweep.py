@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from . import presets
-from .measure import DTYPES, FLOP_CONVENTION, MODES, NOISE_THRESHOLD, Case, Options, case_key
+from .measure import DTYPES, FLOP_CONVENTION, MODES, NOISE_THRESHOLD, Case, Options, case_key, pooled
 from .records import RECORDS_FILE, append, iter_records
 
-RESULT_FIELDS = ("median_s", "iqr_s", "iqr_rel", "noisy", "repeats", "tokens_per_s", "flops", "gflops",
-                 "pct_of_peak", "first_call_s", "peak_mem_bytes", "mem_method", "param_count")
-DEFAULTS = {"min_run_time": 0.3, "min_repeats": 5, "warmup": 2, "time_limit": 300.0, "budget": None}
+RESULT_FIELDS = ("median_s", "iqr_s", "iqr_rel", "noisy", "repeats", "rounds", "tokens_per_s", "flops",
+                 "gflops", "pct_of_peak", "first_call_s", "peak_mem_bytes", "mem_method", "param_count")
+DEFAULTS = {"min_run_time": 0.15, "min_repeats": 5, "warmup": 2, "time_limit": 300.0, "budget": None,
+            "rounds": 3}
 
 
 class UsageError(ValueError):
@@ -79,7 +80,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--time-limit", type=float, help="seconds per case, compilation included (default 300)")
     o.add_argument("--budget", type=float,
                    help="start no new case after this many seconds; the rest can be run with --resume")
-    o.add_argument("--min-run-time", type=float, help="seconds of timed calls per case (default 0.3)")
+    o.add_argument("--rounds", type=int,
+                   help="timed rounds per case, interleaved with the other backends of the same "
+                        "shape (default 3; 1 = one window per case)")
+    o.add_argument("--min-run-time", type=float, help="seconds of timed calls per case and round "
+                                                      "(default 0.15)")
     o.add_argument("--min-repeats", type=int, help="at least this many timed blocks per case (default 5)")
     o.add_argument("--warmup", type=int, help="untimed calls after the first call (default 2)")
     o.add_argument("--noise-threshold", type=float, default=NOISE_THRESHOLD,
@@ -166,7 +171,18 @@ def plan(args: argparse.Namespace) -> tuple[list[Case], dict, Optional[presets.P
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if not isinstance(settings["rounds"], int) or settings["rounds"] < 1:
+        raise UsageError(f"--rounds must be at least 1, got {settings['rounds']}")
     return ordered, settings, preset
+
+
+def comparison_groups(cases: list[Case]) -> list[list[Case]]:
+    """Cases that differ only in the backend, together, in order of first appearance: their
+    timing rounds are interleaved, so that a slow spell of the machine hits all of them."""
+    groups: dict[tuple, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(case.key()[:1] + case.key()[2:], []).append(case)
+    return list(groups.values())
 
 
 def done_keys(out_dir: Path, retry_failed: bool = False) -> set[tuple]:
@@ -276,6 +292,8 @@ def run_sweep(cases: list[Case], settings: dict, args: argparse.Namespace,
         return workers[threads]
 
     counts = {"ok": 0, "failed": 0, "skipped": 0}
+    kept: dict[tuple, tuple] = {}  # measured cases of the current group with more rounds to come
+    finish = None
     try:
         # the environment and the GEMM peak, measured where the cases run, per thread count
         peaks: dict[tuple[str, int], dict] = {}
@@ -306,41 +324,81 @@ def run_sweep(cases: list[Case], settings: dict, args: argparse.Namespace,
             run["environment"] = collect()
         append(out, run)
 
+        rounds = settings["rounds"]
+
+        def out_of_budget() -> bool:
+            return settings["budget"] is not None and time.monotonic() - started > settings["budget"]
+
+        def finish(kept: dict, forget: bool = True) -> None:
+            """Record the kept cases of a group with every round timed so far."""
+            for case, first, times, peak, wall in kept.values():
+                result = pooled(case, first, times, options, (peak or {}).get("peak_gflops"))
+                append(out, case_record(case, run_id, "ok", result, peak=peak, wall_s=wall))
+                counts["ok"] += 1
+            kept.clear()
+            for w in workers.values() if forget else ():
+                w.call(("forget",), settings["time_limit"])
+
+        stopped = False
         with _progress(len(pending)) as bar:
-            for case in pending:
-                if settings["budget"] is not None and time.monotonic() - started > settings["budget"]:
-                    left = len(pending) - sum(counts.values())
-                    print(f"budget of {settings['budget']:g} s spent: {left} cases not started; "
-                          "run again with --resume to measure them", file=sys.stderr)
-                    break
-                bar.set_description(case.label(), refresh=False)
-                reason = skip_reason(case)
-                peak = peaks.get((case.device, case.threads))
-                t0 = time.monotonic()
-                if reason:
-                    record = case_record(case, run_id, "skipped", error=reason, peak=peak)
-                else:
-                    limit, cut_by_budget = settings["time_limit"], False
-                    if settings["budget"] is not None:  # never run far past the budget either
-                        remaining = settings["budget"] - (time.monotonic() - started)
-                        if remaining < limit:
-                            limit, cut_by_budget = max(remaining, 1.0), True
-                    reply = worker_for(case.threads).call(("case", case, options,
-                                                           (peak or {}).get("peak_gflops")), limit)
-                    if cut_by_budget and reply[0] == "failed" and "exceeded the time limit" in reply[1]:
-                        print(f"budget of {settings['budget']:g} s spent during {case.label()}: not "
-                              "recorded; run again with --resume to measure the rest", file=sys.stderr)
+            for group in comparison_groups(pending):
+                kept.clear()
+                for case in group:
+                    if out_of_budget():
+                        left = len(pending) - sum(counts.values()) - len(kept)
+                        print(f"budget of {settings['budget']:g} s spent: {left} cases not started; "
+                              "run again with --resume to measure them", file=sys.stderr)
+                        stopped = True
                         break
-                    if reply[0] == "ok":
-                        record = case_record(case, run_id, "ok", reply[1], peak=peak,
-                                             wall_s=time.monotonic() - t0)
+                    bar.set_description(case.label(), refresh=False)
+                    reason = skip_reason(case)
+                    peak = peaks.get((case.device, case.threads))
+                    t0 = time.monotonic()
+                    if reason:
+                        record = case_record(case, run_id, "skipped", error=reason, peak=peak)
                     else:
-                        record = case_record(case, run_id, "failed", error=reply[1], peak=peak,
+                        limit, cut_by_budget = settings["time_limit"], False
+                        if settings["budget"] is not None:  # never run far past the budget either
+                            remaining = settings["budget"] - (time.monotonic() - started)
+                            if remaining < limit:
+                                limit, cut_by_budget = max(remaining, 1.0), True
+                        reply = worker_for(case.threads).call(
+                            ("case", case, options, (peak or {}).get("peak_gflops"), rounds > 1), limit)
+                        if cut_by_budget and reply[0] == "failed" and "exceeded the time limit" in reply[1]:
+                            print(f"budget of {settings['budget']:g} s spent during {case.label()}: not "
+                                  "recorded; run again with --resume to measure the rest", file=sys.stderr)
+                            stopped = True
+                            break
+                        if reply[0] == "ok" and rounds > 1:
+                            kept[case.key()] = (case, reply[1], [reply[1]["times"]], peak,
+                                                time.monotonic() - t0)
+                            bar.update(1)
+                            continue
+                        status = "ok" if reply[0] == "ok" else "failed"
+                        record = case_record(case, run_id, status, reply[1] if status == "ok" else None,
+                                             error=None if status == "ok" else reply[1], peak=peak,
                                              wall_s=time.monotonic() - t0)
-                append(out, record)
-                counts[record["status"]] += 1
-                bar.update(1)
+                    append(out, record)
+                    counts[record["status"]] += 1
+                    bar.update(1)
+                for r in range(1, rounds):  # rounds 2.., in alternating order
+                    if stopped or out_of_budget() or not kept:
+                        break
+                    for key in (list(kept)[::-1] if r % 2 else list(kept)):
+                        case, first, times, peak, wall = kept[key]
+                        bar.set_description(f"{case.label()} round {r + 1}/{rounds}", refresh=False)
+                        t0 = time.monotonic()
+                        reply = worker_for(case.threads).call(("retime", case, options),
+                                                              settings["time_limit"])
+                        if reply[0] == "ok":  # a failed round (crash, timeout) keeps the others
+                            times.append(reply[1])
+                        kept[key] = (case, first, times, peak, wall + time.monotonic() - t0)
+                finish(kept)
+                if stopped:
+                    break
     finally:
+        if kept and finish is not None:  # interrupted between rounds: keep what was measured
+            finish(kept, forget=False)
         for w in workers.values():
             w.stop()
     print(f"bench run: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped in "

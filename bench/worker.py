@@ -39,13 +39,22 @@ def _redirect_output(log_path: Optional[str]) -> None:
 
 
 def handle(message: tuple, state: dict) -> tuple:
-    """Serve one request in this process: ('case', Case, Options, peak) | ('peak', device) | ('env',)."""
+    """Serve one request in this process: ('case', Case, Options, peak[, keep]) | ('retime',
+    Case, Options) | ('forget',) | ('peak', device) | ('env',). A case measured with keep=True
+    stays built in `state` for 'retime' rounds until 'forget'."""
     from . import environment, measure
     what = message[0]
     try:
         if what == "case":
-            _, case, options, peak = message
-            return ("ok", measure.run_case(case, options, peak))
+            _, case, options, peak, *rest = message
+            keep = state.setdefault("kept", {}) if rest and rest[0] else None
+            return ("ok", measure.run_case(case, options, peak, keep=keep))
+        if what == "retime":
+            _, case, options = message
+            return ("ok", measure.retime(case, options, state.setdefault("kept", {})))
+        if what == "forget":
+            state.pop("kept", None)
+            return ("ok", None)
         if what == "peak":
             return ("ok", measure.measure_peak(message[1]))
         if what == "env":

@@ -207,3 +207,91 @@ def test_budget_stops_starting_cases_and_resume_finishes(tmp_path, fakes, capsys
     assert records(out) == [] and "--resume" in capsys.readouterr().err
     assert cli.main(argv + ["--resume"]) == 0
     assert len(records(out)) == 2
+
+
+# --- interleaved rounds ------------------------------------------------------------------------
+def test_comparison_groups_hold_the_backends_of_one_shape():
+    cases, _, _ = plan("--kinds", "lstm", "--backends", "naive,native", "--modes", "train",
+                       "--batch", "2,4", "--input-size", "3", "--hidden-size", "4", "--seq-len", "3")
+    groups = sweep.comparison_groups(cases)
+    assert [[(c.backend, c.batch) for c in g] for g in groups] == \
+        [[("naive", 2), ("native", 2)], [("naive", 4), ("native", 4)]]
+
+
+class _Named(test_bench_fakes.FakeRecurrent):
+    """Logs which backend ran; raises once backend `FAIL_AFTER` has run (a later round)."""
+    NAME = "a"
+    FAIL_AFTER = None
+
+    def forward(self, x, hx=None):
+        if any(c.get("name") == self.FAIL_AFTER for c in test_bench_fakes.CALLS):
+            raise RuntimeError("fails in a later round")
+        out = super().forward(x, hx)
+        test_bench_fakes.CALLS[-1]["name"] = self.NAME
+        return out
+
+
+def test_rounds_interleave_the_backends_and_pool_their_times(tmp_path, fakes):
+    class A(_Named):
+        NAME = "a"
+
+    class B(_Named):
+        NAME = "b"
+
+    cells.register("lstm", "fake_a", A, replace=True)
+    cells.register("lstm", "fake_b", B, replace=True)
+    try:
+        test_bench_fakes.CALLS.clear()
+        out = tmp_path / "run"
+        argv = ["run", "--kinds", "lstm", "--backends", "fake_a,fake_b", "--modes", "infer", *TINY,
+                "--threads", "1", "--in-process", "--out", str(out), *FAST, "--rounds", "3"]
+        assert cli.main(argv) == 0
+        names = [c["name"] for c in test_bench_fakes.CALLS if "name" in c]
+        runs = [names[0]]
+        for n in names[1:]:
+            if n != runs[-1]:
+                runs.append(n)
+        assert runs == ["a", "b", "a", "b"]  # round 1: a, b; round 2: b, a; round 3: a, b
+        one = tmp_path / "one"
+        assert cli.main([str(one) if a == str(out) else a for a in argv[:-2]] + ["--rounds", "1"]) == 0
+        three, single = records(out), records(one)
+        assert [r["rounds"] for r in three] == [3, 3] and [r["rounds"] for r in single] == [1, 1]
+        for r3, r1 in zip(three, single):
+            assert r3["status"] == "ok" and r3["repeats"] >= 3 * 3 and r3["repeats"] > r1["repeats"]
+            assert r3["tokens_per_s"] == pytest.approx(2 * 3 / r3["median_s"])
+    finally:
+        cells.unregister("lstm", "fake_a")
+        cells.unregister("lstm", "fake_b")
+
+
+def test_a_round_that_fails_keeps_the_rounds_measured(tmp_path, fakes):
+    class Later(_Named):
+        NAME = "later"
+        FAIL_AFTER = "b"  # round 1 runs before b's; round 2 raises
+
+    class B(_Named):
+        NAME = "b"
+
+    cells.register("lstm", "later", Later, replace=True)
+    cells.register("lstm", "fake_b", B, replace=True)
+    try:
+        test_bench_fakes.CALLS.clear()
+        out = tmp_path / "run"
+        argv = ["run", "--kinds", "lstm", "--backends", "later,fake_b", "--modes", "infer", *TINY,
+                "--threads", "1", "--in-process", "--out", str(out), "--min-run-time", "0.001",
+                "--min-repeats", "3", "--warmup", "0", "--no-peak", "--no-memory", "--rounds", "3"]
+        assert cli.main(argv) == 0
+        by = {r["backend"]: r for r in records(out)}
+        assert by["later"]["status"] == "ok" and by["later"]["rounds"] == 1
+        assert by["fake_b"]["rounds"] == 3
+    finally:
+        cells.unregister("lstm", "later")
+        cells.unregister("lstm", "fake_b")
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_rounds_must_be_positive(tmp_path, capsys, value):
+    argv = ["run", "--kinds", "lstm", "--backends", "native", *TINY, "--out", str(tmp_path / "x"),
+            "--rounds", value]
+    assert cli.main(argv) == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err

@@ -219,10 +219,12 @@ def test_deepcopy_drops_the_step_caches():
                          ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES])
 @pytest.mark.parametrize("chunks", [2, 3])
 def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, chunks, monkeypatch):
-    """The kernels split the batch (and the T*B rows of the weight gradients) into blocks, one
-    per numba thread; forcing 2 or 3 uneven blocks (B = 7) must give torch.nn's results, with
-    every gradient (input, states, weights, biases). Run serially if numba has 1 thread."""
+    """The GRU and RNN kernels split the batch (and the T*B rows of the weight gradients) into
+    blocks, one per numba thread, the LSTM kernels the hidden units; forcing 2 or 3 uneven blocks
+    (B = 7, H = 7) must give torch.nn's results, with every gradient (input, states, weights,
+    biases), and so must the batch-1 step. Run serially if numba has 1 thread."""
     monkeypatch.setattr(numba_cpu, "_chunks", lambda rows, per_thread: min(chunks, rows))
+    monkeypatch.setattr(numba_cpu, "_unit_threads", lambda hidden: min(chunks, hidden))
     module = make(kind, nonlinearity, dtype)
     ref = reference(module)
     x = torch.randn(5, 7, 5, dtype=dtype)
@@ -245,4 +247,29 @@ def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, ch
         assert rel(p.grad, q.grad) <= TOL[dtype], name
     with torch.no_grad():  # the no-grad kernels (ping-pong buffers) split the same way
         y, _ = module(x)
-    assert rel(y, ref(x.double())[0]) <= TOL[dtype]
+        assert rel(y, ref(x.double())[0]) <= TOL[dtype]
+        module.eval()
+        y, s = module(x[:1, :1], tuple(h[:, :1] for h in h0) if kind == "lstm" else h0[0][:, :1])
+        y_ref, s_ref = ref(x[:1, :1].double(), tuple(h[:, :1].double() for h in h0)
+                           if kind == "lstm" else h0[0][:, :1].double())
+    assert rel(y, y_ref) <= TOL[dtype]
+    for a, b in zip(states(s), states(s_ref)):
+        assert rel(a, b) <= TOL[dtype]
+
+
+def test_workspace_buffers_are_never_shared_between_live_graphs():
+    """Two forwards before one backward (gradient accumulation over sequences) and a graph
+    dropped without a backward: each graph keeps its own saved buffers."""
+    module = make("lstm")
+    ref = reference(module)
+    xs = [torch.randn(6, 3, 5) for _ in range(3)]
+    module(xs[2])[0].sum()  # a graph that is dropped unused: its buffers go back to the pool
+    loss = sum((module(x)[0] * (i + 1)).sum() for i, x in enumerate(xs[:2]))
+    loss.backward()
+    ref_loss = sum((ref(x.double())[0] * (i + 1)).sum() for i, x in enumerate(xs[:2]))
+    ref_loss.backward()
+    for (name, p), q in zip(module.named_parameters(), ref.parameters()):
+        assert rel(p.grad, q.grad) <= TOL[torch.float32], name
+    assert numba_cpu.WORKSPACE.nbytes() > 0
+    numba_cpu.release_workspace()
+    assert numba_cpu.WORKSPACE.nbytes() == 0

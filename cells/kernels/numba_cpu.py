@@ -14,6 +14,7 @@ Compiled code is cached on disk (`cache=True`); `warm_up()` compiles or loads ev
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Optional
 
@@ -28,9 +29,10 @@ try:
     import scipy.linalg.cython_blas  # noqa: F401 - the BLAS behind numba's np.dot
 
     from . import numba_kernels as K
+    from . import numba_lstm as L
     _IMPORT_ERROR: Optional[str] = None
 except ImportError as exc:  # numba or scipy missing: listed by cells.unavailable()
-    K = None  # type: ignore[assignment]
+    K = L = None  # type: ignore[assignment]
     _IMPORT_ERROR = f"needs numba and scipy (numba's np.dot calls scipy's BLAS): {exc}"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -61,6 +63,7 @@ def _bias(b: Optional[Tensor], rows: int, dtype) -> np.ndarray:
 # --- threads: the batch is split over numba's threads -----------------------------------
 MIN_ROWS = 8  # batch rows per thread below which a split does not pay (start-up, tiny GEMMs)
 MIN_WGRAD_ROWS = 64  # T*B rows per thread for the weight-gradient GEMMs
+MIN_UNITS = 32  # LSTM: hidden units per thread below which a split does not pay
 
 
 def _threads() -> int:
@@ -68,9 +71,75 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
+def _unit_threads(hidden: int) -> int:
+    """How many threads share an LSTM's hidden units (the LSTM kernels split units, not rows)."""
+    return max(1, min(_threads(), hidden // MIN_UNITS))
+
+
 def _chunks(rows: int, per_thread: int) -> int:
     """How many threads share `rows` rows: numba's thread count, capped so each has enough."""
     return max(1, min(_threads(), rows // per_thread))
+
+
+# --- scratch memory reused across calls --------------------------------------------------
+class Workspace:
+    """Scratch arrays kept for the next call of the same shape.
+
+    A fresh multi-megabyte numpy array comes from mmap, and its first touch costs a page fault
+    per 4 KB: about 2000 faults, 4-5 ms, in each d2l-size LSTM training step (measured with
+    getrusage), a third of the step. Arrays that do not leave the backend (the packed weights,
+    the saved gates and cells, the backward's scratch) are taken from here and given back when
+    done; the saved ones when the autograd graph that holds them is freed (`_Lease`), so a
+    retained graph never sees its buffers reused. At most `keep` free arrays per shape and
+    dtype are kept; `release_workspace()` frees them all."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple, dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype).str)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+        return np.empty(shape, dtype)
+
+    def give(self, *arrays: np.ndarray) -> None:
+        with self._lock:
+            for a in arrays:
+                free = self._free.setdefault((a.shape, a.dtype.str), [])
+                if len(free) < self.keep:
+                    free.append(a)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(a.nbytes for free in self._free.values() for a in free)
+
+
+WORKSPACE = Workspace()
+
+
+def release_workspace() -> None:
+    """Free the scratch arrays the numba backend keeps for reuse."""
+    WORKSPACE.clear()
+
+
+class _Lease:
+    """Holds workspace arrays for a saved autograd context; gives them back when it dies."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.arrays = arrays
+
+    def __del__(self) -> None:
+        WORKSPACE.give(*self.arrays)
 
 
 # --- per-kind drivers: numpy in, numpy out ---------------------------------------------
@@ -82,13 +151,19 @@ def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: 
     dt = x2.dtype
     hs = np.empty((T + 1, B, H), dt)
     n = _chunks(B, MIN_ROWS)
-    if kind == "lstm":
-        cs = np.empty((T + 1 if save else 2, B, H), dt)
-        gates = np.empty((T if save else 1, B, 4 * H), dt)
-        tcs = np.empty((T if save else 1, B, H), dt)
-        K.lstm_forward(x2, states[0], states[1], w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save,
-                       n)
-        return hs, (hs[T], cs[T if save else T & 1]), (cs, gates, tcs)
+    if kind == "lstm":  # hidden units split over threads: cells/kernels/numba_lstm.py
+        I, G = x2.shape[1], 4 * H
+        nth = _unit_threads(H)
+        wp, bp, z = WORKSPACE.take((G, H + I), dt), np.empty(G, dt), WORKSPACE.take((T + 1, H + I, B), dt)
+        cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
+        gates = WORKSPACE.take((T if save else 1, G, B), dt)
+        L.pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp)
+        c_n = L.forward(x2, states[0], states[1], wp, bp, hs, z, cells, gates, save, nth)
+        WORKSPACE.give(wp, z)
+        if not save:
+            WORKSPACE.give(cells, gates)
+            return hs, (hs[T], c_n), ()
+        return hs, (hs[T], c_n), (_Lease(cells, gates), nth)
     if kind == "gru":
         acts = np.empty((T if save else 1, B, 4 * H), dt)
         K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save, n)
@@ -129,29 +204,42 @@ class _LayerFunction(torch.autograd.Function):
         need = ctx.needs_input_grad  # kind, relu, x, h0, c0, w_ih, w_hh, b_ih, b_hh
         need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
         dt = xn.dtype
-        dyn = np.zeros((T, B, H), dt) if dy is None else _np(dy)
+        # the LSTM kernel reads dy once, through a transpose, so any strides will do: no copy
+        # of y.sum()'s expanded gradient (a 0-stride view)
+        dyn = np.zeros((T, B, H), dt) if dy is None else \
+            dy.detach().numpy() if kind == "lstm" else _np(dy)
         dhn = np.zeros((B, H), dt) if dh is None else _np(dh)
         dc0 = None
         n = _chunks(B, MIN_ROWS)
-        if kind == "lstm":
-            cs, gates, tcs = ctx.arrays[4:]
+        if kind == "lstm":  # every gradient from numba_lstm, already in torch's row order
+            lease, nth = ctx.arrays[4:]
+            cells, gates = lease.arrays
             dcn = np.zeros((B, H), dt) if dc is None else _np(dc)
-            dx2, dh0, dc0, dGh, db_ih = K.lstm_backward(
-                dyn, dhn, dcn, xn, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
-            dGx, db_hh = dGh, db_ih.copy()
-        elif kind == "gru":
-            (acts,) = ctx.arrays[4:]
-            dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
-                dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
+            need_db = ctx.has_bias and (need[7] or need[8])
+            G = 4 * H
+            wpT, dyT = WORKSPACE.take((H, G), dt), WORKSPACE.take((T, H, B), dt)
+            dg, dg_all = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((G, T * B), dt)
+            L.pack_hh_t(w_hh, nth, wpT)
+            dbp, dh0, dc0 = L.backward(dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth,
+                                       dyT, dg, dg_all)
+            dw_ih, dw_hh, db_ih, dx2 = L.weight_grads(dg_all, dbp, hs[:T].reshape(T * B, H), xn,
+                                                      w_ih, need_dw, need_dx, nth)
+            WORKSPACE.give(wpT, dyT, dg, dg_all)
+            db_hh = db_ih.copy()
         else:
-            dx2, dh0, dGh, db_ih = K.rnn_backward(
-                dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n)
-            dGx, db_hh = dGh, db_ih.copy()
-        dw_ih = dw_hh = None
-        if need_dw:  # the two GEMMs over all T*B rows, split over threads by rows
-            nw = _chunks(T * B, MIN_WGRAD_ROWS)
-            dw_ih = K.wgrad(dGx.reshape(T * B, -1), xn, nw)
-            dw_hh = K.wgrad(dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H), nw)
+            if kind == "gru":
+                (acts,) = ctx.arrays[4:]
+                dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
+                    dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
+            else:
+                dx2, dh0, dGh, db_ih = K.rnn_backward(
+                    dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n)
+                dGx, db_hh = dGh, db_ih.copy()
+            dw_ih = dw_hh = None
+            if need_dw:  # the two GEMMs over all T*B rows, split over threads by rows
+                nw = _chunks(T * B, MIN_WGRAD_ROWS)
+                dw_ih = K.wgrad(dGx.reshape(T * B, -1), xn, nw)
+                dw_hh = K.wgrad(dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H), nw)
 
         def out(flag, arr):
             return torch.from_numpy(arr) if flag and arr is not None else None
@@ -190,11 +278,14 @@ class NumbaLoop(RecurrentBase):
         super().register_parameter(name, param)
 
     def _fast_weights(self):
-        """(numpy w_ih, w_hh, b_ih, b_hh, dtype), rebuilt when a parameter's storage changed."""
+        """(numpy w_ih, w_hh, b_ih, b_hh, dtype) for GRU and RNN (zero-copy views); for LSTM
+        (packed weights, packed bias, threads, None, dtype) from numba_lstm.pack. Rebuilt when
+        a parameter's storage or version (an in-place update) changed, or the thread count."""
         fast = self._fast
-        if fast is not None:
-            for p, ptr in fast[1]:
-                if p.data_ptr() != ptr:
+        nth = _unit_threads(self.hidden_size) if self.kind == "lstm" else 0
+        if fast is not None and fast[2] == nth:
+            for p, ptr, version in fast[1]:
+                if p.data_ptr() != ptr or p._version != version:
                     break
             else:
                 return fast[0]
@@ -208,7 +299,12 @@ class NumbaLoop(RecurrentBase):
         dt = torch.empty(0, dtype=w_ih.dtype).numpy().dtype
         arrays = (w_ih.detach().numpy(), w_hh.detach().numpy(), _bias(params[2], rows, dt),
                   _bias(params[3], rows, dt), w_ih.dtype)
-        self._fast = (arrays, [(p, p.data_ptr()) for p in params if p is not None])
+        if self.kind == "lstm":  # a packed copy: see numba_lstm.step
+            wp = np.empty((rows, self.hidden_size + self.input_size), dt)
+            bp = np.empty(rows, dt)
+            L.pack(*arrays[:4], nth, wp, bp)
+            arrays = (wp, bp, nth, None, w_ih.dtype)
+        self._fast = (arrays, [(p, p.data_ptr(), p._version) for p in params if p is not None], nth)
         return arrays
 
     def _step(self, input: Tensor, hx):
@@ -224,7 +320,8 @@ class NumbaLoop(RecurrentBase):
         weights = self._fast_weights()
         if weights is None:
             return None
-        w_ih, w_hh, b_ih, b_hh, dtype = weights
+        dtype = weights[4]
+        npdt = weights[0].dtype
         if shape[-1] != self.input_size or input.dtype is not dtype or not input.is_cpu \
                 or input.requires_grad or not input.is_contiguous():
             return None
@@ -232,7 +329,7 @@ class NumbaLoop(RecurrentBase):
         kind = self.kind
         state_shape = (1, 1, H) if batched else (1, H)
         if hx is None:
-            h = c = np.zeros(H, w_ih.dtype)
+            h = c = np.zeros(H, npdt)
         else:
             if kind == "lstm":
                 if type(hx) is not tuple or len(hx) != 2:
@@ -253,14 +350,16 @@ class NumbaLoop(RecurrentBase):
         x = input.numpy().reshape(shape[-1])
         # y, h_n (, c_n) in one numpy buffer: np.empty + from_numpy is the cheapest allocation
         if kind == "lstm":
-            out = np.empty((3,) + state_shape, w_ih.dtype)
+            out = np.empty((3,) + state_shape, npdt)
             flat = out.reshape(3, H)
-            K.lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh, flat)
+            wp, bp, nth = weights[:3]
+            L.step(x, h, c, wp, bp, flat, nth)
             y, hn, cn = torch.from_numpy(out).unbind(0)
             self.__dict__["_last_state"] = (hn, cn, flat[1], flat[2])  # skips Module.__setattr__
             return y, (hn, cn)
-        out = np.empty((2,) + state_shape, w_ih.dtype)
+        out = np.empty((2,) + state_shape, npdt)
         flat = out.reshape(2, H)
+        w_ih, w_hh, b_ih, b_hh = weights[:4]
         if kind == "gru":
             K.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, flat)
         else:

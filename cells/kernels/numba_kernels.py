@@ -1,13 +1,11 @@
-"""The @njit kernels of backend `numba`: forward and backward of one layer, one direction.
+"""The @njit kernels of backend `numba` for GRU and RNN (the LSTM's are in numba_lstm.py, which
+also uses the activations and compile options defined here): one layer, one direction.
 
 Layout (time-major, C-contiguous; G = gates * H):
 
 * `x2`  (T*B, I): the layer input, flattened over time and batch.
 * `hs`  (T+1, B, H): hs[0] = h_0, hs[t+1] = h_t; the caller hands hs[1:] to torch as the output,
   and the backward uses hs[:T] (the h_{t-1} of every step) as one (T*B, H) matrix.
-* LSTM: `gates` (T, B, 4H): i, f, g, o of every step (the pointwise loop writes them from the
-  step's transposed GEMM result); `tcs` (T, B, H) tanh(c_t); `cs` (T+1, B, H) cells.
-  Without saving (inference) gates and tcs are (1, B, .) scratch and cs a (2, B, H) ping-pong.
 * GRU: `acts` (T, B, 4H): r, z, n, W_hn h + b_hn. RNN: nothing beyond hs (h is enough).
 
 The batch is split into `nchunks` blocks, one per numba thread (prange): rows are independent
@@ -151,167 +149,6 @@ def _wdot(w, v, out):
         np.dot(w[g0:g1], v.T, out[g0:g1])
 
 
-# --- LSTM ------------------------------------------------------------------------------
-@njit(**OPTS)
-def _lstm_fwd_rows(xw, w, hs, cs, gates, tcs, save, b0, b1):
-    """The recurrence of rows b0:b1 of the batch, all steps (see lstm_forward)."""
-    T = hs.shape[0] - 1
-    B = hs.shape[1]
-    H = hs.shape[2]
-    G = 4 * H
-    n = b1 - b0
-    one = xw.dtype.type(1)
-    two = xw.dtype.type(2)
-    gT = np.empty((G, n), xw.dtype)
-    for t in range(T):
-        ts = t if save else 0
-        cp = t if save else t & 1
-        cn = t + 1 if save else (t + 1) & 1
-        g = gates[ts, b0:b1]
-        _wdot(w, hs[t, b0:b1], gT)  # (G, n): see _lstm_bwd_rows on why transposed
-        for b in range(n):
-            gr = g[b]
-            xr = xw[t * B + b0 + b]
-            for k in range(G):
-                gr[k] = act_sigmoid(gT[k, b] + xr[k])
-        for b in range(n):
-            gr = g[b]
-            cprev = cs[cp, b0 + b]
-            cnew = cs[cn, b0 + b]
-            hnew = hs[t + 1, b0 + b]
-            tr = tcs[ts, b0 + b]
-            for j in range(H):
-                gg = two * gr[2 * H + j] - one
-                gr[2 * H + j] = gg
-                c = gr[H + j] * cprev[j] + gr[j] * gg
-                tc = act_tanh(c)
-                cnew[j] = c
-                tr[j] = tc
-                hnew[j] = gr[3 * H + j] * tc
-
-
-@njit(**PAR)
-def lstm_forward(x2, h0, c0, w_ih, w_hh, b_ih, b_hh, hs, cs, gates, tcs, save, nchunks):
-    """hs[1:] <- outputs, cs <- cells; gates <- i, f, g, o and tcs <- tanh(c) per step when
-    `save` (else gates, tcs are (1, B, .) scratch and cs a (2, B, H) ping-pong buffer).
-
-    tanh(a) = 2 sigmoid(2a) - 1: the g rows of W_hh, W_ih and the bias are doubled (exact), so
-    one flat sigmoid loop covers all four gates of a step, then g = 2 s - 1."""
-    B, H = h0.shape
-    TB = x2.shape[0]
-    G = 4 * H
-    one = x2.dtype.type(1)
-    two = x2.dtype.type(2)
-    scale = np.ones(G, x2.dtype)
-    scale[2 * H:3 * H] = two
-    bias = np.empty(G, x2.dtype)
-    for k in range(G):
-        bias[k] = (b_ih[k] + b_hh[k]) * scale[k]
-    w = w_hh.copy()
-    wf = w.reshape(G * H)
-    for k in range(2 * H * H, 3 * H * H):
-        wf[k] = wf[k] * two
-    xw = np.empty((TB, G), x2.dtype)
-    for k in prange(nchunks):
-        r0 = _block(TB, k, nchunks)
-        r1 = _block(TB, k + 1, nchunks)
-        if r1 > r0:
-            np.dot(x2[r0:r1], w_ih.T, xw[r0:r1])
-            for r in range(r0, r1):
-                row = xw[r]
-                for q in range(G):
-                    row[q] = row[q] * scale[q] + bias[q]
-    hs[0] = h0
-    cs[0] = c0
-    for k in prange(nchunks):
-        _lstm_fwd_rows(xw, w, hs, cs, gates, tcs, save,
-                       _block(B, k, nchunks), _block(B, k + 1, nchunks))
-    return one
-
-
-@njit(**OPTS)
-def _lstm_bwd_rows(dy, dh, dc, cs, gates, tcs, w_hhT, dG, db, need_dh0, need_dw, b0, b1):
-    """dG[:, b0:b1], dh[b0:b1], dc[b0:b1] (and this block's bias gradient in db).
-
-    The per-step GEMMs have few rows (the batch block), and OpenBLAS then spends most of a
-    call packing the 1 MB weight matrix: computed transposed, W (G, H) @ h.T -> (G, n) and
-    W_hh.T (H, G) @ dG.T -> (H, n), the weight is the "A" operand and a d2l-size step runs
-    1.5-1.8x faster (docs/numba.md)."""
-    T = dy.shape[0]
-    H = dy.shape[2]
-    G = 4 * H
-    n = b1 - b0
-    one = dy.dtype.type(1)
-    dhT = np.empty((H, n), dy.dtype)
-    for t in range(T - 1, -1, -1):
-        for b in range(b0, b1):
-            ar = gates[t, b]
-            tr = tcs[t, b]
-            dyr = dy[t, b]
-            dhr = dh[b]
-            dcr = dc[b]
-            cprev = cs[t, b]
-            dgr = dG[t, b]
-            for j in range(H):
-                i = ar[j]
-                f = ar[H + j]
-                g = ar[2 * H + j]
-                o = ar[3 * H + j]
-                tc = tr[j]
-                dht = dhr[j] + dyr[j]
-                dct = dcr[j] + dht * o * (one - tc * tc)
-                dgo = dht * tc * o * (one - o)
-                dgi = dct * g * i * (one - i)
-                dgf = dct * cprev[j] * f * (one - f)
-                dgg = dct * i * (one - g * g)
-                dcr[j] = dct * f
-                dgr[j] = dgi
-                dgr[H + j] = dgf
-                dgr[2 * H + j] = dgg
-                dgr[3 * H + j] = dgo
-            if need_dw:
-                for k in range(G):
-                    db[k] += dgr[k]
-        if (t > 0 or need_dh0) and n > 0:
-            _wdot(w_hhT, dG[t, b0:b1], dhT)
-            for b in range(n):
-                dhr = dh[b0 + b]
-                for j in range(H):
-                    dhr[j] = dhT[j, b]
-
-
-@njit(**PAR)
-def lstm_backward(dy, dhT, dcT, x2, hs, cs, gates, tcs, w_ih, w_hh, need_dx, need_dh0, need_dw,
-                  nchunks):
-    """Returns dx2 (T*B, I), dh0, dc0, dG (T, B, 4H), db (db = d b_ih = d b_hh); the weight
-    gradients are wgrad(dG, x2) and wgrad(dG, hs[:T])."""
-    T, B, H = dy.shape
-    G = 4 * H
-    dG = np.empty((T, B, G), dy.dtype)
-    dh = dhT.copy()
-    dc = dcT.copy()
-    dbs = np.zeros((nchunks, G), dy.dtype)
-    w_hhT = np.ascontiguousarray(w_hh.T)
-    for k in prange(nchunks):
-        _lstm_bwd_rows(dy, dh, dc, cs, gates, tcs, w_hhT, dG, dbs[k], need_dh0, need_dw,
-                       _block(B, k, nchunks), _block(B, k + 1, nchunks))
-    db = dbs[0].copy()
-    for k in range(1, nchunks):
-        for q in range(G):
-            db[q] += dbs[k, q]
-    dG2 = dG.reshape(T * B, G)
-    if need_dx:
-        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
-        for k in prange(nchunks):
-            r0 = _block(T * B, k, nchunks)
-            r1 = _block(T * B, k + 1, nchunks)
-            if r1 > r0:
-                np.dot(dG2[r0:r1], w_ih, dx2[r0:r1])
-    else:
-        dx2 = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dc, dG, db
-
-
 # --- GRU -------------------------------------------------------------------------------
 @njit(**OPTS)
 def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, b0, b1):
@@ -323,7 +160,7 @@ def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, b0, b1):
     hwT = np.empty((G, n), xw.dtype)
     hr = np.empty(G, xw.dtype)
     for t in range(T):
-        _wdot(w_hh, hs[t, b0:b1], hwT)  # transposed: see _lstm_bwd_rows
+        _wdot(w_hh, hs[t, b0:b1], hwT)  # transposed: see _wdot
         ts = t if save else 0
         for b in range(n):
             xr = xw[t * B + b0 + b]
@@ -408,7 +245,7 @@ def _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, db_ih, db_hh, need_dh0
                     db_ih[k] += gx[k]
                     db_hh[k] += gh[k]
         if (t > 0 or need_dh0) and n > 0:
-            _wdot(w_hhT, dGh[t, b0:b1], dhT)  # transposed: see _lstm_bwd_rows
+            _wdot(w_hhT, dGh[t, b0:b1], dhT)  # transposed: see _wdot
             for b in range(n):
                 dwr = dhw[b0 + b]
                 for j in range(H):
@@ -527,7 +364,8 @@ def _rnn_bwd_rows(dy, dh, hs, w_hh, dG, db, relu, need_dh0, need_dw, b0, b1):
 
 @njit(**PAR)
 def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, nchunks):
-    """Returns dx2, dh0, dG (T, B, H), db (= d b_ih = d b_hh); weight gradients as for LSTM."""
+    """Returns dx2, dh0, dG (T, B, H), db (= d b_ih = d b_hh); the weight gradients are
+    wgrad(dG, x2) and wgrad(dG, hs[:T])."""
     T, B, H = dy.shape
     dG = np.empty((T, B, H), dy.dtype)
     dh = dhT.copy()
@@ -553,27 +391,6 @@ def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, 
 
 
 # --- one step at batch 1 (generation): matrix-vector products, no scratch saved ----------
-@njit(**OPTS)
-def lstm_step(x, h, c, w_ih, w_hh, b_ih, b_hh, out):
-    """x (I,), h, c (H,) -> out (3, H): y, h_1, c_1 (y and h_1 equal, as torch.nn returns both)."""
-    H = h.shape[0]
-    gx = np.dot(w_ih, x)
-    gh = np.dot(w_hh, h)
-    y = out[0]
-    hn = out[1]
-    cn = out[2]
-    for j in range(H):
-        i = act_sigmoid(gx[j] + gh[j] + b_ih[j] + b_hh[j])
-        f = act_sigmoid(gx[H + j] + gh[H + j] + b_ih[H + j] + b_hh[H + j])
-        g = act_tanh(gx[2 * H + j] + gh[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j])
-        o = act_sigmoid(gx[3 * H + j] + gh[3 * H + j] + b_ih[3 * H + j] + b_hh[3 * H + j])
-        cc = f * c[j] + i * g
-        cn[j] = cc
-        hh = o * act_tanh(cc)
-        y[j] = hh
-        hn[j] = hh
-
-
 @njit(**OPTS)
 def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, out):
     """x (I,), h (H,) -> out (2, H): y, h_1."""

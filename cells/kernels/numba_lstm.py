@@ -1,0 +1,320 @@
+"""The LSTM kernels of backend `numba`: the hidden units are split over the threads.
+
+Why not split the batch, as the GRU and RNN kernels do: the LSTM's per-step GEMMs are its whole
+cost, and with a batch split every thread streams all of W_hh (1 MB at H = 256) through its
+cache on every step and multiplies it by a few rows. Split by hidden units instead, thread k
+owns units a:b and only its 4 (b - a) gate rows of the weights (512 KB at H = 256, two threads:
+they stay in the core's L2 across steps), and each step is one GEMM with the whole batch as
+the N dimension. The price is one fork/join per step (both threads need all of h_{t-1}),
+about 1 us with numba's OpenMP pool.
+
+Layout (everything a step touches is contiguous; G = 4H; `B` is the inner dimension so the
+pointwise loops vectorise over the batch):
+
+* packed weights `wp` (G, H + I) = [W_hh | W_ih] with rows reordered thread by thread
+  (thread k's rows 4a:4b hold gates i, f, g, o of units a:b, each gate a block of b - a rows),
+  the g rows doubled so that one sigmoid covers all gates: tanh(a) = 2 sigmoid(2a) - 1.
+* `z` (T+1, H + I, B): z[t] = [h_{t-1}; x_t] transposed, the operand of step t's GEMM, so the
+  input projection rides along in the recurrent GEMM (K = H + I) instead of a separate pass.
+* `gates` (T, G, B) in packed row order: i, f, g, o after activation; `cells` (T+1, H, B)
+  (tanh(c) is recomputed in the backward: cheaper than a trip through memory). Without saving:
+  gates (1, G, B) scratch and cells a (2, H, B) ping-pong.
+* `hs` (T+1, B, H): h in torch's layout, written by the pointwise loop; hs[1:] is the output
+  and hs[:T] the operand of dW_hh.
+* backward: `dg_all` (G, T*B) packed rows, every step's gate gradients, the left operand of
+  dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x (one GEMM each, split by gate rows, written
+  straight into torch's row order: a packed block of one gate and one thread is a contiguous
+  block of torch's rows too).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .numba_kernels import OPTS, PAR, act_sigmoid, act_tanh
+
+MIN_UNITS = 32  # hidden units per thread below which a split does not pay
+
+
+@njit(**OPTS)
+def _start(n, k, nth):
+    return (n * k) // nth
+
+
+@njit(**OPTS)
+def _rowdot(w, v, out):
+    """out (M, N) = w (M, K) @ v (K, N), cut into row blocks of w small enough (M*N*K <= 64^3)
+    for OpenBLAS's small-matrix kernel, which skips packing (faster at these shapes)."""
+    M, K = w.shape
+    N = v.shape[1]
+    mb = max(8, (524288 // max(N * K, 1)) // 16 * 16)
+    for m0 in range(0, M, mb):
+        m1 = min(M, m0 + mb)
+        np.dot(w[m0:m1], v, out[m0:m1])
+
+
+@njit(**OPTS)
+def pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp):
+    """wp (G, H+I), bp (G,) <- the forward's packed weights and bias (module docstring)."""
+    G, I = w_ih.shape
+    H = w_hh.shape[1]
+    dt = w_hh.dtype
+    for k in range(nth):
+        a = _start(H, k, nth)
+        hk = _start(H, k + 1, nth) - a
+        for q in range(4):
+            s = dt.type(2) if q == 2 else dt.type(1)
+            for u in range(hk):
+                r = 4 * a + q * hk + u
+                src = q * H + a + u
+                row = wp[r]
+                wr = w_hh[src]
+                for j in range(H):
+                    row[j] = wr[j] * s
+                xr = w_ih[src]
+                for j in range(I):
+                    row[H + j] = xr[j] * s
+                bp[r] = (b_ih[src] + b_hh[src]) * s
+
+
+@njit(**OPTS)
+def _transpose(src, dst):
+    """dst (N, M) <- src (M, N).T, in 16 x 16 tiles."""
+    M, N = src.shape
+    for m0 in range(0, M, 16):
+        m1 = min(M, m0 + 16)
+        for n0 in range(0, N, 16):
+            n1 = min(N, n0 + 16)
+            for n in range(n0, n1):
+                row = dst[n]
+                for m in range(m0, m1):
+                    row[m] = src[m, n]
+
+
+@njit(**PAR)
+def pack_hh_t(w_hh, nth, out):
+    """out (H, G) <- torch's W_hh with its rows in packed order, transposed, for the backward's
+    dh_{t-1}[a:b] = out[a:b] @ dg_t (thread k reads only its rows a:b)."""
+    G, H = w_hh.shape
+    for k in prange(nth):
+        a = _start(H, k, nth)
+        hk = _start(H, k + 1, nth) - a
+        for q in range(4):
+            _transpose(w_hh[q * H + a:q * H + a + hk], out[:, 4 * a + q * hk:4 * a + (q + 1) * hk])
+
+
+@njit(**OPTS)
+def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
+    """Step t for units a:b: one GEMM for their gates, then the pointwise cell update."""
+    B = z.shape[2]
+    hk = b - a
+    one = wp.dtype.type(1)
+    two = wp.dtype.type(2)
+    ts = t if save else 0
+    cp = t if save else t & 1
+    cn = t + 1 if save else (t + 1) & 1
+    g = gates[ts, 4 * a:4 * b]
+    _rowdot(wp[4 * a:4 * b], z[t], g)
+    for r in range(4 * hk):
+        row = g[r]
+        br = bp[4 * a + r]
+        for n in range(B):
+            row[n] = act_sigmoid(row[n] + br)
+    for u in range(hk):
+        j = a + u
+        gi = g[u]
+        gf = g[hk + u]
+        gg = g[2 * hk + u]
+        go = g[3 * hk + u]
+        cprev = cells[cp, j]
+        cnew = cells[cn, j]
+        hz = z[t + 1, j]
+        for n in range(B):
+            gv = two * gg[n] - one
+            gg[n] = gv
+            c = gf[n] * cprev[n] + gi[n] * gv
+            tc = act_tanh(c)
+            cnew[n] = c
+            hz[n] = go[n] * tc
+
+
+@njit(**PAR)
+def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
+    """hs[1:] <- outputs; returns the final cell state (B, H). Buffers: see the module doc."""
+    T = hs.shape[0] - 1
+    B, H = h0.shape
+    I = x2.shape[1]
+    for k in prange(nth):  # transpose x and the initial state into z and cells
+        t0 = _start(T, k, nth)
+        t1 = _start(T, k + 1, nth)
+        for t in range(t0, t1):
+            zt = z[t]
+            for n in range(B):
+                xr = x2[t * B + n]
+                for i in range(I):
+                    zt[H + i, n] = xr[i]
+    for n in range(B):
+        for j in range(H):
+            z[0, j, n] = h0[n, j]
+            cells[0, j, n] = c0[n, j]
+    hs[0] = h0
+    for t in range(T):
+        for k in prange(nth):
+            _fwd_units(t, wp, bp, z, cells, gates, save,
+                       _start(H, k, nth), _start(H, k + 1, nth))
+    for k in prange(nth):  # h back into torch's layout, (B, H) per step
+        for t in range(_start(T, k, nth), _start(T, k + 1, nth)):
+            _transpose(z[t + 1, :H], hs[t + 1])
+    last = T if save else T & 1
+    c_n = np.empty((B, H), x2.dtype)
+    for n in range(B):
+        for j in range(H):
+            c_n[n, j] = cells[last, j, n]
+    return c_n
+
+
+@njit(**OPTS)
+def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
+    """Gate gradients of step t for units a:b (dh holds dL/dh_t from later steps, transposed)."""
+    B = dyT.shape[2]
+    hk = b - a
+    one = dyT.dtype.type(1)
+    p = t & 1
+    for u in range(hk):
+        j = a + u
+        ri, rf, rg, ro = 4 * a + u, 4 * a + hk + u, 4 * a + 2 * hk + u, 4 * a + 3 * hk + u
+        gi, gf, gg, go = gates[t, ri], gates[t, rf], gates[t, rg], gates[t, ro]
+        c_row = cells[t + 1, j]
+        cprev = cells[t, j]
+        dhr = dh[j]
+        dcr = dc[j]
+        dyr = dyT[t, j]
+        di, df, dgg, do = dg[p, ri], dg[p, rf], dg[p, rg], dg[p, ro]
+        for n in range(B):
+            i = gi[n]
+            f = gf[n]
+            g = gg[n]
+            o = go[n]
+            tc = act_tanh(c_row[n])  # recomputed: cheaper than saving tanh(c) to memory
+            dht = dhr[n] + dyr[n]
+            dct = dcr[n] + dht * o * (one - tc * tc)
+            dcr[n] = dct * f
+            di[n] = dct * g * i * (one - i)
+            df[n] = dct * cprev[n] * f * (one - f)
+            dgg[n] = dct * i * (one - g * g)
+            do[n] = dht * tc * o * (one - o)
+        for r in (ri, rf, rg, ro):
+            src = dg[p, r]
+            dst = dg_all[r, t * B:(t + 1) * B]
+            s = dyT.dtype.type(0)
+            for n in range(B):
+                dst[n] = src[n]
+                s += src[n]
+            if need_db:
+                db[r] += s
+
+
+@njit(**PAR)
+def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all):
+    """dg_all (G, T*B) <- every step's gate gradients in packed row order; returns db (G,)
+    packed, dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B).
+
+    wpT (H, G) = pack_hh_t(w_hh): thread k's rows a:b give dh_{t-1}[a:b] = wpT[a:b] @ dg_t."""
+    T, B, H = dy.shape
+    G = 4 * H
+    dt = dy.dtype
+    dh = np.empty((H, B), dt)
+    dc = np.empty((H, B), dt)
+    for n in range(B):
+        for j in range(H):
+            dh[j, n] = dh_T[n, j]
+            dc[j, n] = dc_T[n, j]
+    db = np.zeros(G, dt)
+    for k in prange(nth):
+        for t in range(_start(T, k, nth), _start(T, k + 1, nth)):
+            _transpose(dy[t], dyT[t])
+    for t in range(T - 1, -1, -1):
+        for k in prange(nth):
+            a = _start(H, k, nth)
+            b = _start(H, k + 1, nth)
+            if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
+                _rowdot(wpT[a:b], dg[(t + 1) & 1], dh[a:b])
+            _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b)
+    dh0 = np.empty((B, H), dt)
+    dc0 = np.empty((B, H), dt)
+    if need_dh0:
+        for k in prange(nth):
+            a = _start(H, k, nth)
+            b = _start(H, k + 1, nth)
+            _rowdot(wpT[a:b], dg[0], dh[a:b])
+        for n in range(B):
+            for j in range(H):
+                dh0[n, j] = dh[j, n]
+                dc0[n, j] = dc[j, n]
+    return db, dh0, dc0
+
+
+@njit(**PAR)
+def weight_grads(dg_all, db, hs_prev, x2, w_ih, need_dw, need_dx, nth):
+    """dW_ih (G, I), dW_hh (G, H), d bias (G,) in torch's row order, and dx (T*B, I).
+
+    Each thread takes its own packed rows: per gate one contiguous block of torch's rows, so
+    the weight gradients need no reduction across threads; dx sums one partial per thread."""
+    G, TB = dg_all.shape
+    H = G // 4
+    I = x2.shape[1]
+    dt = dg_all.dtype
+    dw_ih = np.empty((G, I), dt)  # every row is written below (each block has hk >= 1 rows)
+    dw_hh = np.empty((G, H), dt)
+    d_bias = np.empty(G, dt)
+    parts = np.zeros((nth, TB if need_dx else 0, I), dt)
+    for k in prange(nth):
+        a = _start(H, k, nth)
+        hk = _start(H, k + 1, nth) - a
+        for q in range(4):
+            r0 = 4 * a + q * hk
+            s0 = q * H + a
+            for u in range(hk):
+                d_bias[s0 + u] = db[r0 + u]
+            if hk == 0 or TB == 0:
+                continue
+            block = dg_all[r0:r0 + hk]
+            if need_dw:
+                np.dot(block, hs_prev, dw_hh[s0:s0 + hk])
+                if I > 0:
+                    np.dot(block, x2, dw_ih[s0:s0 + hk])
+            if need_dx and I > 0:
+                parts[k] += np.dot(block.T, w_ih[s0:s0 + hk])
+    dx2 = parts[0] if nth == 1 else parts.sum(axis=0)
+    return dw_ih, dw_hh, d_bias, dx2
+
+
+# --- batch 1, one step (generation) ----------------------------------------------------------
+@njit(**OPTS)
+def _step_units(wp, bp, z, c, out, a, b):
+    hk = b - a
+    one = wp.dtype.type(1)
+    two = wp.dtype.type(2)
+    g = np.dot(wp[4 * a:4 * b], z)
+    for r in range(4 * hk):
+        g[r] = act_sigmoid(g[r] + bp[4 * a + r])
+    for u in range(hk):
+        j = a + u
+        c_new = g[hk + u] * c[j] + g[u] * (two * g[2 * hk + u] - one)
+        h = g[3 * hk + u] * act_tanh(c_new)
+        out[0, j] = h
+        out[1, j] = h
+        out[2, j] = c_new
+
+
+@njit(**PAR)
+def step(x, h, c, wp, bp, out, nth):
+    """x (I,), h, c (H,) -> out (3, H): y, h_1, c_1. Each thread's GEMV reads only its own
+    rows of the packed weights (512 KB at H = 256 over two threads), which stay in its core's
+    L2 from one step to the next; one fork/join per step."""
+    H = h.shape[0]
+    z = np.empty(H + x.shape[0], wp.dtype)
+    z[:H] = h
+    z[H:] = x
+    for k in prange(nth):
+        _step_units(wp, bp, z, c, out, _start(H, k, nth), _start(H, k + 1, nth))
