@@ -28,7 +28,8 @@ SHORT = {"input_size": "I", "hidden_size": "H", "num_layers": "L", "batch": "B",
          "device": "device", "dtype": "dtype", "threads": "threads", "optimizer_step": "opt. step"}
 TIMING_METHOD = (
     "torch.utils.benchmark.Timer.blocked_autorange (CUDA-synchronised, torch threads pinned), "
-    "topped up to a minimum number of blocks; the median and IQR are over blocks of calls. The first "
+    "topped up to a minimum number of blocks; the median and IQR are over blocks of calls, pooled "
+    "from interleaved rounds (the backends of one shape are timed in turn, A B, B A, A B, ...). The first "
     "call (compilation, JIT, allocation) is timed separately as `first call`, and warm-up calls "
     "follow it before timing. One call processes one sequence: train = forward + backward of "
     "y.sum() (optimizer step excluded unless the run says otherwise), infer = forward under "
@@ -160,6 +161,11 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
     return pd.DataFrame(rows), fastest
 
 
+def _int(value) -> Optional[int]:
+    v = _num(value)
+    return None if v is None else int(v)
+
+
 def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
     """Every ok case with its raw figures (median, IQR, first call, memory, GFLOP/s)."""
     ok = df[df["status"] == "ok"].copy()
@@ -171,6 +177,7 @@ def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
             "backend": r["label"],
             "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
             "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else "")) if med and iqr is not None else "–",
+            "blocks (rounds)": f"{_int(r.get('repeats'))} ({_int(r.get('rounds')) or 1})",
             "tokens/s": human(_num(r["tokens_per_s"])),
             "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
             "% peak": f"{_num(r.get('pct_of_peak')):.1f}" if _num(r.get("pct_of_peak")) is not None else "–",

@@ -115,27 +115,32 @@ def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
     cn = t + 1 if save else (t + 1) & 1
     g = gates[ts, 4 * a:4 * b]
     _rowdot(wp[4 * a:4 * b], z[t], g)
-    for r in range(4 * hk):
-        row = g[r]
-        br = bp[4 * a + r]
-        for n in range(B):
-            row[n] = act_sigmoid(row[n] + br)
-    for u in range(hk):
+    r0 = 4 * a
+    for u in range(hk):  # one pass per unit: its four gate rows, the cell and h
         j = a + u
         gi = g[u]
         gf = g[hk + u]
         gg = g[2 * hk + u]
         go = g[3 * hk + u]
+        bi = bp[r0 + u]
+        bf = bp[r0 + hk + u]
+        bg = bp[r0 + 2 * hk + u]
+        bo = bp[r0 + 3 * hk + u]
         cprev = cells[cp, j]
         cnew = cells[cn, j]
         hz = z[t + 1, j]
         for n in range(B):
-            gv = two * gg[n] - one
+            i = act_sigmoid(gi[n] + bi)
+            f = act_sigmoid(gf[n] + bf)
+            gv = two * act_sigmoid(gg[n] + bg) - one
+            o = act_sigmoid(go[n] + bo)
+            gi[n] = i
+            gf[n] = f
             gg[n] = gv
-            c = gf[n] * cprev[n] + gi[n] * gv
-            tc = act_tanh(c)
+            go[n] = o
+            c = f * cprev[n] + i * gv
             cnew[n] = c
-            hz[n] = go[n] * tc
+            hz[n] = o * act_tanh(c)
 
 
 @njit(**PAR)
@@ -179,6 +184,7 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
     B = dyT.shape[2]
     hk = b - a
     one = dyT.dtype.type(1)
+    zero = dyT.dtype.type(0)
     p = t & 1
     for u in range(hk):
         j = a + u
@@ -190,6 +196,11 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
         dcr = dc[j]
         dyr = dyT[t, j]
         di, df, dgg, do = dg[p, ri], dg[p, rf], dg[p, rg], dg[p, ro]
+        ai = dg_all[ri, t * B:(t + 1) * B]
+        af = dg_all[rf, t * B:(t + 1) * B]
+        ag = dg_all[rg, t * B:(t + 1) * B]
+        ao = dg_all[ro, t * B:(t + 1) * B]
+        si = sf = sg = so = zero
         for n in range(B):
             i = gi[n]
             f = gf[n]
@@ -199,19 +210,27 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
             dht = dhr[n] + dyr[n]
             dct = dcr[n] + dht * o * (one - tc * tc)
             dcr[n] = dct * f
-            di[n] = dct * g * i * (one - i)
-            df[n] = dct * cprev[n] * f * (one - f)
-            dgg[n] = dct * i * (one - g * g)
-            do[n] = dht * tc * o * (one - o)
-        for r in (ri, rf, rg, ro):
-            src = dg[p, r]
-            dst = dg_all[r, t * B:(t + 1) * B]
-            s = dyT.dtype.type(0)
-            for n in range(B):
-                dst[n] = src[n]
-                s += src[n]
-            if need_db:
-                db[r] += s
+            vi = dct * g * i * (one - i)
+            vf = dct * cprev[n] * f * (one - f)
+            vg = dct * i * (one - g * g)
+            vo = dht * tc * o * (one - o)
+            di[n] = vi  # the next step's GEMM operand
+            df[n] = vf
+            dgg[n] = vg
+            do[n] = vo
+            ai[n] = vi  # all steps, for the weight gradients
+            af[n] = vf
+            ag[n] = vg
+            ao[n] = vo
+            si += vi
+            sf += vf
+            sg += vg
+            so += vo
+        if need_db:
+            db[ri] += si
+            db[rf] += sf
+            db[rg] += sg
+            db[ro] += so
 
 
 @njit(**PAR)
