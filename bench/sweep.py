@@ -28,8 +28,8 @@ from .records import RECORDS_FILE, append, iter_records
 
 RESULT_FIELDS = ("median_s", "iqr_s", "iqr_rel", "noisy", "repeats", "rounds", "tokens_per_s", "flops",
                  "gflops", "pct_of_peak", "first_call_s", "peak_mem_bytes", "mem_method", "param_count")
-DEFAULTS = {"min_run_time": 0.15, "min_repeats": 5, "warmup": 2, "time_limit": 300.0, "budget": None,
-            "rounds": 3}
+DEFAULTS = {"min_run_time": 0.1, "min_repeats": 5, "warmup": 2, "time_limit": 300.0, "budget": None,
+            "rounds": 5}
 
 
 class UsageError(ValueError):
@@ -82,9 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="start no new case after this many seconds; the rest can be run with --resume")
     o.add_argument("--rounds", type=int,
                    help="timed rounds per case, interleaved with the other backends of the same "
-                        "shape (default 3; 1 = one window per case)")
+                        "shape (default 5; 1 = one window per case)")
     o.add_argument("--min-run-time", type=float, help="seconds of timed calls per case and round "
-                                                      "(default 0.15)")
+                                                      "(default 0.1)")
     o.add_argument("--min-repeats", type=int, help="at least this many timed blocks per case (default 5)")
     o.add_argument("--warmup", type=int, help="untimed calls after the first call (default 2)")
     o.add_argument("--noise-threshold", type=float, default=NOISE_THRESHOLD,
@@ -271,7 +271,10 @@ def run_sweep(cases: list[Case], settings: dict, args: argparse.Namespace,
     repair_torn_tail(out)
     skip = done_keys(out, args.retry_failed) if args.resume else set()
     pending = [c for c in cases if c.key() not in skip]
-    options = Options(min_run_time=settings["min_run_time"], min_repeats=settings["min_repeats"],
+    # --min-repeats counts the pooled blocks: each round tops up to its share (at least 2)
+    per_round = max(2, -(-settings["min_repeats"] // settings["rounds"])) if settings["rounds"] > 1 \
+        else settings["min_repeats"]
+    options = Options(min_run_time=settings["min_run_time"], min_repeats=per_round,
                       warmup=settings["warmup"], noise_threshold=args.noise_threshold,
                       memory=not args.no_memory)
     run_id = uuid.uuid4().hex[:12]

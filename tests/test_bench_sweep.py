@@ -257,7 +257,8 @@ def test_rounds_interleave_the_backends_and_pool_their_times(tmp_path, fakes):
         three, single = records(out), records(one)
         assert [r["rounds"] for r in three] == [3, 3] and [r["rounds"] for r in single] == [1, 1]
         for r3, r1 in zip(three, single):
-            assert r3["status"] == "ok" and r3["repeats"] >= 3 * 3 and r3["repeats"] > r1["repeats"]
+            # --min-repeats 3 counts pooled blocks: each of the 3 rounds tops up to 2 at least
+            assert r3["status"] == "ok" and r3["repeats"] >= 3 * 2 and r1["repeats"] >= 3
             assert r3["tokens_per_s"] == pytest.approx(2 * 3 / r3["median_s"])
     finally:
         cells.unregister("lstm", "fake_a")

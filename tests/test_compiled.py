@@ -111,3 +111,21 @@ def test_chunked_matches_single_steps():
         x.grad = None
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_mm_uses_registered_weight_and_falls_back():
+    """`packed_mm` (the steps' recurrent GEMM on float32 CPU) equals x @ b with the packed copy
+    registered, and falls back to torch.mm without one or after b changed in place."""
+    op = compiled._define_packed_mm()
+    if op is None:
+        pytest.skip("oneDNN packed linear not in this torch build")
+    steps = compiled.Steps(None, None, packed=True)
+    torch.manual_seed(0)
+    x, b = torch.randn(5, 16), torch.randn(16, 24)
+    torch.testing.assert_close(op(x, b), x.mm(b))
+    with compiled._packed_for(steps, b, x.size(0)):
+        assert compiled._PACKED[id(b)][0] is b
+        torch.testing.assert_close(op(x, b), x.mm(b), rtol=1e-5, atol=1e-5)
+        b.add_(1.0)  # new version: the packed copy is stale and must not be used
+        torch.testing.assert_close(op(x, b), x.mm(b))
+    assert id(b) not in compiled._PACKED

@@ -16,6 +16,14 @@ Design (measured; see docs/compiled-and-triton.md):
   (~70 us a call) is paid once per K steps. A sequence runs its first T % K steps one per call,
   then (T - T % K) / K chunk calls; T only changes the number of calls, never the graphs.
   Hidden size 1 runs one step per call (Inductor miscomputed the GRU chunk at H = 1).
+  Chunk views of xw are plain slices (rows t >= 1 never sit at storage offset 0); only the
+  first unit's rows are copied into a front-padded buffer (not all of xw).
+* float32 on the CPU: the recurrent GEMM inside the compiled steps is `cellbench::packed_mm`,
+  a custom op (an extern call in the graph) that runs oneDNN's linear with W_hh (forward) /
+  W_hh^T (backward) reordered once per layer call into oneDNN's blocked layout (~95 us vs
+  ~125-170 us for aten addmm/mm per d2l-size step here; what Inductor's own weight prepacking
+  does for frozen inference graphs). The loops register the packed copy (`_packed_for`); the
+  op falls back to torch.mm when none is registered. CELLBENCH_COMPILED_PACKED=0 turns it off.
 * Forward and backward are one `torch.autograd.Function` per layer and direction
   (`Recurrence`). Autograd through a loop of compiled steps would compute the recurrent weight
   gradient as T small GEMMs and, with `xw[t]` indexing, zero-fill a (T, B, G*H) buffer per step
@@ -52,8 +60,8 @@ from ..base import LayerWeights, RecurrentBase, State
 # `acts` are the activated gates saved for the backward.
 
 
-def lstm_forward_step(xw_t: Tensor, h: Tensor, c: Tensor, w_t: Tensor):
-    gates = torch.addmm(xw_t, h, w_t)
+def lstm_forward_step(xw_t: Tensor, h: Tensor, c: Tensor, w_t: Tensor, mm=None):
+    gates = torch.addmm(xw_t, h, w_t) if mm is None else xw_t + mm(h, w_t)
     i, f, g, o = gates.chunk(4, 1)
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
     c = f * c + i * g
@@ -62,7 +70,7 @@ def lstm_forward_step(xw_t: Tensor, h: Tensor, c: Tensor, w_t: Tensor):
 
 
 def lstm_backward_step(dy_t: Tensor, dh: Tensor, dc: Tensor, acts: Tensor, c_prev: Tensor,
-                       c: Tensor, w: Tensor):
+                       c: Tensor, w: Tensor, mm=None):
     """Returns (d pre-activation gates, dh_{t-1}, dc_{t-1})."""
     dh = dh + dy_t
     i, f, g, o = acts.chunk(4, 1)
@@ -70,11 +78,11 @@ def lstm_backward_step(dy_t: Tensor, dh: Tensor, dc: Tensor, acts: Tensor, c_pre
     dc = dc + dh * o * (1 - tc * tc)
     da = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
                     dh * tc * o * (1 - o)], 1)
-    return da, da.mm(w), dc * f
+    return da, (mm or torch.mm)(da, w), dc * f
 
 
-def gru_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, b_hn: Tensor):
-    hw = h.mm(w_t)
+def gru_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, b_hn: Tensor, mm=None):
+    hw = (mm or torch.mm)(h, w_t)
     x_r, x_z, x_n = xw_t.chunk(3, 1)
     h_r, h_z, h_n = hw.chunk(3, 1)
     h_n = h_n + b_hn
@@ -85,7 +93,7 @@ def gru_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, b_hn: Tensor):
     return h, torch.cat([r, z, n, h_n], 1)
 
 
-def gru_backward_step(dy_t: Tensor, dh: Tensor, acts: Tensor, h_prev: Tensor, w: Tensor):
+def gru_backward_step(dy_t: Tensor, dh: Tensor, acts: Tensor, h_prev: Tensor, w: Tensor, mm=None):
     """Returns (d xw_t, d (h W_hh^T + b_hn), dh_{t-1})."""
     dh = dh + dy_t
     r, z, n, h_n = acts.chunk(4, 1)
@@ -93,25 +101,25 @@ def gru_backward_step(dy_t: Tensor, dh: Tensor, acts: Tensor, h_prev: Tensor, w:
     dan = dh * (1 - z) * (1 - n * n)
     dr = dan * h_n * r * (1 - r)
     dhw = torch.cat([dr, dz, dan * r], 1)
-    return torch.cat([dr, dz, dan], 1), dhw, dh * z + dhw.mm(w)
+    return torch.cat([dr, dz, dan], 1), dhw, dh * z + (mm or torch.mm)(dhw, w)
 
 
-def rnn_tanh_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor):
-    return torch.tanh(torch.addmm(xw_t, h, w_t))
+def rnn_tanh_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, mm=None):
+    return torch.tanh(torch.addmm(xw_t, h, w_t) if mm is None else xw_t + mm(h, w_t))
 
 
-def rnn_relu_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor):
-    return torch.relu(torch.addmm(xw_t, h, w_t))
+def rnn_relu_forward_step(xw_t: Tensor, h: Tensor, w_t: Tensor, mm=None):
+    return torch.relu(torch.addmm(xw_t, h, w_t) if mm is None else xw_t + mm(h, w_t))
 
 
-def rnn_tanh_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor):
+def rnn_tanh_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor, mm=None):
     da = (dh + dy_t) * (1 - h * h)
-    return da, da.mm(w)
+    return da, (mm or torch.mm)(da, w)
 
 
-def rnn_relu_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor):
+def rnn_relu_backward_step(dy_t: Tensor, dh: Tensor, h: Tensor, w: Tensor, mm=None):
     da = (dh + dy_t) * (h > 0).to(h.dtype)  # torch's relu backward: gradient 0 at 0
-    return da, da.mm(w)
+    return da, (mm or torch.mm)(da, w)
 
 
 class Steps(NamedTuple):
@@ -121,6 +129,8 @@ class Steps(NamedTuple):
     forward_chunk: Optional[Callable] = None
     backward_chunk: Optional[Callable] = None
     chunk: int = 0
+    # the steps' recurrent GEMMs use packed_mm (float32 CPU): the loops register the packed weight
+    packed: bool = False
 
 
 EAGER_STEPS: dict[str, Steps] = {
@@ -130,11 +140,102 @@ EAGER_STEPS: dict[str, Steps] = {
     "rnn_relu": Steps(rnn_relu_forward_step, rnn_relu_backward_step),
 }
 
+# --------------------------------------------------------------------------------------------
+# The recurrent GEMM with a pre-packed weight (float32 CPU).
+#
+# Per step the recurrence multiplies by the same W_hh (forward) / W_hh^T (backward). oneDNN
+# with the weight reordered once into its blocked layout (what Inductor's own weight-prepack
+# does for frozen inference graphs) runs the d2l-size step GEMM (32 x 256 @ 256 x 1024) in
+# ~95 us vs ~125-170 us for aten addmm/mm (MKL) here. A blocked-layout tensor cannot be an
+# input of a compiled graph, so the compiled steps call `packed_mm(x, b)` (= x @ b, a custom op
+# taking the dense b) and the loops register the packed copy of b for the duration of one loop
+# (`_packed_for`). The op looks it up by identity and version and falls back to the plain
+# GEMM when there is none, so a missing registration costs speed, never correctness.
+
+_PACKED: dict[int, tuple] = {}  # id(b) -> (b, b._version, packed weight of b^T)
+_PACKED_MM = None  # the op, once defined (None: unavailable)
+_PACKED_LIB = None
+PACKED = os.environ.get("CELLBENCH_COMPILED_PACKED", "1") != "0"
 
 
-def chunk_steps(variant: str, k: int):
+def _packed_mm_impl(x: Tensor, b: Tensor) -> Tensor:
+    entry = _PACKED.get(id(b))
+    if entry is not None and entry[0] is b and entry[1] == b._version:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), entry[2], None, "none", [], "")
+    return x.mm(b)
+
+
+def _define_packed_mm():
+    """The custom op `cellbench::packed_mm`, defined once per process; None when oneDNN's
+    packed linear is not in this torch build (then the steps use torch.mm)."""
+    global _PACKED_MM, _PACKED_LIB
+    if _PACKED_MM is not None or not PACKED:
+        return _PACKED_MM
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        torch.ops.mkldnn._linear_pointwise, torch.ops.mkldnn._reorder_linear_weight  # noqa: B018
+        if not hasattr(torch.ops.cellbench, "packed_mm"):
+            _PACKED_LIB = torch.library.Library("cellbench", "FRAGMENT")
+            _PACKED_LIB.define("packed_mm(Tensor x, Tensor b) -> Tensor")
+            _PACKED_LIB.impl("packed_mm", _packed_mm_impl, "CPU")
+            torch.library.register_fake("cellbench::packed_mm", _packed_mm_fake, lib=_PACKED_LIB)
+        _PACKED_MM = torch.ops.cellbench.packed_mm.default
+    except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+        _PACKED_MM = None
+    return _PACKED_MM
+
+
+def _packed_mm_fake(x: Tensor, b: Tensor) -> Tensor:
+    return x.new_empty((x.size(0), b.size(1)))
+
+
+def _gemm_for(t: Tensor):
+    """The GEMM for a step on tensors like t: packed_mm for float32 CPU, else None (torch.mm)."""
+    if _PACKED_MM is not None and t.device.type == "cpu" and t.dtype == torch.float32:
+        return _PACKED_MM
+    return None
+
+
+def with_packed_gemm(step: Callable) -> Callable:
+    """step(*args, mm=...) with the GEMM chosen from args[1] (h or dh). Decided when Dynamo
+    traces (dtype and device are guarded anyway)."""
+    def packed_step(*args):
+        return step(*args, mm=_gemm_for(args[1]))
+    packed_step.__name__ = packed_step.__qualname__ = step.__name__
+    return packed_step
+
+
+def _packs(steps: "Steps", w: Tensor) -> bool:
+    return steps.packed and _gemm_for(w) is not None
+
+
+class _packed_for:
+    """Context: while a loop runs, `packed_mm(x, b)` uses oneDNN's packed copy of b^T.
+    A no-op unless `steps.packed` and b is float32 on the CPU."""
+
+    def __init__(self, steps: "Steps", b: Tensor, batch: int):
+        self.key = None
+        if _packs(steps, b):
+            weight = b.t().contiguous()  # (N, K): x @ b == linear(x, weight)
+            self.key = id(b)
+            _PACKED[self.key] = (b, b._version,
+                                 torch.ops.mkldnn._reorder_linear_weight(weight, batch))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.key is not None:
+            _PACKED.pop(self.key, None)
+        return False
+
+
+
+def chunk_steps(variant: str, k: int, packed: bool = False):
     """(forward_chunk, backward_chunk): the step functions unrolled K times, so that one
-    compiled call runs K steps (the per-call overhead is paid once per K steps).
+    compiled call runs K steps (the per-call overhead is paid once per K steps). `packed`: the
+    recurrent GEMMs go through `packed_mm` where it applies (see `_gemm_for`).
 
     forward_chunk(xw (K, B, G*H), state..., weights) -> stacked hs (K, B, H)[, cs, acts] plus
     the final state as separate tensors (not views: the next call sees a fresh layout).
@@ -142,6 +243,8 @@ def chunk_steps(variant: str, k: int):
     -> stacked per-step gradients (K, ...) in time order and the gradient of the state before.
     """
     fwd, bwd = EAGER_STEPS[variant].forward, EAGER_STEPS[variant].backward
+    if packed:
+        fwd, bwd = with_packed_gemm(fwd), with_packed_gemm(bwd)
     if variant == "lstm":
         def forward_chunk(xw, h, c, w_t):
             hs, cs, acts = [], [], []
@@ -197,6 +300,13 @@ def _front_padded(x: Tensor) -> Tensor:
     return out
 
 
+def _rows(x: Tensor, t0: int, n: int) -> Tensor:
+    """x[t0: t0 + n] for contiguous x, never at storage offset 0 (see _front_padded): rows
+    t0 >= 1 already sit at offset >= 2 (a row holds >= 2 elements: batch 1 runs as 2), so only
+    the first rows are copied, into a front-padded buffer, instead of all of x."""
+    return x[t0: t0 + n] if t0 else _front_padded(x[:n])[1:]
+
+
 def _fresh(t: Optional[Tensor]) -> Optional[Tensor]:
     """A contiguous tensor that is not a view (one layout for Dynamo's guards)."""
     return None if t is None else t.clone(memory_format=torch.contiguous_format)
@@ -213,19 +323,20 @@ def run_forward(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: Optional
     hs: list[Tensor] = []
     cs: list[Tensor] = []
     acts: list[Tensor] = []
-    for t in range(xw.size(0)):
-        call = on_first if t == 0 else _plain
-        xw_t = padded[t + 1]
-        if variant == "lstm":
-            h, c, a = call(steps.forward, xw_t, h, c, w_t)
-            cs.append(c)
-            acts.append(a)
-        elif variant == "gru":
-            h, a = call(steps.forward, xw_t, h, w_t, b_hn)
-            acts.append(a)
-        else:
-            h = call(steps.forward, xw_t, h, w_t)
-        hs.append(h)
+    with _packed_for(steps, w_t, xw.size(1)):
+        for t in range(xw.size(0)):
+            call = on_first if t == 0 else _plain
+            xw_t = padded[t + 1]
+            if variant == "lstm":
+                h, c, a = call(steps.forward, xw_t, h, c, w_t)
+                cs.append(c)
+                acts.append(a)
+            elif variant == "gru":
+                h, a = call(steps.forward, xw_t, h, w_t, b_hn)
+                acts.append(a)
+            else:
+                h = call(steps.forward, xw_t, h, w_t)
+            hs.append(h)
     return hs, cs, acts
 
 
@@ -244,18 +355,19 @@ def run_backward(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optiona
     dh, dc, h0, c0 = _fresh(dh), _fresh(dc), _fresh(h0), _fresh(c0)
     dxws: list[Optional[Tensor]] = [None] * seq
     dhws: list[Optional[Tensor]] = [None] * seq
-    for t in range(seq - 1, -1, -1):
-        call = on_first if t == seq - 1 else _plain
-        h_prev = hs[t - 1] if t else h0
-        dy_t = dy_padded[t + 1]
-        if variant == "lstm":
-            c_prev = cs[t - 1] if t else c0
-            da, dh, dc = call(steps.backward, dy_t, dh, dc, acts[t], c_prev, cs[t], w_hh)
-        elif variant == "gru":
-            da, dhws[t], dh = call(steps.backward, dy_t, dh, acts[t], h_prev, w_hh)
-        else:
-            da, dh = call(steps.backward, dy_t, dh, hs[t], w_hh)
-        dxws[t] = da
+    with _packed_for(steps, w_hh, dy.size(1)):
+        for t in range(seq - 1, -1, -1):
+            call = on_first if t == seq - 1 else _plain
+            h_prev = hs[t - 1] if t else h0
+            dy_t = dy_padded[t + 1]
+            if variant == "lstm":
+                c_prev = cs[t - 1] if t else c0
+                da, dh, dc = call(steps.backward, dy_t, dh, dc, acts[t], c_prev, cs[t], w_hh)
+            elif variant == "gru":
+                da, dhws[t], dh = call(steps.backward, dy_t, dh, acts[t], h_prev, w_hh)
+            else:
+                da, dh = call(steps.backward, dy_t, dh, hs[t], w_hh)
+            dxws[t] = da
     dxw = torch.stack(dxws)
     d_rec = torch.stack(dhws) if variant == "gru" else dxw  # gradient of h W_hh^T (+ b_hn)
     hidden = h0.size(1)
@@ -297,35 +409,39 @@ def run_forward_chunked(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: 
     k = steps.chunk
     seq = xw.size(0)
     rest = seq % k
-    w_t = w_hh.t().contiguous()
+    xw = xw.contiguous()  # (a no-op for the input projection's output)
+    # W_hh^T: a transposed view would be copied by the graph at every step, except where the
+    # steps' GEMM is packed_mm, which only looks up the packed copy of it
+    w_t = w_hh.t() if _packs(steps, w_hh) else w_hh.t().contiguous()
     h, c = _fresh(h0), _fresh(c0)
-    padded = _front_padded(xw)
     units: list[_Unit] = []
     step_call = _timed("forward", variant)
     chunk_call = _timed("forward_chunk", variant)
-    for t in range(rest):
-        h_before, c_before = h, c
-        a = None
-        if variant == "lstm":
-            h, c, a = step_call(steps.forward, padded[t + 1], h, c, w_t)
-        elif variant == "gru":
-            h, a = step_call(steps.forward, padded[t + 1], h, w_t, b_hn)
-        else:
-            h = step_call(steps.forward, padded[t + 1], h, w_t)
-        step_call = _plain
-        units.append(_Unit(t, 0, h, c if variant == "lstm" else None, a, h_before, c_before))
-    for t0 in range(rest, seq, k):
-        h_before, c_before = h, c
-        xw_c = padded[t0 + 1: t0 + 1 + k]
-        cs = acts = None
-        if variant == "lstm":
-            hs, cs, acts, h, c = chunk_call(steps.forward_chunk, xw_c, h, c, w_t)
-        elif variant == "gru":
-            hs, acts, h = chunk_call(steps.forward_chunk, xw_c, h, w_t, b_hn)
-        else:
-            hs, h = chunk_call(steps.forward_chunk, xw_c, h, w_t)
-        chunk_call = _plain
-        units.append(_Unit(t0, k, hs, cs, acts, h_before, c_before))
+    with _packed_for(steps, w_t, xw.size(1)):
+        for t in range(rest):
+            h_before, c_before = h, c
+            a = None
+            xw_t = _rows(xw, t, 1)[0]
+            if variant == "lstm":
+                h, c, a = step_call(steps.forward, xw_t, h, c, w_t)
+            elif variant == "gru":
+                h, a = step_call(steps.forward, xw_t, h, w_t, b_hn)
+            else:
+                h = step_call(steps.forward, xw_t, h, w_t)
+            step_call = _plain
+            units.append(_Unit(t, 0, h, c if variant == "lstm" else None, a, h_before, c_before))
+        for t0 in range(rest, seq, k):
+            h_before, c_before = h, c
+            xw_c = _rows(xw, t0, k)
+            cs = acts = None
+            if variant == "lstm":
+                hs, cs, acts, h, c = chunk_call(steps.forward_chunk, xw_c, h, c, w_t)
+            elif variant == "gru":
+                hs, acts, h = chunk_call(steps.forward_chunk, xw_c, h, w_t, b_hn)
+            else:
+                hs, h = chunk_call(steps.forward_chunk, xw_c, h, w_t)
+            chunk_call = _plain
+            units.append(_Unit(t0, k, hs, cs, acts, h_before, c_before))
     y = torch.cat([u.hs if u.n else u.hs.unsqueeze(0) for u in units])
     return Chunked(units, y, h, c)
 
@@ -339,31 +455,32 @@ def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc:
     dhws: list[Tensor] = []
     step_call = _timed("backward", variant)
     chunk_call = _timed("backward_chunk", variant)
-    for u in reversed(rec.units):
-        if u.n:
-            dy_c = dy_padded[u.t0 + 1: u.t0 + 1 + u.n]
-            if variant == "lstm":
-                da, dh, dc = chunk_call(steps.backward_chunk, dy_c, dh, dc, u.acts, u.cs,
-                                        u.c_before, w_hh)
-            elif variant == "gru":
-                da, dhw, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.acts, u.hs, u.h_before,
-                                         w_hh)
-                dhws.append(dhw)
+    with _packed_for(steps, w_hh, dy.size(1)):
+        for u in reversed(rec.units):
+            if u.n:
+                dy_c = dy_padded[u.t0 + 1: u.t0 + 1 + u.n]
+                if variant == "lstm":
+                    da, dh, dc = chunk_call(steps.backward_chunk, dy_c, dh, dc, u.acts, u.cs,
+                                            u.c_before, w_hh)
+                elif variant == "gru":
+                    da, dhw, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.acts, u.hs, u.h_before,
+                                             w_hh)
+                    dhws.append(dhw)
+                else:
+                    da, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.hs, w_hh)
+                chunk_call = _plain
             else:
-                da, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.hs, w_hh)
-            chunk_call = _plain
-        else:
-            dy_t = dy_padded[u.t0 + 1]
-            if variant == "lstm":
-                da, dh, dc = step_call(steps.backward, dy_t, dh, dc, u.acts, u.c_before, u.cs, w_hh)
-            elif variant == "gru":
-                da, dhw, dh = step_call(steps.backward, dy_t, dh, u.acts, u.h_before, w_hh)
-                dhws.append(dhw.unsqueeze(0))
-            else:
-                da, dh = step_call(steps.backward, dy_t, dh, u.hs, w_hh)
-            da = da.unsqueeze(0)
-            step_call = _plain
-        dxws.append(da)
+                dy_t = dy_padded[u.t0 + 1]
+                if variant == "lstm":
+                    da, dh, dc = step_call(steps.backward, dy_t, dh, dc, u.acts, u.c_before, u.cs, w_hh)
+                elif variant == "gru":
+                    da, dhw, dh = step_call(steps.backward, dy_t, dh, u.acts, u.h_before, w_hh)
+                    dhws.append(dhw.unsqueeze(0))
+                else:
+                    da, dh = step_call(steps.backward, dy_t, dh, u.hs, w_hh)
+                da = da.unsqueeze(0)
+                step_call = _plain
+            dxws.append(da)
     dxw = torch.cat(dxws[::-1])
     d_rec = torch.cat(dhws[::-1]) if variant == "gru" else dxw  # gradient of h W_hh^T (+ b_hn)
     hidden = h0.size(1)
@@ -522,12 +639,17 @@ CHUNK = int(os.environ.get("CELLBENCH_COMPILED_CHUNK", "5"))
 def compiled_steps(variant: str) -> Steps:
     if variant not in _COMPILED:
         eager = EAGER_STEPS[variant]
+        packed = _define_packed_mm() is not None
+        fwd, bwd = eager.forward, eager.backward
+        if packed:
+            fwd, bwd = with_packed_gemm(fwd), with_packed_gemm(bwd)
         fwd_chunk = bwd_chunk = None
         if CHUNK > 1:
-            fwd_chunk, bwd_chunk = (torch.compile(f, dynamic=True) for f in chunk_steps(variant, CHUNK))
-        _COMPILED[variant] = Steps(torch.compile(eager.forward, dynamic=True),
-                                   torch.compile(eager.backward, dynamic=True),
-                                   fwd_chunk, bwd_chunk, CHUNK if CHUNK > 1 else 0)
+            fwd_chunk, bwd_chunk = (torch.compile(f, dynamic=True)
+                                    for f in chunk_steps(variant, CHUNK, packed))
+        _COMPILED[variant] = Steps(torch.compile(fwd, dynamic=True),
+                                   torch.compile(bwd, dynamic=True),
+                                   fwd_chunk, bwd_chunk, CHUNK if CHUNK > 1 else 0, packed)
     return _COMPILED[variant]
 
 

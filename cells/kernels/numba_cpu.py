@@ -220,10 +220,10 @@ class _LayerFunction(torch.autograd.Function):
             wpT, dyT = WORKSPACE.take((H, G), dt), WORKSPACE.take((T, H, B), dt)
             dg, dg_all = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((G, T * B), dt)
             L.pack_hh_t(w_hh, nth, wpT)
-            dbp, dh0, dc0 = L.backward(dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth,
-                                       dyT, dg, dg_all)
-            dw_ih, dw_hh, db_ih, dx2 = L.weight_grads(dg_all, dbp, hs[:T].reshape(T * B, H), xn,
-                                                      w_ih, need_dw, need_dx, nth)
+            db_ih, dh0, dc0 = L.backward(dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth,
+                                         dyT, dg, dg_all)
+            dw_ih, dw_hh, dx2 = L.weight_grads(dg_all, hs[:T].reshape(T * B, H), xn, w_ih,
+                                               need_dw, need_dx, nth)
             WORKSPACE.give(wpT, dyT, dg, dg_all)
             db_hh = db_ih.copy()
         else:
@@ -279,11 +279,11 @@ class NumbaLoop(RecurrentBase):
 
     def _fast_weights(self):
         """(numpy w_ih, w_hh, b_ih, b_hh, dtype) for GRU and RNN (zero-copy views); for LSTM
-        (packed weights, packed bias, threads, None, dtype) from numba_lstm.pack. Rebuilt when
-        a parameter's storage or version (an in-place update) changed, or the thread count."""
+        (packed weights, packed bias, blocks, None, dtype) from numba_lstm.pack, split into as
+        many blocks as numba had threads when packed (any thread count runs them correctly).
+        Rebuilt when a parameter's storage or version (an in-place update) changed."""
         fast = self._fast
-        nth = _unit_threads(self.hidden_size) if self.kind == "lstm" else 0
-        if fast is not None and fast[2] == nth:
+        if fast is not None:
             for p, ptr, version in fast[1]:
                 if p.data_ptr() != ptr or p._version != version:
                     break
@@ -300,11 +300,12 @@ class NumbaLoop(RecurrentBase):
         arrays = (w_ih.detach().numpy(), w_hh.detach().numpy(), _bias(params[2], rows, dt),
                   _bias(params[3], rows, dt), w_ih.dtype)
         if self.kind == "lstm":  # a packed copy: see numba_lstm.step
+            nth = _unit_threads(self.hidden_size)
             wp = np.empty((rows, self.hidden_size + self.input_size), dt)
             bp = np.empty(rows, dt)
             L.pack(*arrays[:4], nth, wp, bp)
             arrays = (wp, bp, nth, None, w_ih.dtype)
-        self._fast = (arrays, [(p, p.data_ptr(), p._version) for p in params if p is not None], nth)
+        self._fast = (arrays, [(p, p.data_ptr(), p._version) for p in params if p is not None])
         return arrays
 
     def _step(self, input: Tensor, hx):

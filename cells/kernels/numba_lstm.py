@@ -19,12 +19,12 @@ pointwise loops vectorise over the batch):
 * `gates` (T, G, B) in packed row order: i, f, g, o after activation; `cells` (T+1, H, B)
   (tanh(c) is recomputed in the backward: cheaper than a trip through memory). Without saving:
   gates (1, G, B) scratch and cells a (2, H, B) ping-pong.
-* `hs` (T+1, B, H): h in torch's layout, written by the pointwise loop; hs[1:] is the output
-  and hs[:T] the operand of dW_hh.
-* backward: `dg_all` (G, T*B) packed rows, every step's gate gradients, the left operand of
-  dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x (one GEMM each, split by gate rows, written
-  straight into torch's row order: a packed block of one gate and one thread is a contiguous
-  block of torch's rows too).
+* `hs` (T+1, B, H): h in torch's layout (transposed from z after the loop); hs[1:] is the
+  output and hs[:T] the operand of dW_hh.
+* backward: per step the gate gradients go to a (2, G, B) ping-pong in packed order (the next
+  step's GEMM operand) and to `dg_all` (G, T*B) in torch's row order, the left operand of
+  dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x: one GEMM each per thread over an even share
+  of the rows (K = T*B), written straight into torch's layout.
 """
 from __future__ import annotations
 
@@ -182,6 +182,7 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
 def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
     """Gate gradients of step t for units a:b (dh holds dL/dh_t from later steps, transposed)."""
     B = dyT.shape[2]
+    H = dyT.shape[1]
     hk = b - a
     one = dyT.dtype.type(1)
     zero = dyT.dtype.type(0)
@@ -196,10 +197,10 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
         dcr = dc[j]
         dyr = dyT[t, j]
         di, df, dgg, do = dg[p, ri], dg[p, rf], dg[p, rg], dg[p, ro]
-        ai = dg_all[ri, t * B:(t + 1) * B]
-        af = dg_all[rf, t * B:(t + 1) * B]
-        ag = dg_all[rg, t * B:(t + 1) * B]
-        ao = dg_all[ro, t * B:(t + 1) * B]
+        ai = dg_all[j, t * B:(t + 1) * B]  # torch's row order: gate q of unit j is row q*H + j
+        af = dg_all[H + j, t * B:(t + 1) * B]
+        ag = dg_all[2 * H + j, t * B:(t + 1) * B]
+        ao = dg_all[3 * H + j, t * B:(t + 1) * B]
         si = sf = sg = so = zero
         for n in range(B):
             i = gi[n]
@@ -227,16 +228,16 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
             sg += vg
             so += vo
         if need_db:
-            db[ri] += si
-            db[rf] += sf
-            db[rg] += sg
-            db[ro] += so
+            db[j] += si
+            db[H + j] += sf
+            db[2 * H + j] += sg
+            db[3 * H + j] += so
 
 
 @njit(**PAR)
 def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all):
-    """dg_all (G, T*B) <- every step's gate gradients in packed row order; returns db (G,)
-    packed, dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B).
+    """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
+    (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B).
 
     wpT (H, G) = pack_hh_t(w_hh): thread k's rows a:b give dh_{t-1}[a:b] = wpT[a:b] @ dg_t."""
     T, B, H = dy.shape
@@ -274,38 +275,32 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
 
 
 @njit(**PAR)
-def weight_grads(dg_all, db, hs_prev, x2, w_ih, need_dw, need_dx, nth):
-    """dW_ih (G, I), dW_hh (G, H), d bias (G,) in torch's row order, and dx (T*B, I).
+def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
+    """dW_ih (G, I), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order.
 
-    Each thread takes its own packed rows: per gate one contiguous block of torch's rows, so
-    the weight gradients need no reduction across threads; dx sums one partial per thread."""
+    The rows are split evenly over the threads: one GEMM each for dW_hh and dW_ih, K = T*B, no
+    reduction across threads; dx sums one partial product per thread."""
     G, TB = dg_all.shape
     H = G // 4
     I = x2.shape[1]
     dt = dg_all.dtype
-    dw_ih = np.empty((G, I), dt)  # every row is written below (each block has hk >= 1 rows)
+    dw_ih = np.empty((G, I), dt)
     dw_hh = np.empty((G, H), dt)
-    d_bias = np.empty(G, dt)
     parts = np.zeros((nth, TB if need_dx else 0, I), dt)
     for k in prange(nth):
-        a = _start(H, k, nth)
-        hk = _start(H, k + 1, nth) - a
-        for q in range(4):
-            r0 = 4 * a + q * hk
-            s0 = q * H + a
-            for u in range(hk):
-                d_bias[s0 + u] = db[r0 + u]
-            if hk == 0 or TB == 0:
-                continue
-            block = dg_all[r0:r0 + hk]
-            if need_dw:
-                np.dot(block, hs_prev, dw_hh[s0:s0 + hk])
-                if I > 0:
-                    np.dot(block, x2, dw_ih[s0:s0 + hk])
-            if need_dx and I > 0:
-                parts[k] += np.dot(block.T, w_ih[s0:s0 + hk])
+        r0 = _start(G, k, nth)
+        r1 = _start(G, k + 1, nth)
+        if r1 == r0:
+            continue
+        block = dg_all[r0:r1]
+        if need_dw:
+            np.dot(block, hs_prev, dw_hh[r0:r1])
+            if I > 0:
+                np.dot(block, x2, dw_ih[r0:r1])
+        if need_dx and I > 0:
+            parts[k] += np.dot(block.T, w_ih[r0:r1])
     dx2 = parts[0] if nth == 1 else parts.sum(axis=0)
-    return dw_ih, dw_hh, d_bias, dx2
+    return dw_ih, dw_hh, dx2
 
 
 # --- batch 1, one step (generation) ----------------------------------------------------------
