@@ -51,8 +51,8 @@ PRESETS: dict[str, Preset] = {
                batch=(8, 128)),
          Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
                hidden_size=(128, 512))),
-        settings={"min_run_time": 0.1, "min_repeats": 5, "warmup": 1, "time_limit": 90.0,
-                  "budget": 160.0}),
+        settings={"rounds": 3, "min_run_time": 0.1, "min_repeats": 5, "warmup": 1,
+                  "time_limit": 90.0, "budget": 300.0}),
     "d2l": Preset("d2l", "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
                   (D2L,)),
     "fastrnns": Preset(
