@@ -231,63 +231,56 @@ class _Named(test_bench_fakes.FakeRecurrent):
         return out
 
 
-def test_rounds_interleave_the_backends_and_pool_their_times(tmp_path, fakes):
-    class A(_Named):
-        NAME = "a"
+def _named(name: str, fail_after: str | None = None) -> type:
+    return type(f"Named_{name}", (_Named,), {"NAME": name, "FAIL_AFTER": fail_after})
 
-    class B(_Named):
-        NAME = "b"
 
-    cells.register("lstm", "fake_a", A, replace=True)
-    cells.register("lstm", "fake_b", B, replace=True)
-    try:
+@pytest.fixture
+def named(fakes):
+    """Registers _Named backends: named({"fake_a": ("a", None), ...}); unregisters them after."""
+    added = []
+
+    def register(backends: dict) -> None:
+        for backend, (name, fail_after) in backends.items():
+            cells.register("lstm", backend, _named(name, fail_after), replace=True)
+            added.append(backend)
         test_bench_fakes.CALLS.clear()
-        out = tmp_path / "run"
-        argv = ["run", "--kinds", "lstm", "--backends", "fake_a,fake_b", "--modes", "infer", *TINY,
-                "--threads", "1", "--in-process", "--out", str(out), *FAST, "--rounds", "3"]
-        assert cli.main(argv) == 0
-        names = [c["name"] for c in test_bench_fakes.CALLS if "name" in c]
-        runs = [names[0]]
-        for n in names[1:]:
-            if n != runs[-1]:
-                runs.append(n)
-        assert runs == ["a", "b", "a", "b"]  # round 1: a, b; round 2: b, a; round 3: a, b
-        one = tmp_path / "one"
-        assert cli.main([str(one) if a == str(out) else a for a in argv[:-2]] + ["--rounds", "1"]) == 0
-        three, single = records(out), records(one)
-        assert [r["rounds"] for r in three] == [3, 3] and [r["rounds"] for r in single] == [1, 1]
-        for r3, r1 in zip(three, single):
-            # --min-repeats 3 counts pooled blocks: each of the 3 rounds tops up to 2 at least
-            assert r3["status"] == "ok" and r3["repeats"] >= 3 * 2 and r1["repeats"] >= 3
-            assert r3["tokens_per_s"] == pytest.approx(2 * 3 / r3["median_s"])
-    finally:
-        cells.unregister("lstm", "fake_a")
-        cells.unregister("lstm", "fake_b")
+    yield register
+    for backend in added:
+        cells.unregister("lstm", backend)
 
 
-def test_a_round_that_fails_keeps_the_rounds_measured(tmp_path, fakes):
-    class Later(_Named):
-        NAME = "later"
-        FAIL_AFTER = "b"  # round 1 runs before b's; round 2 raises
+def _rounds_argv(backends: str, out: Path, rounds: int) -> list[str]:
+    return ["run", "--kinds", "lstm", "--backends", backends, "--modes", "infer", *TINY,
+            "--threads", "1", "--in-process", "--out", str(out), *FAST, "--rounds", str(rounds)]
 
-    class B(_Named):
-        NAME = "b"
 
-    cells.register("lstm", "later", Later, replace=True)
-    cells.register("lstm", "fake_b", B, replace=True)
-    try:
-        test_bench_fakes.CALLS.clear()
-        out = tmp_path / "run"
-        argv = ["run", "--kinds", "lstm", "--backends", "later,fake_b", "--modes", "infer", *TINY,
-                "--threads", "1", "--in-process", "--out", str(out), "--min-run-time", "0.001",
-                "--min-repeats", "3", "--warmup", "0", "--no-peak", "--no-memory", "--rounds", "3"]
-        assert cli.main(argv) == 0
-        by = {r["backend"]: r for r in records(out)}
-        assert by["later"]["status"] == "ok" and by["later"]["rounds"] == 1
-        assert by["fake_b"]["rounds"] == 3
-    finally:
-        cells.unregister("lstm", "later")
-        cells.unregister("lstm", "fake_b")
+def test_rounds_interleave_the_backends_and_pool_their_times(tmp_path, named):
+    named({"fake_a": ("a", None), "fake_b": ("b", None)})
+    out, one = tmp_path / "run", tmp_path / "one"
+    assert cli.main(_rounds_argv("fake_a,fake_b", out, 3)) == 0
+    names = [c["name"] for c in test_bench_fakes.CALLS if "name" in c]
+    runs = [names[0]]
+    for n in names[1:]:
+        if n != runs[-1]:
+            runs.append(n)
+    assert runs == ["a", "b", "a", "b"]  # round 1: a, b; round 2: b, a; round 3: a, b
+    assert cli.main(_rounds_argv("fake_a,fake_b", one, 1)) == 0
+    three, single = records(out), records(one)
+    assert [r["rounds"] for r in three] == [3, 3] and [r["rounds"] for r in single] == [1, 1]
+    for r3, r1 in zip(three, single):
+        # --min-repeats 3 counts pooled blocks: each of the 3 rounds tops up to 2 at least
+        assert r3["status"] == "ok" and r3["repeats"] >= 3 * 2 and r1["repeats"] >= 3
+        assert r3["tokens_per_s"] == pytest.approx(2 * 3 / r3["median_s"])
+
+
+def test_a_round_that_fails_keeps_the_rounds_measured(tmp_path, named):
+    named({"later": ("later", "b"), "fake_b": ("b", None)})  # later raises once b has run
+    out = tmp_path / "run"
+    assert cli.main(_rounds_argv("later,fake_b", out, 3)) == 0
+    by = {r["backend"]: r for r in records(out)}
+    assert by["later"]["status"] == "ok" and by["later"]["rounds"] == 1
+    assert by["fake_b"]["rounds"] == 3
 
 
 @pytest.mark.parametrize("value", ["0", "-2"])
