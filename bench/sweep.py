@@ -344,8 +344,7 @@ def run_sweep(cases: list[Case], settings: dict, args: argparse.Namespace,
 
         stopped = False
         with _progress(len(pending)) as bar:
-            for group in comparison_groups(pending):
-                kept.clear()
+            for group in comparison_groups(pending):  # `finish` leaves `kept` empty
                 for case in group:
                     if out_of_budget():
                         left = len(pending) - sum(counts.values()) - len(kept)

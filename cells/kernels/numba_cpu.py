@@ -150,7 +150,6 @@ def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: 
     T = x2.shape[0] // B
     dt = x2.dtype
     hs = np.empty((T + 1, B, H), dt)
-    n = _chunks(B, MIN_ROWS)
     if kind == "lstm":  # hidden units split over threads: cells/kernels/numba_lstm.py
         I, G = x2.shape[1], 4 * H
         nth = _unit_threads(H)
@@ -164,6 +163,7 @@ def _forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: 
             WORKSPACE.give(cells, gates)
             return hs, (hs[T], c_n), ()
         return hs, (hs[T], c_n), (_Lease(cells, gates), nth)
+    n = _chunks(B, MIN_ROWS)  # GRU and RNN split the batch
     if kind == "gru":
         acts = np.empty((T if save else 1, B, 4 * H), dt)
         K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save, n)
@@ -210,7 +210,6 @@ class _LayerFunction(torch.autograd.Function):
             dy.detach().numpy() if kind == "lstm" else _np(dy)
         dhn = np.zeros((B, H), dt) if dh is None else _np(dh)
         dc0 = None
-        n = _chunks(B, MIN_ROWS)
         if kind == "lstm":  # every gradient from numba_lstm, already in torch's row order
             lease, nth = ctx.arrays[4:]
             cells, gates = lease.arrays
@@ -227,6 +226,7 @@ class _LayerFunction(torch.autograd.Function):
             WORKSPACE.give(wpT, dyT, dg, dg_all)
             db_hh = db_ih.copy()
         else:
+            n = _chunks(B, MIN_ROWS)
             if kind == "gru":
                 (acts,) = ctx.arrays[4:]
                 dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
