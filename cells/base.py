@@ -12,16 +12,19 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .checks import check_constructor, check_forward, zeros_state
+from .capabilities import BASE, Capabilities, backends_with, capabilities_of
+from .checks import check_constructor, check_forward, check_packed, zeros_state
 from .kinds import spec
 
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, H)
-LayerWeights = tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]  # w_ih, w_hh, b_ih, b_hh
+# w_ih, w_hh, b_ih, b_hh; with proj_size > 0 (LSTM only) a fifth entry, w_hr (P, H)
+LayerWeights = tuple[Optional[Tensor], ...]
 
 
 class RecurrentBase(nn.Module):
@@ -29,6 +32,7 @@ class RecurrentBase(nn.Module):
 
     kind: ClassVar[str] = ""  # set by for_kind()
     backend: ClassVar[str] = ""  # the registry name, for messages
+    capabilities: ClassVar[Capabilities] = BASE  # what the shared base gives a run_layer backend
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -41,9 +45,12 @@ class RecurrentBase(nn.Module):
             raise RuntimeError(f"backend {self.backend or type(self).__name__!r} is unavailable: {reason}")
         check_constructor(self.kind, input_size, hidden_size, num_layers, dropout,
                           nonlinearity, proj_size)
+        if proj_size and not self.caps().proj_size:
+            raise ValueError(f"proj_size={proj_size} is not supported by backend {self._name()!r}; "
+                             f"backends with proj_size: {', '.join(backends_with('proj_size'))}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        self.dropout, self.proj_size = float(dropout), 0
+        self.dropout, self.proj_size = float(dropout), int(proj_size)
         self.nonlinearity = nonlinearity if self.kind == "rnn" else None
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
@@ -52,14 +59,17 @@ class RecurrentBase(nn.Module):
         rows = spec(self.kind).gates * hidden_size
         factory = {"device": device, "dtype": dtype}
         self._weight_names: list[list[list[str]]] = []  # [layer][direction] -> names, torch.nn order
+        out = proj_size or hidden_size  # width of h
         for layer in range(num_layers):
-            width = input_size if layer == 0 else hidden_size * self.num_directions
+            width = input_size if layer == 0 else out * self.num_directions
             per_direction = []
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = [("weight_ih", (rows, width)), ("weight_hh", (rows, hidden_size))]
+                shapes = [("weight_ih", (rows, width)), ("weight_hh", (rows, out))]
                 if self.bias:
                     shapes += [("bias_ih", (rows,)), ("bias_hh", (rows,))]
+                if proj_size:
+                    shapes.append(("weight_hr", (proj_size, hidden_size)))
                 names = []
                 for stem, shape in shapes:
                     self.register_parameter(stem + suffix, nn.Parameter(torch.empty(shape, **factory)))
@@ -67,6 +77,35 @@ class RecurrentBase(nn.Module):
                 per_direction.append(names)
             self._weight_names.append(per_direction)
         self.reset_parameters()
+
+    @classmethod
+    def caps(cls) -> Capabilities:
+        """This backend's declared capabilities (see cells.capabilities)."""
+        return capabilities_of(cls)
+
+    @classmethod
+    def _name(cls) -> str:
+        return cls.backend or cls.__name__
+
+    # --- torch.nn.RNNBase's attributes that models and tools use ----------------------------
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [n for layer in self._weight_names for names in layer for n in names]
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        return [names for layer in self._weight_names for names in layer]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """torch.nn compacts weights for cuDNN here; the parameters are used as they are."""
 
     @staticmethod
     def unavailable_reason() -> Optional[str]:
@@ -89,16 +128,20 @@ class RecurrentBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
-    def layer_weights(self, layer: int, direction: int) -> LayerWeights:
-        names = self._weight_names[layer][direction]
-        tensors = [getattr(self, n) for n in names]
-        return (tensors[0], tensors[1], tensors[2], tensors[3]) if self.bias else \
-            (tensors[0], tensors[1], None, None)
+    def layer_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype] = None) -> LayerWeights:
+        """(w_ih, w_hh, b_ih, b_hh[, w_hr]) of one layer and direction, cast to `dtype` (autocast)."""
+        tensors = [getattr(self, n) for n in self._weight_names[layer][direction]]
+        if dtype is not None:
+            tensors = [t.to(dtype) for t in tensors]
+        if not self.bias:
+            tensors[2:2] = [None, None]
+        return tuple(tensors)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("nonlinearity", None), ("bias", True),
-                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("proj_size", 0)):
             value = getattr(self, name)
             if value != default and not (name == "nonlinearity" and value == "tanh"):
                 s += f", {name}={value!r}"
@@ -108,22 +151,34 @@ class RecurrentBase(nn.Module):
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         """One layer, one direction. x: (T, B, I) time-major; state: (h,) or (h, c), each (B, H).
 
-        Returns the outputs (T, B, H) and the final state.
+        Returns the outputs (T, B, H) and the final state. With proj_size > 0, `weights` has a
+        fifth entry w_hr and h (outputs and state) is (B, proj_size).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement run_layer or run_stack")
 
-    def run_stack(self, x: Tensor, states: State) -> tuple[Tensor, State]:
-        """All layers and directions. x: (T, B, I); states: each (L * D, B, H)."""
+    def run_stack(self, x: Tensor, states: State, lengths: Optional[list[int]] = None) -> tuple[Tensor, State]:
+        """All layers and directions. x: (T, B, I); states: each (L * D, B, H).
+
+        `lengths` (packed input, sorted descending, lengths[0] == T): each sequence's final state
+        is taken at its own last step and the reverse direction runs within each length.
+        """
         finals: list[list[Tensor]] = [[] for _ in states]
         layer_input = x
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                seq = layer_input.flip(0) if direction else layer_input
-                y, final = self.run_layer(seq, tuple(s[index] for s in states),
-                                          self.layer_weights(layer, direction))
-                outputs.append(y.flip(0) if direction else y)
+                weights = self.layer_weights(layer, direction, x.dtype)
+                state = tuple(s[index] for s in states)
+                if lengths is None:
+                    seq = layer_input.flip(0) if direction else layer_input
+                    y, final = self.run_layer(seq, state, weights)
+                    y = y.flip(0) if direction else y
+                else:
+                    seq = _reverse_within(layer_input, lengths) if direction else layer_input
+                    y, final = self._run_ragged(seq, state, weights, lengths)
+                    y = _reverse_within(y, lengths) if direction else y
+                outputs.append(y)
                 for store, s in zip(finals, final):
                     store.append(s)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
@@ -131,8 +186,26 @@ class RecurrentBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         return layer_input, tuple(torch.stack(store) for store in finals)
 
+    def _run_ragged(self, x: Tensor, state: State, weights: LayerWeights,
+                    lengths: list[int]) -> tuple[Tensor, State]:
+        """run_layer over sequences sorted by length, one call per distinct length: the batch
+        shrinks as sequences end (as torch.nn does), so each final state is exact, c included."""
+        batch = x.size(1)
+        pieces, done = [], []  # outputs per segment; finished states, last-finishing first
+        start, active = 0, batch
+        for end in sorted(set(lengths)):
+            y, final = self.run_layer(x[start:end, :active].contiguous(),
+                                      tuple(s[:active] for s in state), weights)
+            pieces.append(nn.functional.pad(y, (0, 0, 0, batch - active)))
+            still = sum(1 for n in lengths if n > end)
+            done.append(tuple(f[still:active] for f in final))
+            state, start, active = final, end, still
+        return torch.cat(pieces), tuple(torch.cat([d[i] for d in reversed(done)]) for i in range(len(state)))
+
     # --- torch.nn's forward contract ----------------------------------------------------
-    def forward(self, input: Tensor, hx=None):
+    def forward(self, input: Any, hx=None):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         batched = check_forward(self, input, hx)
         x = input if batched else input.unsqueeze(1)
         if batched and self.batch_first:
@@ -143,7 +216,7 @@ class RecurrentBase(nn.Module):
             states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
             if not batched:
                 states = tuple(s.unsqueeze(1) for s in states)
-        output, finals = self.run_stack(x, states)
+        output, finals = self._run(x, states, None)
         if batched and self.batch_first:
             output = output.transpose(0, 1)
         if not batched:
@@ -151,11 +224,93 @@ class RecurrentBase(nn.Module):
             finals = tuple(s.squeeze(1) for s in finals)
         return output, (finals if len(finals) == 2 else finals[0])
 
+    def _forward_packed(self, input: PackedSequence, hx):
+        if not self.caps().packed:
+            raise TypeError(f"backend {self._name()!r} does not accept PackedSequence input; backends "
+                            f"that do: {', '.join(backends_with('packed', self.kind))}")
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        check_packed(self, data, int(batch_sizes[0]), hx)
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # sorted order
+        if hx is None:
+            states = zeros_state(self, padded.size(1), padded)
+        else:
+            states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+            if sorted_indices is not None:  # hx is in the caller's order, as torch.nn takes it
+                states = tuple(s.index_select(1, sorted_indices) for s in states)
+        output, finals = self._run(padded, states, lengths.tolist())
+        out = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes,
+                             sorted_indices, unsorted_indices)
+        if unsorted_indices is not None:
+            finals = tuple(s.index_select(1, unsorted_indices) for s in finals)
+        return out, (finals if len(finals) == 2 else finals[0])
+
+    def _run(self, x: Tensor, states: State, lengths: Optional[list[int]]) -> tuple[Tensor, State]:
+        """Refuse what this backend does not declare, apply torch.nn's autocast rule, run."""
+        caps, device = self.caps(), x.device.type
+        if torch._C._functorch.is_functorch_wrapped_tensor(x) and not caps.vmap:
+            raise RuntimeError(f"backend {self._name()!r} does not support torch.func transforms "
+                               f"(vmap, grad, jacrev); backends that do: {', '.join(backends_with('vmap', self.kind))}")
+        if torch.onnx.is_in_onnx_export() and not caps.onnx_export:
+            raise RuntimeError(f"backend {self._name()!r} cannot be exported to ONNX; load its state_dict "
+                               f"into torch.nn.{spec(self.kind).torch_class} (same names) and export that")
+        if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+            # torch.nn under autocast runs input, hx and weights in the autocast dtype
+            dtype = torch.get_autocast_dtype(device)
+            self._check_dtype(dtype, "under torch.autocast")
+            with torch.autocast(device, enabled=False):
+                return self.run_stack(x.to(dtype), tuple(s.to(dtype) for s in states), lengths) \
+                    if lengths is not None else self.run_stack(x.to(dtype), tuple(s.to(dtype) for s in states))
+        self._check_dtype(x.dtype, "")
+        return self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
+
+    def _check_dtype(self, dtype: torch.dtype, context: str) -> None:
+        caps = self.caps()
+        if dtype not in caps.dtypes:
+            raise TypeError(f"backend {self._name()!r} does not compute in {dtype}{' ' + context if context else ''}; "
+                            f"it supports {', '.join(str(d) for d in caps.dtypes)}")
+
+    # --- lifecycle: pickling by name, torch.jit.script -----------------------------------
+    def __reduce_ex__(self, protocol):
+        origin = type(self).__dict__.get("_for_kind_origin")
+        if origin is None:  # a hand-written subclass: pickled by its own name
+            return super().__reduce_ex__(protocol)
+        # classes made by for_kind do not exist in a fresh process until the registry runs:
+        # pickle the recipe (backend class, kind, name) instead of the class's name
+        return _rebuild, origin, self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__
+
+    def __prepare_scriptable__(self):
+        if not self.caps().script_in_model:
+            raise RuntimeError(f"backend {self._name()!r} cannot be compiled by torch.jit.script (its forward "
+                               "is Python); use torch.compile, or torch.jit.script a model holding "
+                               f"torch.nn.{spec(self.kind).torch_class} with this module's state_dict")
+        return self
+
+
+def _reverse_within(x: Tensor, lengths: list[int]) -> Tensor:
+    """Reverse each column of time-major x within its own length; padding stays in place."""
+    steps = torch.arange(x.size(0), device=x.device).unsqueeze(1)
+    n = torch.tensor(lengths, device=x.device).unsqueeze(0)
+    index = torch.where(steps < n, n - 1 - steps, steps)
+    return x.gather(0, index.unsqueeze(2).expand_as(x))
+
+
+def _rebuild(backend_class: type, kind: str, name: str) -> RecurrentBase:
+    cls = for_kind(backend_class, kind, name)
+    return cls.__new__(cls)
+
+
+_MADE: dict[tuple[type, str, str], type] = {}
+
 
 def for_kind(backend_class: type, kind: str, name: str = "") -> type:
-    """A subclass of `backend_class` fixed to one cell kind, with torch.nn's constructor signature."""
+    """A subclass of `backend_class` fixed to one cell kind, with torch.nn's constructor signature.
+
+    The same arguments give the same class, so pickled modules and isinstance checks agree."""
     spec(kind)
     label = name or backend_class.__name__
+    made = _MADE.get((backend_class, kind, label))
+    if made is not None:
+        return made
     cls_name = f"{backend_class.__name__}{spec(kind).torch_class}"
     if kind == "rnn":
         def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -177,7 +332,9 @@ def for_kind(backend_class: type, kind: str, name: str = "") -> type:
                                    dropout, bidirectional, proj_size, device, dtype)
     cls = type(cls_name, (backend_class,), {"kind": kind, "backend": label, "__init__": __init__,
                                             "__module__": backend_class.__module__,
-                                            "__qualname__": cls_name})
+                                            "__qualname__": cls_name,
+                                            "_for_kind_origin": (backend_class, kind, label)})
+    _MADE[(backend_class, kind, label)] = cls
     # make the class findable by name, so modules pickle (torch.save, multiprocessing)
     home = sys.modules.get(backend_class.__module__)
     if home is not None and not hasattr(home, cls_name):

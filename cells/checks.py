@@ -17,7 +17,7 @@ def check_constructor(kind: str, input_size: Any, hidden_size: Any, num_layers: 
                       dropout: Any, nonlinearity: str | None, proj_size: Any) -> None:
     """Refuse constructor arguments that torch.nn would refuse, with the same wording."""
     spec(kind)
-    for name, value, least in (("input_size", input_size, 0), ("hidden_size", hidden_size, 1),
+    for name, value, least in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                                ("num_layers", num_layers, 1)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -28,9 +28,16 @@ def check_constructor(kind: str, input_size: Any, hidden_size: Any, num_layers: 
                          f"probability of an element being zeroed, got {dropout!r}")
     if kind == "rnn" and nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
-    if proj_size:
-        raise ValueError(f"proj_size={proj_size} is not supported by this backend (only by "
-                         "backend 'native', which is torch.nn.LSTM); use proj_size=0")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections, "
+                         f"got {proj_size}")
+    if proj_size and kind != "lstm":
+        raise ValueError(f"proj_size argument is only supported for LSTM, not {kind.upper()}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+                         f"and hidden_size={hidden_size}")
 
 
 def _shape(t: Tensor) -> list[int]:
@@ -44,9 +51,7 @@ def check_forward(module: Any, input: Any, hx: Any) -> bool:
     bidirectional, batch_first, and parameters.
     """
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}"
-                        + (" (PackedSequence is only supported by backend 'native'; pad the "
-                           "batch instead)" if type(input).__name__ == "PackedSequence" else ""))
+        raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
     if input.dim() not in (2, 3):
         raise ValueError(f"{type(module).__name__}: Expected input to be 2D or 3D, "
                          f"got {input.dim()}D tensor with shape {_shape(input)}")
@@ -59,16 +64,42 @@ def check_forward(module: Any, input: Any, hx: Any) -> bool:
         raise ValueError(f"sequence length must be at least 1, got input of shape {_shape(input)}")
     if batched and input.size(1 - time_dim) == 0:
         raise ValueError(f"batch size must be at least 1, got input of shape {_shape(input)}")
+    _check_type_and_device(module, input)
+    if hx is not None:
+        batch = input.size(0 if module.batch_first else 1) if batched else None
+        _check_hx(module, hx, input, batch, input.dim())
+    return batched
+
+
+def check_packed(module: Any, data: Tensor, batch: int, hx: Any) -> None:
+    """Validate a PackedSequence's data (N, I) and `hx` (L * D, batch_sizes[0], H)."""
+    if data.dim() != 2:
+        raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
+    if data.size(-1) != module.input_size:
+        raise RuntimeError(f"input.size(-1) must be equal to input_size. "
+                           f"Expected {module.input_size}, got {data.size(-1)}")
+    _check_type_and_device(module, data)
+    if hx is not None:
+        _check_hx(module, hx, data, batch, 3)
+
+
+def _autocast(t: Tensor) -> bool:
+    """torch.nn skips its dtype checks under autocast, which casts input, hx and weights."""
+    return torch.is_autocast_enabled(t.device.type)
+
+
+def _check_type_and_device(module: Any, input: Tensor) -> None:
     param = next(module.parameters())
-    if not input.is_floating_point() or input.dtype != param.dtype:
+    if not input.is_floating_point() or (input.dtype != param.dtype and not _autocast(input)):
         raise TypeError(f"input must have the type {param.dtype} (the parameters' dtype), "
                         f"got type {input.dtype}")
     if input.device != param.device:
         raise RuntimeError(f"input is on {input.device}, but the parameters are on {param.device}; "
                            "move one of them with .to()")
-    if hx is None:
-        return batched
 
+
+def _check_hx(module: Any, hx: Any, input: Tensor, batch: int | None, dim: int) -> None:
+    batched = batch is not None
     states = spec(module.kind).states
     if states == 2:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2 and all(isinstance(t, Tensor) for t in hx)):
@@ -81,26 +112,24 @@ def check_forward(module: Any, input: Any, hx: Any) -> bool:
         named = (("hx", hx),)
 
     d = 2 if module.bidirectional else 1
-    batch = input.size(0 if module.batch_first else 1) if batched else None
     for i, (name, t) in enumerate(named):
-        # torch.nn.LSTM with proj_size > 0 (backend 'native' only) projects h, not c
+        # torch.nn.LSTM with proj_size > 0 projects h, not c
         width = module.hidden_size if i == 1 or not getattr(module, "proj_size", 0) else module.proj_size
         expected = [module.num_layers * d, batch, width] if batched else [module.num_layers * d, width]
-        if t.dim() != input.dim():
+        if t.dim() != dim:
             raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, {name} "
-                               f"should also be {input.dim()}-D but got {t.dim()}-D tensor")
+                               f"should also be {dim}-D but got {t.dim()}-D tensor")
         if _shape(t) != expected:
             raise RuntimeError(f"Expected {name} size {tuple(expected)}, got {tuple(_shape(t))}")
-        if t.dtype != input.dtype:
+        if t.dtype != input.dtype and not _autocast(input):
             raise TypeError(f"{name} must have the same dtype as input ({input.dtype}), got {t.dtype}")
         if t.device != input.device:
             raise RuntimeError(f"{name} is on {t.device}, but input is on {input.device}")
-    return batched
 
 
 def zeros_state(module: Any, batch: int, like: Tensor) -> tuple[Tensor, ...]:
     """Zero initial state(s) of shape (L * D, B, H), as torch.nn uses when hx is None."""
     d = 2 if module.bidirectional else 1
-    shape = (module.num_layers * d, batch, module.hidden_size)
-    return tuple(torch.zeros(shape, dtype=like.dtype, device=like.device)
-                 for _ in range(spec(module.kind).states))
+    widths = [getattr(module, "proj_size", 0) or module.hidden_size, module.hidden_size]
+    return tuple(torch.zeros((module.num_layers * d, batch, width), dtype=like.dtype, device=like.device)
+                 for width in widths[:spec(module.kind).states])

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
 from .kinds import spec
 from .tolerances import tolerance
 
@@ -31,12 +33,18 @@ class Config:
     batch: Optional[int] = 3  # None: unbatched 2-D input
     seq_len: int = 6
     with_hx: bool = True
+    proj_size: int = 0  # LSTM only
+    # packed input: one length per batch entry (max == seq_len), fed through
+    # pack_padded_sequence(enforce_sorted=False); outputs compared after pad_packed_sequence
+    lengths: Optional[tuple[int, ...]] = None
 
     def nn_kwargs(self) -> dict:
         kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                   bidirectional=self.bidirectional)
         if self.kind == "rnn":
             kw["nonlinearity"] = self.nonlinearity
+        if self.proj_size:
+            kw["proj_size"] = self.proj_size
         return kw
 
     def label(self) -> str:
@@ -44,7 +52,10 @@ class Config:
                  f"T{self.seq_len}", "unbatched" if self.batch is None else f"B{self.batch}"]
         parts += [flag for flag, on in (("bidir", self.bidirectional), ("batch_first", self.batch_first),
                                         ("no-bias", not self.bias), ("hx", self.with_hx),
-                                        (self.nonlinearity, self.kind == "rnn")) if on]
+                                        (self.nonlinearity, self.kind == "rnn"),
+                                        (f"P{self.proj_size}", self.proj_size > 0),
+                                        ("packed" + ",".join(map(str, self.lengths or ())), self.lengths))
+                  if on]
         return " ".join(parts)
 
 
@@ -112,14 +123,22 @@ def _states(hx) -> tuple[Tensor, ...]:
     return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
 
 
-def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstream: list[Tensor]):
+def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstream: list[Tensor],
+         config: Config):
     """Forward, then backward of <outputs, upstream>; returns outputs and gradients by name."""
     params = dict(module.named_parameters())
     leaves = [x] + list(hx or ())
     for leaf in leaves:
         leaf.requires_grad_(True)
     arg = None if hx is None else (hx if len(hx) == 2 else hx[0])
-    output, final = module(x, arg)
+    if config.lengths is None:
+        output, final = module(x, arg)
+    else:
+        packed = pack_padded_sequence(x, torch.tensor(config.lengths), batch_first=config.batch_first,
+                                      enforce_sorted=False)
+        output, final = module(packed, arg)
+        output = pad_packed_sequence(output, batch_first=config.batch_first,
+                                     total_length=config.seq_len)[0]
     outs = [output, *_states(final)]
     loss = sum((o.to(torch.float64) * g.to(o.device)).sum() for o, g in zip(outs, upstream))
     grads = torch.autograd.grad(loss, leaves + list(params.values()), allow_unused=True)
@@ -147,30 +166,30 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
 
     gen = torch.Generator().manual_seed(seed)
     d = 2 if config.bidirectional else 1
-    h = config.hidden_size
+    n_states = spec(config.kind).states
+    widths = [config.proj_size or config.hidden_size, config.hidden_size][:n_states]  # h, c
     if config.batch is None:
-        x_shape, h_shape, out_shape = (config.seq_len, config.input_size), (config.num_layers * d, h), \
-            (config.seq_len, d * h)
+        x_shape, out_shape = (config.seq_len, config.input_size), (config.seq_len, d * widths[0])
+        h_shapes = [(config.num_layers * d, w) for w in widths]
     else:
         t, b = config.seq_len, config.batch
         x_shape = (b, t, config.input_size) if config.batch_first else (t, b, config.input_size)
-        out_shape = (b, t, d * h) if config.batch_first else (t, b, d * h)
-        h_shape = (config.num_layers * d, b, h)
-    n_states = spec(config.kind).states
+        out_shape = (b, t, d * widths[0]) if config.batch_first else (t, b, d * widths[0])
+        h_shapes = [(config.num_layers * d, b, w) for w in widths]
     x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
-    hx = tuple(torch.randn(h_shape, generator=gen, dtype=torch.float64) for _ in range(n_states)) \
+    hx = tuple(torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes) \
         if config.with_hx else None
     upstream = [torch.randn(out_shape, generator=gen, dtype=torch.float64)] + \
-               [torch.randn(h_shape, generator=gen, dtype=torch.float64) for _ in range(n_states)]
+               [torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes]
 
     ref_outs, ref_grads = _run(reference, x.clone(), None if hx is None else tuple(s.clone() for s in hx),
-                               upstream)
+                               upstream, config)
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         cand_outs, cand_grads = _run(
             candidate, x.to(device=device, dtype=dtype),
-            None if hx is None else tuple(s.to(device=device, dtype=dtype) for s in hx), upstream)
+            None if hx is None else tuple(s.to(device=device, dtype=dtype) for s in hx), upstream, config)
     except Exception as exc:
         result.problem = f"raised {type(exc).__name__}: {exc}".splitlines()[0]
         return result

@@ -72,3 +72,21 @@ def lstm_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih:
         h = torch.sigmoid(o) * torch.tanh(c)
         outputs.append(h)
     return torch.stack(outputs), h, c
+
+
+def lstmp_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+               b_hh: Optional[Tensor], w_hr: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """LSTM with projections (torch.nn's proj_size): h = W_hr (o * tanh(c)), h is (B, P)."""
+    bias: Optional[Tensor] = None
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + b_hh
+    w_hh_t = w_hh.t()
+    w_hr_t = w_hr.t()
+    outputs: List[Tensor] = []
+    for xw_t in project_input(x, w_ih, bias).unbind(0):
+        gates = torch.addmm(xw_t, h, w_hh_t)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = (torch.sigmoid(o) * torch.tanh(c)).matmul(w_hr_t)
+        outputs.append(h)
+    return torch.stack(outputs), h, c

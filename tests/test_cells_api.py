@@ -136,7 +136,7 @@ def test_bad_constructor_arguments(kind):
 
 def test_proj_size_is_refused_outside_native():
     with pytest.raises(ValueError, match="proj_size=3 is not supported"):
-        cells.create("lstm", "fused", 5, 7, proj_size=3)
+        cells.create("lstm", "numba", 5, 7, proj_size=3)
     native = cells.create("lstm", "native", 5, 7, proj_size=3)
     out, (h, c) = native(torch.randn(4, 2, 5))
     assert out.shape == (4, 2, 3) and h.shape == (1, 2, 3) and c.shape == (1, 2, 7)

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from ..base import LayerWeights, RecurrentBase, State
+from ..capabilities import Capabilities
 
 
 def _per_gate(weights: LayerWeights, gates: int):
     """Split torch.nn's stacked rows into per-gate (W_x, W_h, b_x, b_h), transposed as d2l has them."""
-    w_ih, w_hh, b_ih, b_hh = weights
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
     out = []
     for w_x, w_h, k in zip(w_ih.chunk(gates), w_hh.chunk(gates), range(gates)):
         b_x = b_ih.chunk(gates)[k] if b_ih is not None else None
@@ -28,11 +29,14 @@ def _affine(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 
 
 class NaiveLoop(RecurrentBase):
+    capabilities = Capabilities(proj_size=True)
+
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         outputs = []
         if self.kind == "lstm":
             (wxi, whi, bxi, bhi), (wxf, whf, bxf, bhf), (wxg, whg, bxg, bhg), (wxo, who, bxo, bho) = \
                 _per_gate(weights, 4)
+            w_hr = weights[4] if len(weights) > 4 else None  # proj_size: h = (o * tanh(c)) W_hr^T
             h, c = state
             for x_t in x:
                 i = torch.sigmoid(_affine(x_t, wxi, bxi) + _affine(h, whi, bhi))
@@ -41,6 +45,8 @@ class NaiveLoop(RecurrentBase):
                 o = torch.sigmoid(_affine(x_t, wxo, bxo) + _affine(h, who, bho))
                 c = f * c + i * g
                 h = o * torch.tanh(c)
+                if w_hr is not None:
+                    h = h @ w_hr.t()
                 outputs.append(h)
             return torch.stack(outputs), (h, c)
         if self.kind == "gru":

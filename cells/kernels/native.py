@@ -1,36 +1,57 @@
 """`native`: torch.nn.RNN / GRU / LSTM themselves (cuDNN on CUDA, oneDNN or ATen on CPU).
 
 Only the shared input checks are added, so that every backend refuses bad input with the same
-messages; the computation is torch.nn's own.
+messages; the computation is torch.nn's own (PackedSequence, proj_size and autocast included).
 """
 from __future__ import annotations
+
+import copy
 
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..checks import check_forward
+from ..capabilities import Capabilities
+from ..checks import check_forward, check_packed
 
 
 class _Checked:
     kind = ""
     backend = "native"
+    # torch.nn's own module: everything, ONNX export through torch.onnx's LSTM/GRU/RNN ops
+    capabilities = Capabilities(proj_size=True, script_in_model=True, onnx_export=True)
 
     def forward(self, input, hx=None):
-        if not isinstance(input, PackedSequence):
+        if isinstance(input, PackedSequence):
+            check_packed(self, input.data, int(input.batch_sizes[0]), hx)
+        else:
             check_forward(self, input, hx)
         return super().forward(input, hx)
+
+    @classmethod
+    def caps(cls) -> Capabilities:
+        return cls.capabilities
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script cannot compile this subclass's Python forward: script torch.nn's own
+        class on the same parameters instead (shared, not copied)."""
+        plain = copy.copy(self)
+        plain.__class__ = self._torch_class
+        return plain
 
 
 class NativeRNN(_Checked, nn.RNN):
     kind = "rnn"
+    _torch_class = nn.RNN
 
 
 class NativeGRU(_Checked, nn.GRU):
     kind = "gru"
+    _torch_class = nn.GRU
 
 
 class NativeLSTM(_Checked, nn.LSTM):
     kind = "lstm"
+    _torch_class = nn.LSTM
 
 
 NATIVE = {"rnn": NativeRNN, "gru": NativeGRU, "lstm": NativeLSTM}

@@ -36,7 +36,8 @@ def _script_all() -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                                     category=DeprecationWarning)
-            for kind, fn in (("rnn", loops.rnn_loop), ("gru", loops.gru_loop), ("lstm", loops.lstm_loop)):
+            for kind, fn in (("rnn", loops.rnn_loop), ("gru", loops.gru_loop), ("lstm", loops.lstm_loop),
+                             ("lstmp", loops.lstmp_loop)):
                 _SCRIPTED[kind] = torch.jit.script(fn)
         if os.environ.get("CELLBENCH_SCRIPTED_CPU_FUSION") == "1":
             _enable_cpu_fusion()

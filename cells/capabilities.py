@@ -1,0 +1,148 @@
+"""What each backend supports beyond the equivalence suite, declared once and tested.
+
+A backend declares a `Capabilities` as the class attribute `capabilities` (RecurrentBase's
+defaults describe what the shared base gives every `run_layer` backend). Backends whose files
+declare nothing are listed in `DECLARED`, keyed by registry name. The shared base refuses, with
+a clear message, whatever a backend does not declare (packed input, proj_size, a dtype, torch.func
+transforms, ONNX export, torch.jit.script), and `tests/test_capabilities.py` checks every
+declared capability numerically and every refusal's message, so a backend that loses a
+capability fails a test instead of silently degrading.
+
+`python -m cells.capabilities --markdown` prints the matrix published in docs/capabilities.md;
+the test suite checks that the committed file is in sync.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Integrations a backend supports. Devices and dtypes list what the time loop runs on."""
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    packed: bool = True  # PackedSequence input: the base runs it through run_layer
+    proj_size: bool = False  # LSTM with projections: run_layer must apply weight_hr
+    compile_in_model: bool = True  # torch.compile of a model that contains the module
+    vmap: bool = True  # torch.func transforms (vmap, grad, jacrev)
+    double_backward: bool = True  # autograd.grad(..., create_graph=True), then again
+    script_in_model: bool = False  # torch.jit.script of a model that contains the module
+    onnx_export: bool = False  # torch.onnx.export of a model that contains the module
+    meta_init: bool = True  # device='meta', then to_empty() and reset_parameters()
+    serialization: bool = True  # deepcopy, pickle, torch.save + torch.load in a fresh process
+
+    def refuses(self, what: str) -> bool:
+        return not getattr(self, what)
+
+
+BASE = Capabilities()
+_CPU_FLOAT = (torch.float64, torch.float32)
+
+# Backends whose own files declare nothing (other owners); keyed by registry name.
+DECLARED: dict[str, Capabilities] = {
+    # numpy kernels behind a custom autograd.Function with a hand-written backward
+    "numba": Capabilities(devices=("cpu",), dtypes=_CPU_FLOAT, vmap=False, double_backward=False,
+                          compile_in_model=False, meta_init=False),
+    # its own torch.compile'd steps and a hand-written backward
+    "compiled": Capabilities(dtypes=_CPU_FLOAT, vmap=False, double_backward=False,
+                             compile_in_model=False),
+    "triton": Capabilities(devices=("cuda",), dtypes=(torch.float32,), vmap=False,
+                           double_backward=False, compile_in_model=False, meta_init=False),
+}
+
+# Column -> (header, what a ✔ means). The matrix and the docs use this order.
+COLUMNS: dict[str, tuple[str, str]] = {
+    "compile_in_model": ("compile in a model", "torch.compile (aot_eager) of a model holding the module: "
+                                               "output and gradients equal eager's"),
+    "vmap": ("vmap", "torch.func.vmap over unbatched sequences equals the batched call"),
+    "double_backward": ("double backward", "gradient of a gradient equals torch.nn's (float64)"),
+    "script_in_model": ("jit.script in a model", "torch.jit.script of a model holding the module runs "
+                                                 "and equals eager"),
+    "onnx_export": ("ONNX export", "torch.onnx.export, run by onnxruntime, equals eager"),
+    "meta_init": ("meta-device init", "device='meta' + to_empty() + reset_parameters() gives a "
+                                      "working module"),
+    "serialization": ("deepcopy / pickle / torch.save", "a torch.save'd module loads in a fresh "
+                                                         "process and gives the same output"),
+    "bf16": ("CPU bf16", "bfloat16 module on CPU within tolerances.py of float64 torch.nn"),
+    "fp16": ("CPU fp16", "float16 module on CPU within tolerances.py of float64 torch.nn"),
+    "packed": ("packed", "PackedSequence in, PackedSequence out, equal to float64 torch.nn"),
+    "proj_size": ("proj_size", "LSTM with projections equal to float64 torch.nn"),
+}
+
+
+def capabilities_of(cls: type, backend: Optional[str] = None) -> Capabilities:
+    """The capabilities `cls` declares: its own attribute (or a base's below RecurrentBase's),
+    else the DECLARED entry for its registry name, else the shared defaults."""
+    from .base import RecurrentBase
+    for klass in cls.__mro__:
+        if klass is RecurrentBase:
+            break
+        if "capabilities" in klass.__dict__:
+            return klass.__dict__["capabilities"]
+    name = backend or getattr(cls, "backend", "")
+    return DECLARED.get(name, getattr(cls, "capabilities", BASE))
+
+
+def supports(caps: Capabilities, column: str) -> bool:
+    """Whether one matrix column is ✔ for these capabilities (CPU dtypes included)."""
+    if column in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if column == "bf16" else torch.float16
+        return "cpu" in caps.devices and dtype in caps.dtypes
+    return bool(getattr(caps, column))
+
+
+def backends_with(column: str, kind: str = "lstm") -> list[str]:
+    """Registered backends of `kind` that support `column` (for refusal messages)."""
+    from . import registry
+    return [name for name in registry.backends(kind)
+            if supports(capabilities_of(type_of(kind, name), name), column)]
+
+
+def type_of(kind: str, backend: str) -> type:
+    from . import registry
+    factory = registry.get(kind, backend)
+    return factory if isinstance(factory, type) else type(factory)
+
+
+def matrix(kind: str = "lstm") -> dict[str, dict[str, bool]]:
+    """backend -> column -> supported, for every backend registered here (available or not)."""
+    from . import registry
+    from .kernels import native  # noqa: F401  (registered through registry.BUILTIN)
+    names = list(registry.BUILTIN)
+    table: dict[str, dict[str, bool]] = {}
+    for name in names:
+        try:
+            caps = capabilities_of(type_of(kind, name), name)
+        except (RuntimeError, ValueError):  # unavailable here: use the declaration
+            caps = DECLARED.get(name, BASE)
+        table[name] = {column: supports(caps, column) for column in COLUMNS}
+    return table
+
+
+def markdown(kind: str = "lstm") -> str:
+    """The capability matrix as a markdown table, with the meaning of each column."""
+    headers = [header for header, _ in COLUMNS.values()]
+    lines = ["| backend | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
+    for name, row in matrix(kind).items():
+        lines.append(f"| `{name}` | " + " | ".join("✔" if row[c] else "refused" for c in COLUMNS) + " |")
+    legend = [f"- **{header}**: {meaning}." for header, meaning in COLUMNS.values()]
+    return "\n".join(lines + [""] + legend) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cells.capabilities", description=__doc__.split("\n")[0])
+    parser.add_argument("--markdown", action="store_true", help="print the capability matrix as markdown")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(), end="")
+    else:
+        for name, row in matrix().items():
+            print(name, " ".join(c for c, ok in row.items() if ok))
+
+
+if __name__ == "__main__":
+    main()
