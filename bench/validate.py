@@ -12,10 +12,14 @@ registered in `cells` under `--name` (default "candidate") and checked in three 
    cells/tolerances.py, and float16/bfloat16 on a GPU where one is present.
    A constructor that raises for an option (say bidirectional=True) marks that option
    "unsupported", not failed, unless `--require OPTION` names it.
-2. Training parity: the candidate and torch.nn train a d2l char-LM from the same weights on the
+2. Contract (bench/contract.py): torch.nn's behaviour beyond one forward and backward pass
+   (train/eval dropout, the caller's tensors, .grad accumulation, state between calls, thread
+   count and determinism, non-contiguous input, requires_grad combinations, state_dict round
+   trips, dtype and device, .double()/deepcopy/pickle); each check is named in the report.
+3. Training parity: the candidate and torch.nn train a d2l char-LM from the same weights on the
    same batches; the loss trajectories must agree within float32 noise (criterion in
    `parity_criterion`).
-3. Speed: the candidate runs in the same sweep as the built-in backends (`python -m bench run`)
+4. Speed: the candidate runs in the same sweep as the built-in backends (`python -m bench run`)
    at the d2l size and one larger shape; the report gives tokens/s and ratios to native.
 
 The verdict is written to OUT/validate.md (and a "validate" record to OUT/records.jsonl); the
@@ -45,10 +49,12 @@ from cells.equivalence import Config, Result, compare
 from cells.kinds import KINDS, spec
 from cells.tolerances import tolerance
 
+from bench import contract
+
 # Constructor options a candidate may leave unsupported (it must raise at construction).
 OPTIONS = ("multilayer", "bidirectional", "batch_first", "no-bias", "relu")
 # What --require accepts: the options above, the half dtypes, and the other checks.
-REQUIRABLE = OPTIONS + ("float16", "bfloat16", "train", "speed")
+REQUIRABLE = OPTIONS + ("float16", "bfloat16", "train", "speed") + contract.CONTRACT_OPTIONS
 HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 D2L_SHAPE = dict(input_size=28, hidden_size=256, batch=32, seq_len=35)
@@ -489,6 +495,8 @@ def render(v: dict) -> str:
              "norm-wise relative error against the tolerance of cells/tolerances.py "
              + ", ".join(f"{k}: {tolerance(getattr(torch, k)):.0e}"
                          for k in ("float64", "float32", "float16", "bfloat16")) + ".",
+             "* **Contract**: torch.nn's behaviour beyond one forward and backward pass, one "
+             "named check per clause (bench/contract.py).",
              "* **Training parity**: " + ("skipped (--no-train)" if v["train"] is None else
                                           "char-LM, candidate vs torch.nn from the same weights on the same batches."),
              "* **Speed**: " + ("skipped (--no-speed)" if v["speed"] is None else
@@ -519,8 +527,9 @@ def render(v: dict) -> str:
     if unsupported:
         lines += ["", "Unsupported (the candidate raised at construction; pass `--require OPTION` "
                   "to make these failures): " + "; ".join(sorted({c.reason for c in unsupported}))]
+    lines += [""] + contract.render(v["contract"])
     t = v["train"]
-    lines += ["", "## Training parity", ""]
+    lines += ["## Training parity", ""]
     if t is None:
         lines.append("Skipped.")
     else:
@@ -616,6 +625,10 @@ def validate(target: str, kind: str, *, name: str = "candidate", required=(), qu
     progress(f"validate {target} as {kind}/{name}: equivalence")
     checks = equivalence(factory, kind, quick, required, device, progress)
     failures = [f"equivalence: {c.label()}: {c.reason}" for c in checks if c.status == "fail"]
+    progress("contract")
+    contract_verdicts = contract.run_contract(factory, kind, required, device, progress)
+    if contract.failure_reason(contract_verdicts):
+        failures.append(contract.failure_reason(contract_verdicts))
 
     train_result = None
     if train:
@@ -656,7 +669,8 @@ def validate(target: str, kind: str, *, name: str = "candidate", required=(), qu
         failures.append("speed is required but --no-speed was given")
 
     verdict = dict(target=target, kind=kind, name=name, required=required, checks=checks,
-                   worst=worst_errors(checks), train=train_result, speed=speed_result,
+                   worst=worst_errors(checks), contract=contract_verdicts, train=train_result,
+                   speed=speed_result,
                    passed=not failures, reason=failures[0] if failures else "",
                    failures=failures, seconds=time.time() - started)
     report = out / "validate.md"
@@ -668,7 +682,8 @@ def validate(target: str, kind: str, *, name: str = "candidate", required=(), qu
         reason=verdict["reason"], required=sorted(required), quick=quick, torch=torch.__version__,
         checks=[dict(label=c.label(), status=c.status, reason=c.reason,
                      result=c.result.to_dict() if c.result else None) for c in checks],
-        worst=verdict["worst"], train={k: v for k, v in (train_result or {}).items()},
+        worst=verdict["worst"], contract=[c.to_dict() for c in contract_verdicts],
+        train={k: v for k, v in (train_result or {}).items()},
         speed=(speed_result or {}).get("rows"), seconds=verdict["seconds"]))
     return verdict
 
@@ -687,7 +702,9 @@ def main(args) -> int:
         return 2
     print(f"report: {verdict['report']}")
     if verdict["passed"]:
-        unsupported = sorted({c.reason.split(':')[0] for c in verdict["checks"] if c.status == "unsupported"})
+        unsupported = sorted({c.reason.split(':')[0] for c in verdict["checks"] if c.status == "unsupported"}
+                             | {f"{c.name} ({c.detail.split(':')[0]})" for c in verdict["contract"]
+                                if c.status == "unsupported"})
         print("validate: PASS" + (f" (unsupported: {'; '.join(unsupported)})" if unsupported else ""))
         return 0
     print(f"validate: FAIL: {verdict['reason']}")
