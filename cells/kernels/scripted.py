@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from .. import loops
+from ..capabilities import Capabilities
 from .fused import FusedLoop
 
 _SCRIPTED: dict[str, Callable] = {}
@@ -71,8 +72,15 @@ def unavailable_reason() -> str | None:
 
 
 class ScriptedLoop(FusedLoop):
+    # TorchScript's interpreter reads tensor data, which torch.func transforms forbid
+    capabilities = Capabilities(proj_size=True, vmap=False)
     unavailable_reason = staticmethod(unavailable_reason)
 
     @property
     def loop_functions(self) -> dict[str, Callable]:  # type: ignore[override]
+        # Graphs the profiling executor optimised for autograd save tensors for backward even
+        # under inference_mode, which refuses that: run the same loops eagerly there.
+        if torch.is_inference_mode_enabled():
+            return FusedLoop.loop_functions
+        _script_all()  # a module unpickled in a fresh process can get here before the registry
         return _SCRIPTED
