@@ -86,3 +86,10 @@ def regress(session: nox.Session) -> None:
     install(session, "test")
     session.run("python", "-m", "pytest", "benchmarks", "--benchmark-enable", "--benchmark-autosave",
                 "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(**VENV)
+def peers(session: nox.Session) -> None:
+    """The peer backends (ONNX Runtime, OpenVINO, JAX) against torch.nn: the optional extra."""
+    install(session, "test", "peers")
+    session.run("python", "-m", "pytest", "tests/test_peers.py", *session.posargs, env=_data_env())

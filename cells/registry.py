@@ -34,6 +34,9 @@ BUILTIN: dict[str, str] = {
     "numba": "cells.kernels.numba_cpu:NumbaLoop",
     "compiled": "cells.kernels.compiled:CompiledLoop",
     "triton": "cells.kernels.triton_gpu:TritonLoop",
+    "ort": "cells.kernels.ort:OrtLoop",
+    "openvino": "cells.kernels.openvino_peer:OpenVinoLoop",
+    "jax": "cells.kernels.jax_peer:JaxLoop",
 }
 
 
