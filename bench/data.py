@@ -4,9 +4,14 @@ Lookup order for every resource (see docs/tasks.md):
 
 1. an explicit path (`--data PATH`): the file itself, or a directory holding it;
 2. the directory named by `$CELLBENCH_DATA`;
-3. the user cache directory (`$CELLBENCH_CACHE`, else `$XDG_CACHE_HOME/cellbench`, else
+3. the copy shipped inside the package (`bench/datasets/`: the Time Machine and the names files;
+   the poems ship only as a sample, a resource of its own);
+4. the user cache directory (`$CELLBENCH_CACHE`, else `$XDG_CACHE_HOME/cellbench`, else
    `~/.cache/cellbench`);
-4. a download from the canonical source into that cache, verified before it is kept.
+5. a download from the canonical source into that cache, verified before it is kept.
+
+`find` also says which of these served the file: `local` (1, 2, 4), `embedded` (3) or
+`downloaded` (5); the tasks record it as `data_source`.
 
 Downloads are written to a temporary file (or directory) beside the target and moved in place
 with `os.replace`, so an interrupted or corrupted download never leaves a half file behind.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import tempfile
@@ -31,9 +37,18 @@ ENV_CACHE = "CELLBENCH_CACHE"
 ENV_D2L_URL = "CELLBENCH_D2L_URL"        # overrides d2l's DATA_URL (a base URL, ending in '/')
 ENV_NAMES_URL = "CELLBENCH_NAMES_URL"    # overrides the PyTorch tutorial's data.zip URL
 ENV_OFFLINE = "CELLBENCH_OFFLINE"        # "1": never download
+ENV_POEMS_URL = "CELLBENCH_POEMS_URL"    # overrides the chinese-poetry base URL (ending in '/')
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
+SOURCES = ("local", "embedded", "downloaded")
 
 D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 NAMES_ZIP_URL = "https://download.pytorch.org/tutorial/data.zip"
+# chinese-poetry pinned to the commit whose 全唐诗/poet.tang.*.json convert to poems_tang.txt
+POEMS_COMMIT = "fa1814a8044db4fb0c7a9e0a0449974e8c3463b7"
+POEMS_BASE_URL = ("https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/"
+                  f"{POEMS_COMMIT}/%E5%85%A8%E5%94%90%E8%AF%97/")  # .../全唐诗/
+POEMS_JSON_FILES = tuple(f"poet.tang.{i}.json" for i in range(0, 58000, 1000))
 
 # Per-file SHA-256 of the tutorial's data/names/*.txt (computed from the reference copy; the
 # zip's own hash is not published, so the extracted files are what we verify).
@@ -63,9 +78,14 @@ class DataError(RuntimeError):
     """Data missing, corrupted or not downloadable; the message says how to fix it."""
 
 
+class DataNotFound(DataError):
+    """No copy anywhere in the lookup and no download allowed (not: a corrupted copy)."""
+
+
 @dataclass
 class FileSpec:
-    """One checksummed file: `name` relative to a data directory."""
+    """One checksummed file: `name` relative to a data directory. For a `.xz` file the digest
+    is of the decompressed content, which does not depend on the compressor's version."""
     name: str
     algorithm: str
     digest: str
@@ -79,28 +99,36 @@ class Resource:
     source: Optional[str] = None  # where it comes from, for messages
     downloadable: bool = True
     notes: str = ""
+    embedded: bool = False        # a verified copy ships in EMBEDDED_DIR
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 TIME_MACHINE = Resource(
     "timemachine.txt", "H. G. Wells, The Time Machine (d2l's copy)",
     (FileSpec("timemachine.txt", "sha1", "090b5e7e70c295757f55df93cb0a180b9691891a"),),
-    source="d2l's DATA_URL + 'timemachine.txt'")
+    source="d2l's DATA_URL + 'timemachine.txt'", embedded=True)
 NAMES = Resource(
     "names", "the PyTorch names tutorial's data/names/*.txt (18 files)",
     tuple(FileSpec(f"names/{n}", "sha256", d) for n, d in sorted(NAMES_SHA256.items())),
-    source=NAMES_ZIP_URL + " (data/names/*.txt inside)")
+    source=NAMES_ZIP_URL + " (data/names/*.txt inside)", embedded=True)
+# The SHA-256 of the converted corpus: the JSON files' own hashes are not published, so the
+# download is verified after conversion (bench.tasks.poems_corpus).
 POEMS = Resource(
     "poems_tang.txt", "57,435 Tang poems as 'title:content' lines",
     (FileSpec("poems_tang.txt", "sha256",
               "c7f002e6ed71f3f0a6d5c471ab4813b4e581b90adb48ae81ea53062435e548b2"),),
-    downloadable=False,
-    notes="it has no canonical download: build it from chinese-poetry/chinese-poetry "
-          "(全唐诗/poet.tang.*.json, one 'title:content' line per poem) or copy the project's "
-          "shared copy (../shared/data/poems_tang.txt)")
-RESOURCES = {r.name: r for r in (TIME_MACHINE, NAMES, POEMS)}
+    source=f"chinese-poetry/chinese-poetry at {POEMS_COMMIT[:8]}, 全唐诗/poet.tang.*.json "
+           "(58 files, converted to one 'title:content' line per poem)",
+    notes="a 3,000-poem sample ships with cellbench (python -m bench train poems --corpus sample)")
+# 3,000 lines drawn with random.Random(0).sample from poems_tang.txt, in file order, xz-compressed.
+POEMS_SAMPLE = Resource(
+    "poems_tang_sample.txt.xz", "a 3,000-poem sample of poems_tang.txt (shipped with cellbench)",
+    (FileSpec("poems_tang_sample.txt.xz", "sha256",
+              "e3447fba61c6dc371948729e7199b041565944c988aa5faf026a087a194fbd68"),),
+    downloadable=False, embedded=True)
+RESOURCES = {r.name: r for r in (TIME_MACHINE, NAMES, POEMS, POEMS_SAMPLE)}
 ALIASES = {"timemachine": TIME_MACHINE, "time_machine": TIME_MACHINE, "names": NAMES,
-           "poems": POEMS, "poems_tang": POEMS}
+           "poems": POEMS, "poems_tang": POEMS, "poems_sample": POEMS_SAMPLE}
 
 
 def resource(name: str) -> Resource:
@@ -123,6 +151,14 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def content_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """file_digest, of the decompressed content for a `.xz` file."""
+    if str(path).endswith(".xz"):
+        with lzma.open(path, "rb") as f:
+            return hashlib.new(algorithm, f.read()).hexdigest()
+    return file_digest(path, algorithm)
 
 
 def _how_to_provide(r: Resource) -> str:
@@ -163,7 +199,7 @@ def verify(r: Resource, root: Path) -> None:
     for spec, path in _files_at(r, root):
         if not path.is_file():
             raise DataError(f"{path} is missing (part of {r.what}). {_how_to_provide(r)}")
-        got = file_digest(path, spec.algorithm)
+        got = content_digest(path, spec.algorithm)
         if got != spec.digest:
             raise DataError(
                 f"{path} has {spec.algorithm.upper()} {got}, expected {spec.digest}: the file is "
@@ -172,12 +208,21 @@ def verify(r: Resource, root: Path) -> None:
                 + f" or replace it with the right copy. {_how_to_provide(r)}")
 
 
-def locate(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
-           url: Optional[str] = None, timeout: float = 30.0) -> Path:
-    """The verified path of resource `name`: a file (or, for 'names', the names/ directory).
+@dataclass(frozen=True)
+class Found:
+    """Where a resource was found: its verified path, and which copy (one of SOURCES)."""
+    path: Path
+    source: str
+
+
+def find(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
+         url: Optional[str] = None, timeout: float = 30.0) -> Found:
+    """The verified path of resource `name` (a file, or for 'names' the names/ directory) and
+    its source: `local`, `embedded` or `downloaded`.
 
     `data` is an explicit file or directory; `url` overrides the download URL (for 'timemachine',
-    a base URL to which the file name is appended, like d2l's DATA_URL; for 'names', the zip).
+    a base URL to which the file name is appended, like d2l's DATA_URL; for 'names', the zip; for
+    'poems_tang.txt', the base URL of the JSON files).
     """
     r = resource(name)
     if data is not None:
@@ -190,28 +235,37 @@ def locate(name: str, data: str | os.PathLike | None = None, *, download: Option
             raise DataError(f"--data {p}: does not hold {r.name} (expected {r.what}). "
                             + _how_to_provide(r))
         verify(r, root)
-        return _result(r, root)
+        return Found(_result(r, root), "local")
     env = os.environ.get(ENV_DATA)
     if env:
         root = _root_of(r, Path(env).expanduser())
         if root is not None and root.is_dir():
             verify(r, root)
-            return _result(r, root)
+            return Found(_result(r, root), "local")
+    if r.embedded and _root_of(r, EMBEDDED_DIR) is not None:
+        verify(r, EMBEDDED_DIR)  # a corrupted package is an error, not a reason to download
+        return Found(_result(r, EMBEDDED_DIR), "embedded")
     cache = cache_dir()
     root = _root_of(r, cache)
     if root is not None and root.is_dir():
         verify(r, root)
-        return _result(r, root)
+        return Found(_result(r, root), "local")
     if download is None:
         download = os.environ.get(ENV_OFFLINE, "") not in ("1", "true", "yes")
     where = f"not found in ${ENV_DATA} ({env or 'unset'}) nor in the cache {cache}"
     if not r.downloadable:
-        raise DataError(f"{r.name} {where}, and {r.what} cannot be downloaded. " + _how_to_provide(r))
+        raise DataNotFound(f"{r.name} {where}, and {r.what} cannot be downloaded. "
+                           + _how_to_provide(r))
     if not download:
-        raise DataError(f"{r.name} {where}, and downloads are off (${ENV_OFFLINE}). "
-                        + _how_to_provide(r))
+        raise DataNotFound(f"{r.name} {where}, and downloads are off (${ENV_OFFLINE}). " + _how_to_provide(r))
     fetch(r, cache, url=url, timeout=timeout)
-    return _result(r, cache)
+    return Found(_result(r, cache), "downloaded")
+
+
+def locate(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
+           url: Optional[str] = None, timeout: float = 30.0) -> Path:
+    """find(...).path: the verified path of resource `name`."""
+    return find(name, data, download=download, url=url, timeout=timeout).path
 
 
 def _result(r: Resource, root: Path) -> Path:
@@ -289,6 +343,18 @@ def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = No
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return dest / "names"
+    if r is POEMS:
+        from bench.tasks.poems_corpus import download_corpus
+        base = url or os.environ.get(ENV_POEMS_URL) or POEMS_BASE_URL
+        payload = download_corpus(base, POEMS_JSON_FILES, timeout)
+        spec = r.files[0]
+        got = hashlib.new(spec.algorithm, payload).hexdigest()
+        if got != spec.digest:
+            raise DataError(f"the corpus converted from {base} has {spec.algorithm.upper()} {got}, "
+                            f"expected {spec.digest}: a file is corrupted or the source changed; "
+                            f"nothing was kept. Retry, or: {_how_to_provide(r)}")
+        _write_atomic(dest / r.name, payload)
+        return dest / r.name
     raise DataError(f"{r.name} cannot be downloaded. " + _how_to_provide(r))
 
 
@@ -309,6 +375,14 @@ def _write_atomic(path: Path, payload: bytes) -> None:
 
 
 def read_text(name: str, data: str | os.PathLike | None = None) -> str:
-    """The verified text of a single-file resource ('timemachine.txt' or 'poems_tang.txt')."""
-    path = locate(name, data)
-    return path.read_text(encoding="utf-8")
+    """The verified text of a single-file resource ('timemachine.txt', 'poems_tang.txt' or the
+    'poems_sample')."""
+    return text_of(locate(name, data))
+
+
+def text_of(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a file, decompressed when it is a `.xz`."""
+    if str(path).endswith(".xz"):
+        with lzma.open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    return Path(path).read_text(encoding="utf-8")

@@ -1,10 +1,14 @@
-"""bench.data: lookup order, checksums, atomic downloads from a local HTTP server, messages."""
+"""bench.data: lookup order, checksums, the shipped copies, atomic downloads from a local HTTP
+server (the Time Machine, the names zip, the poems' JSON), messages."""
 from __future__ import annotations
 
 import hashlib
 import http.server
+import fnmatch
 import io
+import lzma
 import os
+import sys
 import shutil
 import threading
 import zipfile
@@ -31,6 +35,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.delenv(bdata.ENV_NAMES_URL, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv(bdata.ENV_CACHE, str(cache))
+    # as if the package had been installed without its data: lookup goes on to cache/download
+    monkeypatch.setattr(bdata, "EMBEDDED_DIR", tmp_path / "no-package-data")
     return cache
 
 
@@ -87,8 +93,9 @@ def test_offline_without_file_says_how_to_provide(isolated, monkeypatch):
         assert needle in msg
 
 
-def test_poems_cannot_be_downloaded(isolated):
-    with pytest.raises(bdata.DataError, match=r"cannot be downloaded.*poems_tang.txt.*CELLBENCH_DATA"):
+def test_poems_offline_is_not_found_and_names_the_sample(isolated, monkeypatch):
+    monkeypatch.setenv(bdata.ENV_OFFLINE, "1")
+    with pytest.raises(bdata.DataNotFound, match=r"poems_tang.txt .*downloads are off.*--corpus sample"):
         bdata.locate("poems_tang.txt")
 
 
@@ -201,3 +208,144 @@ def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         bdata._write_atomic(target, b"payload")
     assert _leftovers(tmp_path) == []
+
+
+# --- the copies shipped in the package ---------------------------------------------------------
+
+def test_shipped_copies_are_found_without_data_dir_or_network(tmp_path, monkeypatch):
+    monkeypatch.delenv(bdata.ENV_DATA, raising=False)
+    monkeypatch.setenv(bdata.ENV_CACHE, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv(bdata.ENV_D2L_URL, "http://127.0.0.1:9/")  # any download would fail
+    monkeypatch.setenv(bdata.ENV_NAMES_URL, "http://127.0.0.1:9/data.zip")
+    tm = bdata.find("timemachine.txt")
+    assert tm == bdata.Found(bdata.EMBEDDED_DIR / "timemachine.txt", "embedded")
+    assert bdata.file_digest(tm.path, "sha1") == bdata.TIME_MACHINE.files[0].digest
+    names = bdata.find("names")
+    assert names.source == "embedded" and len(list(names.path.glob("*.txt"))) == 18
+    sample = bdata.find("poems_sample")
+    assert sample.source == "embedded"
+    lines = bdata.read_text("poems_sample").splitlines()
+    assert len(lines) == 3000 and all(len(line.split(":")) == 2 for line in lines)
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_explicit_and_env_copies_come_first_and_are_local(tmp_path, monkeypatch):
+    shutil.copy(bdata.EMBEDDED_DIR / "timemachine.txt", tmp_path / "timemachine.txt")
+    monkeypatch.setenv(bdata.ENV_DATA, str(tmp_path))
+    assert bdata.find("timemachine.txt") == bdata.Found(tmp_path / "timemachine.txt", "local")
+    monkeypatch.delenv(bdata.ENV_DATA)
+    assert bdata.find("timemachine.txt", tmp_path).source == "local"
+
+
+def test_corrupted_shipped_copy_is_an_error_not_a_download(tmp_path, monkeypatch):
+    package = tmp_path / "datasets"
+    shutil.copytree(bdata.EMBEDDED_DIR, package)
+    monkeypatch.setattr(bdata, "EMBEDDED_DIR", package)
+    monkeypatch.delenv(bdata.ENV_DATA, raising=False)
+    with (package / "names" / "Korean.txt").open("a", encoding="utf-8") as f:
+        f.write("Kim\n")
+    with pytest.raises(bdata.DataError, match=r"Korean.txt has SHA256 .*expected cd54221c"):
+        bdata.find("names")
+    (package / "poems_tang_sample.txt.xz").write_bytes(lzma.compress(b"title:content\n"))
+    with pytest.raises(bdata.DataError, match=r"poems_tang_sample.txt.xz has SHA256 .*expected e3447fba"):
+        bdata.find("poems_sample")
+
+
+def test_package_data_globs_cover_every_shipped_file():
+    """pyproject.toml's [tool.setuptools.package-data] must install every file in bench/datasets."""
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib is Python 3.11+")
+    import tomllib
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = config["tool"]["setuptools"]["package-data"]["bench"]
+    shipped = [p.relative_to(root / "bench").as_posix()
+               for p in (root / "bench" / "datasets").rglob("*") if p.is_file()
+               and "__pycache__" not in p.parts]
+    assert len(shipped) >= 21  # the book, 18 names files, the poems sample, the README
+    missing = [f for f in shipped if not any(fnmatch.fnmatchcase(f, g) for g in globs)]
+    assert missing == []
+
+
+# --- the poems: chinese-poetry's JSON, converted, verified after conversion --------------------
+
+POETRY = FIXTURES / "chinese_poetry"
+
+
+def test_conversion_reproduces_the_first_lines_of_poems_tang():
+    from bench.tasks.poems_corpus import convert
+    expected = (POETRY / "poems_tang_head.txt").read_text(encoding="utf-8").splitlines()
+    assert convert((POETRY / "poet.tang.0.json").read_bytes()) == expected
+
+
+def test_conversion_refuses_malformed_json():
+    from bench.tasks.poems_corpus import convert
+    with pytest.raises(bdata.DataError, match="x.json is not valid UTF-8 JSON"):
+        convert(b'[{"title": "t", "paragraphs": ["a"', "x.json")
+    with pytest.raises(bdata.DataError, match=r"x.json poem 0: expected 'paragraphs' as a list"):
+        convert(b'[{"title": "t", "paragraphs": "abc"}]', "x.json")
+    with pytest.raises(bdata.DataError, match="expected a JSON list of poems, got dict"):
+        convert(b'{"title": "t"}', "x.json")
+
+
+@pytest.fixture
+def poetry_server(isolated, server, monkeypatch):
+    """Two small JSON files on the local server; the corpus checksum is the expected conversion's."""
+    base, root = server
+    names = ("poet.tang.0.json", "poet.tang.1000.json")
+    for name in names:
+        shutil.copy(POETRY / name, root / name)
+    from bench.tasks.poems_corpus import corpus_bytes
+    expected = corpus_bytes((n, (POETRY / n).read_bytes()) for n in names)
+    monkeypatch.setattr(bdata, "POEMS_JSON_FILES", names)
+    monkeypatch.setattr(bdata.POEMS.files[0], "digest", hashlib.sha256(expected).hexdigest())
+    return base, root, expected
+
+
+def test_poems_download_converts_and_verifies(isolated, poetry_server, monkeypatch):
+    base, _, expected = poetry_server
+    monkeypatch.setenv(bdata.ENV_POEMS_URL, base)
+    found = bdata.find("poems_tang.txt")
+    assert found == bdata.Found(isolated / "poems_tang.txt", "downloaded")
+    assert found.path.read_bytes() == expected
+    text = found.path.read_text(encoding="utf-8")
+    assert text.splitlines()[0].startswith("帝京篇十首 一:秦川雄帝宅，函谷壯皇居。")
+    assert text.splitlines()[-1] == "a title with a colon:白日依山盡，黃河入海流。"
+    assert _leftovers(isolated) == ["poems_tang.txt"]
+    monkeypatch.setenv(bdata.ENV_POEMS_URL, "http://127.0.0.1:9/")  # now served by the cache
+    assert bdata.find("poems_tang.txt") == bdata.Found(found.path, "local")
+
+
+def test_poems_download_corrupted_json_leaves_nothing(isolated, poetry_server):
+    base, root, _ = poetry_server
+    (root / "poet.tang.1000.json").write_bytes((POETRY / "poet.tang.1000.json").read_bytes()[:40])
+    with pytest.raises(bdata.DataError, match=r"poet.tang.1000.json is not valid UTF-8 JSON.*nothing was kept"):
+        bdata.find("poems_tang.txt", url=base)
+    assert _leftovers(isolated) == []
+
+
+def test_poems_download_with_changed_content_fails_the_checksum(isolated, poetry_server):
+    base, root, _ = poetry_server
+    text = (POETRY / "poet.tang.1000.json").read_text(encoding="utf-8").replace("白日", "黑日")
+    (root / "poet.tang.1000.json").write_text(text, encoding="utf-8")
+    with pytest.raises(bdata.DataError, match=r"converted from .* has SHA256 .*nothing was kept"):
+        bdata.find("poems_tang.txt", url=base)
+    assert _leftovers(isolated) == []
+
+
+def test_poems_download_missing_file_leaves_nothing(isolated, poetry_server):
+    base, root, _ = poetry_server
+    (root / "poet.tang.1000.json").unlink()
+    with pytest.raises(bdata.DataError, match=r"cannot download .*poet.tang.1000.json.*nothing was kept"):
+        bdata.find("poems_tang.txt", url=base)
+    assert _leftovers(isolated) == []
+
+
+@pytest.mark.skipif(DATA is None or not (DATA / "poems_tang.txt").is_file(),
+                    reason="poems_tang.txt not found in $CELLBENCH_DATA")
+def test_shipped_poems_sample_is_drawn_from_the_corpus():
+    import random
+    lines = (DATA / "poems_tang.txt").read_text(encoding="utf-8").splitlines()
+    idx = sorted(random.Random(0).sample(range(len(lines)), 3000))
+    assert bdata.read_text("poems_sample").splitlines() == [lines[i] for i in idx]
+    assert bdata.file_digest(DATA / "poems_tang.txt", "sha256") == bdata.POEMS.files[0].digest

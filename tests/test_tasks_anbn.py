@@ -49,6 +49,19 @@ class Oracle(torch.nn.Module):
         return out
 
 
+class Override(Oracle):
+    """The perfect counter, except that after reading `symbol` it always predicts `guess`."""
+
+    def __init__(self, symbol, guess):
+        super().__init__()
+        self.symbol, self.guess = symbol, guess
+
+    def forward(self, x):
+        out = super().forward(x)
+        out[x == self.symbol] = torch.nn.functional.one_hot(torch.tensor(self.guess), 4).float()
+        return out
+
+
 def test_avoidable_errors_skip_the_first_one():
     errors = anbn.avoidable_errors(Oracle(), 12)
     assert errors == [0] * 12
@@ -59,6 +72,21 @@ def test_avoidable_errors_skip_the_first_one():
     assert anbn.capacity([0, 0, 1, 0]) == 2 and anbn.capacity([1, 0]) == 0
 
 
+def test_strict_reading_ignores_the_zeros_and_the_lab_reading_does_not():
+    """While the zeros are read either symbol may follow: guessing 1 there is no strict error,
+    but the lab's reading counts it (except at the second symbol, which the lab forgives)."""
+    assert anbn.prediction_errors(Oracle(), 6) == ([0] * 6, [0] * 6)
+    strict, lab = anbn.prediction_errors(Override(symbol=0, guess=1), 6)
+    assert strict == [0] * 6 and anbn.capacity(strict) == 6
+    # n zeros: the targets 0 at t = 1..n-1 are missed; t = 1 is forgiven by the lab
+    assert lab == [0, 0, 1, 2, 3, 4] and anbn.capacity(lab) == 2
+    # the symbol after the start marker: counted by the lab, not required by the strict reading
+    assert anbn.prediction_errors(Override(symbol=3, guess=1), 4) == ([0] * 4, [1] * 4)
+    # never predicting the end: both readings fail every n
+    strict, lab = anbn.prediction_errors(Override(symbol=1, guess=1), 4)
+    assert strict == lab == [1] * 4 and anbn.capacity(strict) == anbn.capacity(lab) == 0
+
+
 def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
     out = tmp_path / "a"
     rc = bench_main(["train", "anbn", "--kind", "lstm", "--backend", "native,fused", "--seeds", "0,1",
@@ -67,8 +95,10 @@ def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 4
     for r in recs:
-        assert r["task"] == "anbn" and len(r["errors"]) == 20
+        assert r["task"] == "anbn" and len(r["errors"]) == len(r["errors_lab"]) == 20
         assert r["metrics"]["capacity"] == anbn.capacity(r["errors"])
+        assert r["metrics"]["capacity_lab"] == anbn.capacity(r["errors_lab"])
+        assert len(r["curves"]["capacity_lab"]) == len(r["curves"]["step"])
     by = {(r["backend"], r["seed"]): r for r in recs}
     # same seed, same init and data: native and fused agree
     assert by[("native", 0)]["metrics"]["final_loss"] == \

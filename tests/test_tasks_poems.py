@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import data as bdata
 from bench.cli import main as bench_main
 from conftest import DATA, needs_data
 from bench.tasks import poems, report_section, suite
@@ -63,9 +64,32 @@ def test_suite_argument_lists_parse():
             assert args.resume and args.backends == ["native", "fused"]
 
 
-def test_suite_rejects_unknown_task(tmp_path):
-    with pytest.raises(SystemExit, match="unknown task"):
-        bench_main(["tasks", "--short", "--tasks", "chess", "--out", str(tmp_path)])
+def test_suite_rejects_unknown_task(tmp_path, capsys):
+    assert bench_main(["tasks", "--short", "--tasks", "chess", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --tasks: unknown task(s) chess; expected any of charlm, names, anbn, poems"]
+    assert not (tmp_path / "records.jsonl").exists()
+
+
+def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
+    """No $CELLBENCH_DATA, an empty cache: --corpus auto falls back to the shipped sample, never
+    to a download, and the record says so."""
+    monkeypatch.delenv("CELLBENCH_DATA", raising=False)
+    monkeypatch.setenv("CELLBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CELLBENCH_POEMS_URL", "http://127.0.0.1:9/")
+    out = tmp_path / "p"
+    rc = bench_main(["train", "poems", "--backend", "native", "--epochs", "1", "--max-poems", "40",
+                     "--hidden", "8", "--embed", "8", "--lab-loop-poems", "0", "--begin", "日",
+                     "--max-gen", "5", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert r["data_source"] == "embedded" and r["settings"]["corpus"] == "sample"
+    assert 2000 < r["filtered_poems"] < 3000 and r["split"] == {"train": 38, "test": 2}
+    assert poems.find_corpus("sample").source == "embedded"
+    with pytest.raises(bdata.DataError, match="cannot download"):
+        poems.find_corpus("full")
+    with pytest.raises(ValueError, match="unknown --corpus 'all'; expected one of auto, full, sample"):
+        poems.find_corpus("all")
 
 
 def test_report_section_renders_every_task(tmp_path):

@@ -25,9 +25,10 @@ from torch.nn import functional as F
 from bench import data as bdata
 from bench import records
 from ..figures import save_figure
-from .common import (INITS, apply_threads, Timer, add_common_arguments, check_kinds_backends, done_keys,
-                     init_weights, list_of, make_cell, make_optimizer, progress, run_key,
-                     safe_name, seed_all, task_record, clip_gradients)
+from .common import (INITS, OPTIMIZER_RULE, Timer, add_common_arguments, apply_threads, at_least,
+                     check_kinds_backends, check_options, clip_gradients, done_keys, init_weights,
+                     list_of, make_cell, make_optimizer, positive, progress, provenance, run_key,
+                     safe_name, seed_all, task_record)
 
 PREFIXES = (
     "time traveller", "traveller", "the time traveller says that",
@@ -184,6 +185,14 @@ class CharLM(nn.Module):
         return self.linear(Y.reshape(-1, Y.shape[-1])), state
 
 
+def _perplexity(mean_loss: float) -> float:
+    """exp of a mean cross-entropy; inf for a diverged run instead of an OverflowError."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return float("inf")
+
+
 def _detach(state):
     if state is None:
         return None
@@ -206,7 +215,7 @@ def evaluate(model: CharLM, corpus: Sequence[int], batch_size: int, num_steps: i
             total += float(F.cross_entropy(logits, y, reduction="sum"))
             count += y.numel()
     model.train(was_training)
-    return math.exp(total / count) if count else float("nan")
+    return _perplexity(total / count) if count else float("nan")
 
 
 def train(model: CharLM, train_corpus: Sequence[int], epochs: int = 500, batch_size: int = 32,
@@ -240,7 +249,7 @@ def train(model: CharLM, train_corpus: Sequence[int], epochs: int = 500, batch_s
                              f"or raise --max-tokens")
         train_seconds += time.perf_counter() - start
         tokens += count
-        curve.append(math.exp(total / count) if count else float("nan"))
+        curve.append(_perplexity(total / count))
         if val_corpus and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
             val_curve.append(evaluate(model, val_corpus, batch_size, num_steps))
             val_epochs.append(epoch + 1)
@@ -372,13 +381,30 @@ def plot_runs(runs: list[dict], out_dir: str | Path, stem: str = "charlm") -> li
     return paths
 
 
+RULES = (
+    ("epochs", "--epochs", "an integer >= 1", at_least(1)),
+    ("batch_size", "--batch-size", "an integer >= 1", at_least(1)),
+    ("num_steps", "--num-steps", "an integer >= 1", at_least(1)),
+    ("lr", "--lr", "a number > 0", lambda v: v is None or positive(v)),
+    ("hidden", "--hidden", "an integer >= 1", at_least(1)),
+    ("optimizer", "--optimizer", "one of sgd, adam, rmsprop", OPTIMIZER_RULE[3]),
+    ("init", "--init", f"one of {', '.join(INITS)}", lambda v: v in INITS),
+    ("layers", "--layers", "an integer >= 1", at_least(1)),
+    ("max_tokens", "--max-tokens", "an integer >= 0 (0: the whole book)", at_least(0)),
+    ("val_fraction", "--val-fraction", "in [0, 1)", lambda v: 0 <= v < 1),
+    ("val_every", "--val-every", "an integer >= 0 (0: only at the end)", at_least(0)),
+    ("clip", "--clip", "a number >= 0 (0: no clipping)", at_least(0)),
+    ("num_preds", "--num-preds", "an integer >= 0", at_least(0)),
+)
+
+
 def main(args) -> int:
+    check_options(args, RULES)
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     grid = settings_grid(args)
-    train_corpus, val_corpus, vocab = load_split(args.max_tokens, args.val_fraction, args.data)
+    found = bdata.find("timemachine.txt", args.data)
+    train_corpus, val_corpus, vocab = load_split(args.max_tokens, args.val_fraction, found.path)
     done = done_keys(args.out) if args.resume else set()
     runs = []
     for kind, backend, seed, s in itertools.product(args.kinds, args.backends, args.seeds, grid):
@@ -387,6 +413,7 @@ def main(args) -> int:
             continue
         record = run_one(kind, backend, seed, s, train_corpus, val_corpus, vocab,
                          args.val_every, args.progress)
+        provenance(record, args, found.source)
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]

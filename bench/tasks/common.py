@@ -20,6 +20,7 @@ import cells
 
 INITS = ("default", "normal", "xavier", "kaiming")
 TASKS = ("charlm", "names", "anbn", "poems")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 
 def seed_all(seed: int) -> None:
@@ -172,9 +173,19 @@ def environment() -> dict[str, Any]:
             "host": platform.node()}
 
 
+def provenance(record: dict, args, data_source: Optional[str] = None) -> dict:
+    """Add where the data came from (bench.data.SOURCES) and the suite mode, if any."""
+    if data_source is not None:
+        record["data_source"] = data_source
+    if getattr(args, "suite", None):
+        record["suite"] = args.suite
+    return record
+
+
 def task_record(task: str, kind: str, backend: str, seed: int, settings: dict, metrics: dict,
                 curves: dict, timings: dict, **extra) -> dict:
-    record = {"type": "task", "task": task, "kind": kind, "backend": backend, "seed": seed,
+    record = {"type": "task", "status": "ok", "task": task, "kind": kind, "backend": backend,
+              "seed": seed,
               "run_key": run_key(task, kind, backend, seed, settings),
               "settings": settings, "metrics": metrics, "curves": curves, "timings": timings,
               "env": environment(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -203,6 +214,48 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, kinds: str = "lstm"
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--progress", dest="progress", action="store_true", default=None,
                         help="force the tqdm progress bar (default: only on a terminal)")
+    # set by `python -m bench tasks`, so that the report can say which settings a run used
+    parser.add_argument("--suite", choices=("short", "full"), default=None, help=argparse.SUPPRESS)
+
+
+# (dest, option, what is valid, test) rules for check_options
+Rule = tuple[str, str, str, Callable[[Any], bool]]
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v is not None and math.isfinite(v) and v >= low
+
+
+def positive(v: Any) -> bool:
+    return v is not None and math.isfinite(v) and v > 0
+
+
+def open_unit(v: Any) -> bool:
+    return v is not None and 0 < v < 1
+
+
+def known_optimizer(v: Any) -> bool:
+    return str(v).lower() in OPTIMIZERS
+
+
+OPTIMIZER_RULE: Rule = ("optimizer", "--optimizer", f"one of {', '.join(OPTIMIZERS)}",
+                        known_optimizer)
+COMMON_RULES: tuple[Rule, ...] = (
+    ("threads", "--threads", "an integer >= 0 (0: torch's default)", at_least(0)),
+    ("seeds", "--seed", "an integer >= 0", at_least(0)),
+)
+
+
+def check_options(args, rules: Sequence[Rule]) -> None:
+    """Refuse out-of-range options before any work, one line naming the valid range (the CLI
+    turns the ValueError into exit status 2). Comma-list options are checked item by item."""
+    for dest, option, valid, ok in (*COMMON_RULES, *rules):
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not ok(v):
+                raise ValueError(f"{option} must be {valid}, got {v!r}")
 
 
 def apply_threads(args) -> None:

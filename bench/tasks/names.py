@@ -26,9 +26,10 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from bench import data as bdata
 from bench import records
 from ..figures import save_figure
-from .common import (add_common_arguments, apply_threads, check_kinds_backends,
-                     clip_gradients, done_keys, init_weights, list_of, make_cell,
-                     make_optimizer, progress, run_key, safe_name, seed_all, task_record)
+from .common import (OPTIMIZER_RULE, add_common_arguments, apply_threads, at_least,
+                     check_kinds_backends, check_options, clip_gradients, done_keys, init_weights,
+                     list_of, make_cell, make_optimizer, open_unit, positive, progress, provenance,
+                     run_key, safe_name, seed_all, task_record)
 
 ALL_LETTERS = string.ascii_letters + " .,;'"
 N_LETTERS = len(ALL_LETTERS)  # 57, as in the tutorial
@@ -291,12 +292,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=main)
 
 
+RULES = (
+    ("model", "--model", "one of cell, elman", lambda v: v in ("cell", "elman")),
+    ("epochs", "--epochs", "an integer >= 1", at_least(1)),
+    ("hidden", "--hidden", "an integer >= 1", at_least(1)),
+    ("layers", "--layers", "an integer >= 1", at_least(1)),
+    ("batch_size", "--batch-size", "an integer >= 1", at_least(1)),
+    OPTIMIZER_RULE,
+    ("lr", "--lr", "a number > 0", positive),
+    ("clip", "--clip", "a number >= 0 (0: no clipping)", at_least(0)),
+    ("test_fraction", "--test-fraction", "in (0, 1)", open_unit),
+    ("split_seed", "--split-seed", "an integer >= 0", at_least(0)),
+    ("max_train", "--max-train", "an integer >= 0 (0: all)", at_least(0)),
+)
+
+
 def main(args) -> int:
+    check_options(args, RULES)
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
-    if not 0 < args.test_fraction < 1:
-        raise ValueError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
-    train_pairs, test_pairs, languages = split_names(load_names(args.data), args.test_fraction,
+    found = bdata.find("names", args.data)
+    train_pairs, test_pairs, languages = split_names(load_names(found.path), args.test_fraction,
                                                      args.split_seed)
     if args.max_train and args.max_train > 0:
         sub = list(train_pairs)
@@ -325,6 +341,7 @@ def main(args) -> int:
             continue
         record = run_one(kind_arg, backend_arg, seed, s, train_pairs, test_pairs, languages,
                          args.progress)
+        provenance(record, args, found.source)
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]

@@ -27,9 +27,10 @@ from torch.nn import functional as F
 from bench import data as bdata
 from bench import records
 from ..figures import save_figure
-from .common import (add_common_arguments, apply_threads, check_kinds_backends, clip_gradients,
-                     done_keys, init_weights, make_cell, make_optimizer, progress,
-                     run_key, seed_all, task_record)
+from .common import (OPTIMIZER_RULE, add_common_arguments, apply_threads, at_least,
+                     check_kinds_backends, check_options, clip_gradients, done_keys, init_weights,
+                     make_cell, make_optimizer, open_unit, positive, progress, provenance, run_key,
+                     seed_all, task_record)
 
 START, END, PAD, UNK = "G", "E", " ", "<unk>"
 BAD = ("_", "(", "（", "《", "[", START, END)
@@ -69,10 +70,29 @@ class CharVocab:
         return "".join(self.idx_to_token[int(i)] for i in ids)
 
 
-def load_poems(data: str | None = None, max_poems: int = 0, test_fraction: float = 0.05,
-               seed: int = 0) -> tuple[list[str], list[str], CharVocab, int]:
+CORPORA = ("auto", "full", "sample")
+
+
+def find_corpus(corpus: str = "auto", data: str | None = None) -> bdata.Found:
+    """The poems file to use. full: poems_tang.txt from --data, $CELLBENCH_DATA, the cache or a
+    download; sample: the 3,000-poem sample shipped with cellbench; auto: a local full copy if
+    there is one, else the sample (never downloads)."""
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown --corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
+    if corpus == "sample":
+        return bdata.find("poems_sample")
+    if corpus == "full":
+        return bdata.find("poems_tang.txt", data)
+    try:
+        return bdata.find("poems_tang.txt", data, download=False)
+    except bdata.DataNotFound:
+        return bdata.find("poems_sample")
+
+
+def split_poems(text: str, max_poems: int = 0, test_fraction: float = 0.05,
+                seed: int = 0) -> tuple[list[str], list[str], CharVocab, int]:
     """(train poems, held-out poems, vocabulary over both, number passing the filters)."""
-    poems = parse_poems(bdata.read_text("poems_tang.txt", data))
+    poems = parse_poems(text)
     total = len(poems)
     rng = random.Random(seed)
     order = list(range(total))
@@ -83,6 +103,12 @@ def load_poems(data: str | None = None, max_poems: int = 0, test_fraction: float
     n_test = max(1, int(round(len(chosen) * test_fraction)))
     test, train = chosen[:n_test], chosen[n_test:]
     return train, test, CharVocab(train + test), total
+
+
+def load_poems(data: str | None = None, max_poems: int = 0, test_fraction: float = 0.05,
+               seed: int = 0, corpus: str = "full") -> tuple[list[str], list[str], CharVocab, int]:
+    """split_poems of the corpus that find_corpus(corpus, data) picks."""
+    return split_poems(bdata.text_of(find_corpus(corpus, data).path), max_poems, test_fraction, seed)
 
 
 class PoemLM(nn.Module):
@@ -260,16 +286,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lab-loop-poems", type=int, default=64,
                         help="poems for the one-at-a-time tokens/s measurement (0: skip)")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--corpus", default="auto", choices=CORPORA,
+                        help="full: poems_tang.txt (--data, $CELLBENCH_DATA, cache, download); "
+                             "sample: the 3,000 poems shipped with cellbench; auto (default): a "
+                             "local full copy, else the sample")
     parser.set_defaults(func=main)
 
 
+RULES = (
+    ("epochs", "--epochs", "an integer >= 1", at_least(1)),
+    ("max_poems", "--max-poems", "an integer >= 0 (0: all)", at_least(0)),
+    ("test_fraction", "--test-fraction", "in (0, 1)", open_unit),
+    ("batch_size", "--batch-size", "an integer >= 1", at_least(1)),
+    ("embed", "--embed", "an integer >= 1", at_least(1)),
+    ("hidden", "--hidden", "an integer >= 1", at_least(1)),
+    ("layers", "--layers", "an integer >= 1", at_least(1)),
+    OPTIMIZER_RULE,
+    ("lr", "--lr", "a number > 0", positive),
+    ("clip", "--clip", "a number >= 0 (0: no clipping)", at_least(0)),
+    ("begin", "--begin", "one or more begin characters", lambda v: bool(v)),
+    ("max_gen", "--max-gen", "an integer >= 1", at_least(1)),
+    ("lab_loop_poems", "--lab-loop-poems", "an integer >= 0 (0: skip)", at_least(0)),
+    ("split_seed", "--split-seed", "an integer >= 0", at_least(0)),
+)
+
+
 def main(args) -> int:
+    check_options(args, RULES)
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    train_poems, test_poems, vocab, total = load_poems(args.data, args.max_poems,
-                                                       args.test_fraction, args.split_seed)
+    found = find_corpus(args.corpus, args.data)
+    train_poems, test_poems, vocab, total = split_poems(bdata.text_of(found.path), args.max_poems,
+                                                        args.test_fraction, args.split_seed)
     if len(train_poems) < 1:
         raise ValueError(f"--max-poems {args.max_poems} with --test-fraction {args.test_fraction} "
                          "leaves no training poem; use a larger --max-poems")
@@ -277,9 +325,10 @@ def main(args) -> int:
          "batch_size": args.batch_size, "embed": args.embed, "hidden_size": args.hidden,
          "num_layers": args.layers, "optimizer": args.optimizer, "lr": args.lr, "clip": args.clip,
          "begin": args.begin, "max_gen": args.max_gen, "greedy": bool(args.greedy),
-         "lab_loop_poems": args.lab_loop_poems, "split_seed": args.split_seed}
-    print(f"poems: {total} pass the filters; training on {len(train_poems)}, held out "
-          f"{len(test_poems)}, vocabulary {len(vocab)}")
+         "lab_loop_poems": args.lab_loop_poems, "split_seed": args.split_seed,
+         "corpus": "sample" if found.source == "embedded" else "full"}
+    print(f"poems ({s['corpus']} corpus, {found.source} copy): {total} pass the filters; training "
+          f"on {len(train_poems)}, held out {len(test_poems)}, vocabulary {len(vocab)}")
     done = done_keys(args.out) if args.resume else set()
     runs = []
     for kind, backend, seed in itertools.product(args.kinds, args.backends, args.seeds):
@@ -288,6 +337,7 @@ def main(args) -> int:
             continue
         record = run_one(kind, backend, seed, s, train_poems, test_poems, vocab, args.progress)
         record["filtered_poems"] = total
+        provenance(record, args, found.source)
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]

@@ -51,7 +51,7 @@ def _charlm(runs: list[dict], out_dir: Path) -> str:
                      "epochs": s.get("epochs"), "train ppl": m.get("perplexity"),
                      "val ppl": m.get("val_perplexity"), "tokens/s": m.get("tokens_per_s"),
                      "train s": m.get("train_time_s"),
-                     "predict ms/char": m.get("predict_ms_per_char")})
+                     "predict ms/char": m.get("predict_ms_per_char"), "data": r.get("data_source")})
     rows.sort(key=lambda d: (d["kind"], d["backend"], d["seed"]))
     md = ["## Character LM: The Time Machine (d2l ch. 8-9)\n",
           "Training perplexity is d2l's number (first 10,000 characters, memorised); validation "
@@ -80,7 +80,7 @@ def _names(runs: list[dict], out_dir: Path) -> str:
                      "test acc": m.get("test_accuracy"), "balanced acc": m.get("balanced_accuracy"),
                      "test loss": m.get("test_loss"),
                      "train acc": m.get("train_accuracy"), "names/s": m.get("names_per_s"),
-                     "train s": m.get("train_time_s")})
+                     "train s": m.get("train_time_s"), "data": r.get("data_source")})
         per_class[label] = r.get("per_class_accuracy", {})
     md = ["## Names → language (PyTorch char-RNN tutorial)\n",
           "De-duplicated names, stratified split with no name on both sides; accuracy on the test "
@@ -101,17 +101,23 @@ def _anbn(runs: list[dict], out_dir: Path) -> str:
         s = r.get("settings", {})
         by_setting.setdefault((s.get("hidden_size"), s.get("steps")), []).append(r)
     for (hidden, steps), group in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
+        lab = summarize(group, "capacity_lab")
         for (kind, backend), v in sorted(summarize(group).items()):
+            w = lab.get((kind, backend), {})
             times = [r["metrics"]["train_time_s"] for r in group
                      if (r["kind"], r["backend"]) == (kind, backend)]
             rows.append({"kind": kind, "backend": backend, "hidden": hidden, "steps": steps,
                          "seeds": v["seeds"], "capacity min": v["min"],
                          "median": v["median"], "max": v["max"], "mean": v["mean"],
                          "per seed": ", ".join(map(str, v["all"])),
+                         "lab's reading per seed": ", ".join(map(str, w.get("all", []))),
                          "train s (mean)": sum(times) / len(times)})
     md = ["## aⁿbⁿ next-symbol prediction (Gers & Schmidhuber)\n",
           "Memory capacity: the largest N such that every n ≤ N (strings `3 0ⁿ 1ⁿ 2`) is predicted "
-          "with no avoidable error (the first 1 is unpredictable). Trained on n ≤ 10; spread over seeds.\n",
+          "without error at the positions the prefix determines (the 1s after the first 1, and the "
+          "end symbol). The lab's reading counts every position except the unpredictable first 1 "
+          "and the second symbol (which its report forgives), so it also counts predictions made "
+          "while the zeros are read. Trained on n ≤ 10; spread over seeds.\n",
           _table(rows), _link(plot_capacity(runs, out_dir, stem="report_anbn"), out_dir, "anbn capacity")]
     return "\n".join(md)
 
@@ -127,13 +133,27 @@ def _poems(runs: list[dict], out_dir: Path) -> str:
                      "poems": (r.get("split") or {}).get("train"), "epochs": s.get("epochs"),
                      "held-out ppl": m.get("test_perplexity"), "train ppl": m.get("train_perplexity"),
                      "tokens/s batched": tps, "tokens/s one poem at a time": lab,
-                     "speed-up": (tps / lab) if tps and lab else None, "train s": m.get("train_time_s")})
+                     "speed-up": (tps / lab) if tps and lab else None, "train s": m.get("train_time_s"),
+                     "data": r.get("data_source")})
         for ch, text in list((r.get("samples") or {}).items())[:2]:
             samples.append({"run": f"{r['kind']}/{r['backend']} s{r['seed']}", "begin": ch, "poem": text})
     md = ["## Tang poetry generation\n", _table(rows),
           _link(plot_curves(runs, out_dir, stem="report_poems"), out_dir, "poems perplexity"),
           "\nSamples (stop at E or 50 characters):\n", _table(samples[:12])]
     return "\n".join(md)
+
+
+def _provenance(runs: list[dict]) -> str:
+    """Which data copies the runs used, and a warning when they ran at the short settings."""
+    sources = sorted({str(r.get("data_source") or "not recorded") for r in runs})
+    lines = [f"\nData: {', '.join(sources)} copy (`data` column; embedded = shipped with "
+             "cellbench, local = --data, $CELLBENCH_DATA or the cache, downloaded = fetched for "
+             "this run).\n"]
+    if any(r.get("suite") == "short" for r in runs):
+        lines.append("These are **short settings** (`python -m bench tasks --short`): a few "
+                     "passes, minutes on 2 cores. They show that training works; the textbook "
+                     "numbers come from `--full` (docs/tasks.md).\n")
+    return "".join(lines)
 
 
 SECTIONS = (("charlm", _charlm), ("names", _names), ("anbn", _anbn), ("poems", _poems))
@@ -147,15 +167,21 @@ def render(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib
     matplotlib.use("Agg")
-    tasks = [r for r in iter_records(list(paths)) if r.get("type") == "task"]
+    every = [r for r in iter_records(list(paths)) if r.get("type") == "task"]
+    tasks = [r for r in every if r.get("status", "ok") != "failed"]
     parts = []
     for name, section in SECTIONS:
         runs = _latest([r for r in tasks if r.get("task") == name])
         if runs:
             try:
-                parts.append(section(runs, out))
+                parts.append(section(runs, out) + _provenance(runs))
             except Exception as exc:  # one malformed record must not sink the whole report
                 parts.append(f"## {name}\n\n_could not render: {type(exc).__name__}: {exc}_\n")
+    failed = [r for r in every if r.get("status") == "failed"]
+    if failed:
+        parts.append("## Failed textbook tasks\n\n" + _table(
+            [{"task": r.get("task"), "suite": r.get("mode"), "kinds": r.get("kind"),
+              "backends": r.get("backend"), "reason": r.get("reason")} for r in failed]))
     if not parts:
         return ""
     text = "\n\n".join(parts) + "\n"

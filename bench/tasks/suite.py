@@ -12,21 +12,24 @@ import importlib
 import sys
 import time
 
-from bench.data import DataError
+from bench import records
 
 from .common import check_kinds_backends, list_of, split_list
 
+# --short: one to a few passes each, tuned so that the results mean something (docs/tasks.md,
+# "Suite settings"): charlm with Adam (SGD at lr 1 sits on a plateau for its first ~20 epochs),
+# names over all training names, anbn with Adam at lr 0.03 (lr 1e-3 needs ~10x the steps).
 SHORT: dict[str, list[str]] = {
-    "charlm": ["--epochs", "10", "--val-every", "5"],
-    "names": ["--epochs", "2", "--max-train", "3000", "--model", "cell"],
-    "anbn": ["--steps", "1000", "--seeds", "0,1"],
+    "charlm": ["--epochs", "10", "--val-every", "5", "--optimizer", "adam"],
+    "names": ["--epochs", "2", "--model", "cell"],
+    "anbn": ["--steps", "1000", "--lr", "0.03", "--seeds", "0,1"],
     "poems": ["--epochs", "1", "--max-poems", "500", "--lab-loop-poems", "16"],
 }
 FULL: dict[str, list[str]] = {
     "charlm": ["--epochs", "500"],                       # d2l: 500 epochs, 10k chars, H 256, b 32, T 35
     "names": ["--epochs", "10", "--layers", "1,2", "--model", "cell,elman"],
     "anbn": ["--steps", "10000", "--seeds", "0,1,2,3,4,5,6,7,8,9"],
-    "poems": ["--epochs", "10"],
+    "poems": ["--epochs", "10", "--corpus", "full"],
 }
 DEFAULTS = {"short": ("lstm", "native,fused"), "full": ("rnn,gru,lstm", "naive,fused,scripted,native")}
 
@@ -53,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def task_argv(task: str, mode: str, out: str, kinds: str, backends: str, resume: bool = False,
               data: str | None = None, threads: str = "1") -> list[str]:
     argv = list((SHORT if mode == "short" else FULL)[task])
-    argv += ["--kind", kinds, "--backend", backends, "--out", out, "--threads", str(threads)]
+    argv += ["--kind", kinds, "--backend", backends, "--out", out, "--threads", str(threads),
+             "--suite", mode]
     if resume:
         argv.append("--resume")
     if data:
@@ -61,13 +65,33 @@ def task_argv(task: str, mode: str, out: str, kinds: str, backends: str, resume:
     return argv
 
 
+def _threads(value: str) -> int:
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise ValueError(f"--threads must be an integer >= 0 (0: torch's default), got {value!r}")
+    return threads
+
+
+def _failure_record(task: str, mode: str, kinds: str, backends: str, reason: str) -> dict:
+    return {"type": "task", "status": "failed", "task": task, "mode": mode, "kind": kinds,
+            "backend": backends, "reason": reason,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def main(args) -> int:
+    """Exit 2 for bad options (before any run); else run every task, record a failed one
+    (status 'failed' and the reason) and go on; exit 1 at the end if any failed."""
     unknown = [t for t in args.tasks if t not in SHORT]
-    if unknown:
-        raise SystemExit(f"error: unknown task(s) {', '.join(unknown)}; expected charlm, names, anbn, poems")
     kinds, backends = DEFAULTS[args.mode]
     kinds, backends = args.kinds or kinds, args.backends or backends
     try:
+        if unknown:
+            raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown)}; expected any of "
+                             f"{', '.join(SHORT)}")
+        threads = _threads(args.threads)
         check_kinds_backends(split_list(kinds, str, "--kinds"), split_list(backends, str, "--backends"))
     except (ValueError, RuntimeError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,18 +102,25 @@ def main(args) -> int:
         module = importlib.import_module(f"bench.tasks.{task}")
         parser = argparse.ArgumentParser(prog=f"python -m bench train {task}")
         module.configure(parser)
-        argv = task_argv(task, args.mode, args.out, kinds, backends, args.resume, args.data, args.threads)
+        argv = task_argv(task, args.mode, args.out, kinds, backends, args.resume, args.data, str(threads))
         print(f"== {task}: python -m bench train {task} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
+        reason = None
         try:
             status = int(module.main(parser.parse_args(argv)) or 0)
-        except (DataError, ValueError, RuntimeError) as exc:
-            print(f"error: {task}: {exc}", file=sys.stderr)
-            status = 2
-        print(f"== {task}: {'ok' if status == 0 else f'FAILED ({status})'} in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
-        if status:
+            if status:
+                reason = f"exit status {status}"
+        except Exception as exc:  # one failed task is recorded; the others still run
+            reason = f"{type(exc).__name__}: {exc}"
+        except SystemExit as exc:  # argparse refusing the suite's own argument list
+            reason = f"bad arguments for {task} (exit status {exc.code})"
+        if reason:
+            print(f"error: {task}: {reason}", file=sys.stderr)
+            records.append(args.out, _failure_record(task, args.mode, kinds, backends, reason))
             failures.append(task)
+        print(f"== {task}: {'FAILED' if reason else 'ok'} in {time.perf_counter() - t0:.1f} s",
+              flush=True)
     print(f"tasks ({args.mode}): {len(args.tasks) - len(failures)}/{len(args.tasks)} ok in "
-          f"{time.perf_counter() - started:.1f} s; records in {args.out}")
+          f"{time.perf_counter() - started:.1f} s; records in {args.out}"
+          + (f"; failed: {', '.join(failures)}" if failures else ""))
     return 1 if failures else 0
