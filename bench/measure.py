@@ -108,19 +108,6 @@ def derived(case: Case, median_s: Optional[float], peak_gflops: Optional[float])
     return out
 
 
-# --- statistics ------------------------------------------------------------------------------
-def summarize(times: list[float], threshold: float = NOISE_THRESHOLD) -> dict:
-    """median, IQR, IQR / median and the noisy flag of per-call times."""
-    import numpy as np
-    if not times:
-        return {"median_s": math.nan, "iqr_s": math.nan, "iqr_rel": math.nan, "repeats": 0,
-                "noisy": False}
-    q25, median, q75 = (float(v) for v in np.quantile(times, [0.25, 0.5, 0.75]))
-    rel = (q75 - q25) / median if median > 0 else math.nan
-    return {"median_s": median, "iqr_s": q75 - q25, "iqr_rel": rel, "repeats": len(times),
-            "noisy": bool(rel > threshold) if math.isfinite(rel) else False}
-
-
 # --- threads -----------------------------------------------------------------------------------
 def set_threads(threads: int) -> dict:
     """Set torch's and numba's thread counts; returns what each library reports afterwards."""
@@ -290,65 +277,79 @@ def time_calls(fn: Callable[[], Any], threads: int, min_run_time: float, min_rep
 
 @dataclass
 class Options:
-    """How to measure (not what): shared by every case of a sweep."""
-    min_run_time: float = 0.3
-    min_repeats: int = 5
-    warmup: int = 2
+    """How to measure (not what): shared by every case of a run; the one set of defaults that
+    `run`, `compare` and `validate` use (a preset or the command line overrides fields)."""
+    min_run_time: float = 0.05  # seconds of timed calls per case and round
+    min_repeats: int = 2  # at least this many timed blocks per case and round
+    warmup: int = 2  # untimed calls after the first call
+    min_rounds: int = 5  # before the ratio intervals are trusted
+    max_rounds: int = 40
+    ci_target: float = 0.05  # stop once every ratio's 95% CI half-width is within this fraction
+    group_time_cap: float = 20.0  # seconds of rounds per comparison group (compilation excluded)
+    time_limit: float = 300.0  # seconds per worker call (build + first call, or one round)
+    budget: Optional[float] = None  # seconds for the whole run; no group starts after it
     noise_threshold: float = NOISE_THRESHOLD
     memory: bool = True
+    check: bool = True  # the correctness gate (bench.gate) before any timing
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be > 0, got {getattr(self, name)}" for name in
+                    ("min_run_time", "time_limit", "group_time_cap", "ci_target", "noise_threshold")
+                    if not getattr(self, name) > 0]
+        problems += [f"{name} must be >= {low}, got {getattr(self, name)}" for name, low in
+                     (("min_repeats", 1), ("warmup", 0), ("min_rounds", 2), ("max_rounds", 2))
+                     if not getattr(self, name) >= low]
+        if self.budget is not None and not self.budget > 0:
+            problems.append(f"budget must be > 0, got {self.budget}")
+        if self.max_rounds < self.min_rounds:
+            problems.append(f"max_rounds ({self.max_rounds}) must be >= min_rounds ({self.min_rounds})")
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def run_case(case: Case, options: Options = Options(), peak_gflops: Optional[float] = None,
              timer: Optional[Callable[[], float]] = None, keep: Optional[dict] = None) -> dict:
-    """Measure one case. Raises whatever the backend raises; the caller records it.
+    """Build, check, first-call, warm up and time one round of one case.
 
-    With `keep` (a dict), the workload stays in it under the case's key, so that `retime` can
-    time further rounds of the same module later (interleaved with other backends); the
-    result then carries the raw per-call block times in "times"."""
+    Raises whatever the backend raises (the caller records it). A module that fails the
+    correctness gate returns {"status": "incorrect", "error": reason} after its first call and
+    is never timed. Otherwise the result holds the first round's block times in "times"; with
+    `keep` (a dict), the workload stays in it under the case's key for `retime` rounds."""
+    from .gate import check
     clock = timer or time.perf_counter
     fn, module = build_workload(case)
     _sync(case.device)
     t0 = clock()
     fn()
     _sync(case.device)
-    first_call_s = clock() - t0
+    result: dict[str, Any] = {"status": "ok", "first_call_s": clock() - t0,
+                              "param_count": sum(p.numel() for p in module.parameters()),
+                              "check_s": None, "check_error": None}
+    if options.check:
+        verdict = check(module, case)
+        result["check_s"], result["check_error"] = verdict.seconds, verdict.worst
+        if not verdict.passed:
+            return {**result, "status": "incorrect", "error": verdict.reason}
     for _ in range(options.warmup):
         fn()
-    times = time_calls(fn, case.threads, options.min_run_time, options.min_repeats, timer=timer)
-    result = summarize(times, options.noise_threshold)
-    result["first_call_s"] = first_call_s
-    result.update(derived(case, result["median_s"], peak_gflops))
+    result["times"] = time_calls(fn, case.threads, options.min_run_time, options.min_repeats, timer=timer)
     if options.memory:
         result["peak_mem_bytes"], result["mem_method"] = peak_memory(fn, case.device)
     else:
         result["peak_mem_bytes"], result["mem_method"] = None, "not measured"
-    result["param_count"] = sum(p.numel() for p in module.parameters())
-    result["rounds"] = 1
     if keep is not None:
         keep[case.key()] = fn
-        result["times"] = times
     return result
 
 
 def retime(case: Case, options: Options, keep: dict,
            timer: Optional[Callable[[], float]] = None) -> list[float]:
-    """One more round of per-call times of a workload kept by run_case(..., keep=)."""
+    """One more round of per-call block times of a workload kept by run_case(..., keep=)."""
     fn = keep.get(case.key())
     if fn is None:
         raise KeyError(f"no kept workload for {case.label()}")
     fn()  # one untimed call: caches and thread pools after the other backends' rounds
     return time_calls(fn, case.threads, options.min_run_time, options.min_repeats, timer=timer)
-
-
-def pooled(case: Case, first: dict, rounds: list[list[float]], options: Options,
-           peak_gflops: Optional[float] = None) -> dict:
-    """The result of round 1 with the block times of every round pooled into the statistics."""
-    times = [t for r in rounds for t in r]
-    result = {k: v for k, v in first.items() if k != "times"}
-    result.update(summarize(times, options.noise_threshold))
-    result.update(derived(case, result["median_s"], peak_gflops))
-    result["rounds"] = len(rounds)
-    return result
 
 
 def error_message(exc: BaseException) -> str:

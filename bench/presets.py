@@ -3,7 +3,8 @@
 A command-line value (--kinds, --batch, ...) replaces that field in every block of the preset,
 so `--preset fastrnns --kinds lstm` is fastrnns' shape for LSTM only. A block's `backends` of
 None means every available backend of each kind (cells.backends(kind)); `exclude` drops some
-(quick keeps torch.compile, whose first call takes tens of seconds per shape, at the d2l size).
+from that default (quick drops torch.compile, whose first call on a cold machine takes about
+30 s per case, and the optional peers; naming backends on the command line clears `exclude`).
 An `input_size` of None means "equal to hidden_size" (DeepBench's convention).
 """
 from __future__ import annotations
@@ -40,19 +41,21 @@ class Preset:
 
 
 D2L = Block()
+QUICK_EXCLUDE = ("compiled", "triton", "ort", "openvino", "jax")
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
-        "all kinds x available backends x all modes at the d2l size (I28 H256 B32 T35), plus a "
-        "small LSTM batch / hidden grid for the fast backends; the sweep of `nox -s bench`",
-        (D2L,
+        "all kinds x available backends (but compiled and the peers) x all modes at the d2l size "
+        "(I28 H256 B32 T35), plus a small LSTM batch / hidden grid for the fast backends; the sweep "
+        "of `nox -s bench`, sized to finish in about two minutes on a cold 2-core machine",
+        (Block(exclude=QUICK_EXCLUDE),
          Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
                batch=(8, 128)),
          Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
                hidden_size=(128, 512))),
-        settings={"rounds": 3, "min_run_time": 0.1, "min_repeats": 5, "warmup": 1,
-                  "time_limit": 90.0, "budget": 300.0}),
+        settings={"min_run_time": 0.03, "min_repeats": 2, "warmup": 1, "min_rounds": 4,
+                  "max_rounds": 20, "group_time_cap": 4.0, "time_limit": 120.0, "budget": 240.0}),
     "d2l": Preset("d2l", "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
                   (D2L,)),
     "fastrnns": Preset(

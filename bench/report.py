@@ -1,7 +1,8 @@
 """`python -m bench report DIR... [--output PATH.md]`: markdown tables and plots from records.
 
-Per kind and mode: backends x shapes with tokens/s, speedup over `native` and % of the GEMM
-peak; the fastest backend per shape; failures with their reasons; the FLOP convention, the
+Per kind and mode: backends x shapes with tokens/s, the ratio to `native` with its 95% CI and
+% of the GEMM peak; the fastest correct backend per shape; failed, incorrect, skipped and
+unmeasured cases with their reasons; the FLOP convention, the
 timing and memory methods, the environment and the measured peak. Plots (tokens/s against batch
 and against hidden size, one line per backend, log axes) are written beside the markdown in
 STEM-figures/ and linked relatively. Task records (training runs) are rendered by
@@ -18,23 +19,32 @@ from typing import Optional
 
 import pandas as pd
 
-from .measure import CASE_FIELDS, FLOP_CONVENTION, MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, NOISE_THRESHOLD
 from .figures import save_figure
-from .records import iter_records
+from .measure import FLOP_CONVENTION, MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, Options
+from .records import SPEC_FIELDS, STATUSES, iter_records, read_cases
+from .stats import undecided
 
 SHAPE = ["input_size", "hidden_size", "num_layers", "batch", "seq_len"]
 CONTEXT = ["device", "dtype", "threads", "optimizer_step"]
 SHORT = {"input_size": "I", "hidden_size": "H", "num_layers": "L", "batch": "B", "seq_len": "T",
          "device": "device", "dtype": "dtype", "threads": "threads", "optimizer_step": "opt. step"}
 TIMING_METHOD = (
-    "torch.utils.benchmark.Timer.blocked_autorange (CUDA-synchronised, torch threads pinned), "
-    "topped up to a minimum number of blocks; the median and IQR are over blocks of calls, pooled "
-    "from interleaved rounds (the backends of one shape are timed in turn, A B, B A, A B, ...). The first "
-    "call (compilation, JIT, allocation) is timed separately as `first call`, and warm-up calls "
-    "follow it before timing. One call processes one sequence: train = forward + backward of "
-    "y.sum() (optimizer step excluded unless the run says otherwise), infer = forward under "
-    "no_grad, generate = batch 1, one step at a time carrying the state. tokens/s = batch x "
-    "seq_len / median (generate: seq_len / median).")
+    "before any timing, each module passes the correctness gate at its case's shape (outputs, states "
+    "and, for train, every gradient against float64 torch.nn on the same weights; a case that fails "
+    "it is `incorrect` and never timed). The backends of one shape (a comparison group) are then timed "
+    "in interleaved rounds in one worker process (A B C, C B A, ...); within a round each backend "
+    "gets torch.utils.benchmark.Timer.blocked_autorange blocks (CUDA-synchronised, threads pinned), "
+    "and the round's time is their median. A case's time is the median over rounds; its ratio to "
+    "native is the median over rounds of native's round time / its round time (> 1: faster than "
+    "torch.nn), with a 95% percentile-bootstrap interval over rounds (scipy.stats.bootstrap, 2000 "
+    "resamples). Rounds are added until every ratio's interval half-width is within the run's "
+    "target (default 5%) after a minimum number of rounds, or the group's time cap (compilation "
+    "excluded) or round cap is reached; `stop` in the raw figures says which. A ratio whose "
+    "interval contains 1.0 is marked *undecided*. The first call (compilation, JIT, allocation) "
+    "is timed separately as `first call`. One call processes one sequence: train = forward + "
+    "backward of y.sum() (optimizer step excluded unless the run says otherwise), infer = forward "
+    "under no_grad, generate = batch 1, one step at a time carrying the state. tokens/s = batch "
+    "x seq_len / median (generate: seq_len / median).")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +78,17 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
 
 
+def ratio_text(ratio, ci) -> str:
+    """`×1.49 (1.42–1.57)`, marked undecided when the interval contains 1.0."""
+    point = _num(ratio)
+    if point is None:
+        return ""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or _num(ci[0]) is None or _num(ci[1]) is None:
+        return f"×{point:.2f}"
+    text = f"×{point:.2f} ({ci[0]:.2f}–{ci[1]:.2f})"
+    return text + " *undecided*" if undecided(ci[0], ci[1]) and point != 1.0 else text
+
+
 def _num(value) -> Optional[float]:
     try:
         v = float(value)
@@ -79,27 +100,20 @@ def _num(value) -> Optional[float]:
 # --- loading -------------------------------------------------------------------------------------
 def load(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(case records, run records) of all paths; for a case measured more than once in the same
-    directory, the last record wins. A `dir` column names where each record came from."""
+    directory, the last record wins. A `dir` column names where each record came from. Invalid
+    lines and records are skipped with a warning naming the file and line."""
     cases, runs = [], []
     for path in paths:
         label = Path(path).name or str(path)
-        for record in iter_records([path]):
-            record["dir"] = label
-            if record.get("type") == "case":
-                cases.append(record)
-            elif record.get("type") == "run":
-                runs.append(record)
+        cases += [dict(c.to_dict(), dir=label) for c in read_cases([path])]
+        runs += [dict(r, dir=label) for r in iter_records([path]) if r.get("type") == "run"]
     df = pd.DataFrame(cases)
     if not df.empty:
-        for name in CASE_FIELDS:
-            if name not in df:
-                df[name] = None
-        df["optimizer_step"] = df["optimizer_step"].fillna(False).astype(bool)
-        df = df.drop_duplicates(subset=["dir", *CASE_FIELDS], keep="last").reset_index(drop=True)
-        if df["dir"].nunique() > 1:
+        df = df.drop_duplicates(subset=["dir", *SPEC_FIELDS], keep="last").reset_index(drop=True)
+        machines = df["machine"].fillna("?").nunique() > 1
+        df["label"] = df["backend"]
+        if df["dir"].nunique() > 1 or machines:
             df["label"] = df["backend"] + " [" + df["dir"] + "]"
-        else:
-            df["label"] = df["backend"]
     return df, pd.DataFrame(runs)
 
 
@@ -115,8 +129,8 @@ def _order(labels) -> list[str]:
 
 # --- sections ------------------------------------------------------------------------------------
 def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, list[dict]]:
-    """One row per shape, one column per backend: 'tokens/s (xspeedup, % of peak)'; and the
-    fastest backend of each shape."""
+    """One row per shape, one column per backend: 'tokens/s (×ratio (CI), % of peak)'; and the
+    fastest correct backend of each shape (only `ok` cases, which passed the correctness gate)."""
     rows, fastest = [], []
     labels = _order(df["label"].unique())
     for shape, group in df.groupby(shape_cols, sort=True, dropna=False):
@@ -124,10 +138,6 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
         row = {SHORT.get(c, c): str(v) for c, v in zip(shape_cols, shape)}
         ok = group[group["status"] == "ok"]
         by_label = {r["label"]: r for _, r in group.iterrows()}
-        baselines = {}
-        for _, r in ok.iterrows():
-            if r["backend"] == "native":
-                baselines[r["dir"]] = _num(r["tokens_per_s"])
         for label in labels:
             r = by_label.get(label)
             if r is None:
@@ -137,10 +147,8 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
                 row[label] = r["status"]
                 continue
             tps = _num(r["tokens_per_s"])
-            parts = []
-            base = baselines.get(r["dir"])
-            if base and tps:
-                parts.append(f"×{tps / base:.2f}")
+            parts = ["reference"] if r["backend"] == "native" else \
+                [p for p in (ratio_text(r.get("ratio_to_native"), r.get("ratio_ci95")),) if p]
             pct = _num(r.get("pct_of_peak"))
             if pct is not None:
                 parts.append(f"{pct:.1f}%")
@@ -149,10 +157,9 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
         if not ok.empty and ok["tokens_per_s"].notna().any():
             best = ok.loc[ok["tokens_per_s"].astype(float).idxmax()]
             row["fastest"] = best["label"]
-            base = baselines.get(best["dir"])
             fastest.append({**{SHORT.get(c, c): str(best[c]) for c in SHAPE + [c for c in shape_cols if c not in SHAPE]},
                             "fastest": best["label"], "tokens/s": human(_num(best["tokens_per_s"])),
-                            "× native": f"{_num(best['tokens_per_s']) / base:.2f}" if base else "–",
+                            "× native (95% CI)": ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–",
                             "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
                             "% of peak": f"{_num(best['pct_of_peak']):.1f}" if _num(best.get("pct_of_peak")) else "–"})
         else:
@@ -178,6 +185,9 @@ def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
             "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
             "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else "")) if med and iqr is not None else "–",
             "blocks (rounds)": f"{_int(r.get('repeats'))} ({_int(r.get('rounds')) or 1})",
+            "stop": str(r.get("stop_reason") or "–"),
+            "check": (f"{_num(r.get('check_error')):.2g} of tol." if _num(r.get("check_error")) is not None
+                      else "not run"),
             "tokens/s": human(_num(r["tokens_per_s"])),
             "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
             "% peak": f"{_num(r.get('pct_of_peak')):.1f}" if _num(r.get("pct_of_peak")) is not None else "–",
@@ -247,7 +257,7 @@ def environment_section(runs: pd.DataFrame) -> str:
 def failures_section(df: pd.DataFrame) -> str:
     bad = df[df["status"] != "ok"]
     if bad.empty:
-        return "No failed or skipped cases.\n"
+        return "No failed, incorrect, skipped or unmeasured cases.\n"
     rows = [{"kind": r["kind"], "backend": r["label"], "mode": r["mode"],
              "shape": " ".join(f"{SHORT[c]}{r[c]}" for c in SHAPE), "device": r["device"],
              "dtype": r["dtype"], "status": r["status"],
@@ -276,9 +286,11 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
     out_dir = output.parent
     fig_dir_name = f"{output.stem}-figures"
     lines = ["# cellbench report", "",
-             f"Records: {', '.join(str(p) for p in paths)}. Each cell: tokens/s (speedup over `native` of "
-             "the same shape, % of the float32 GEMM peak); `~` marks a noisy case "
-             f"(IQR/median above the run's threshold, default {NOISE_THRESHOLD:.0%}).", ""]
+             f"Records: {', '.join(str(p) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
+             "the same shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
+             "*undecided* marks a ratio whose interval contains 1.0; `~` marks a noisy case (IQR/median "
+             f"of its round times above the run's threshold, default {Options().noise_threshold:.0%}). "
+             "Only cases that passed the correctness gate are timed and ranked.", ""]
     if df.empty:
         lines += ["_No sweep records found._", ""]
     else:
@@ -286,8 +298,7 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
         fixed = {c: df[c].iloc[0] for c in CONTEXT if c not in context}
         lines += ["Common to all cases: " + ", ".join(f"{SHORT[c]} {v}" for c, v in fixed.items()) + ".", ""]
         counts = df["status"].value_counts().to_dict()
-        lines += [f"Cases: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-                  f"{counts.get('skipped', 0)} skipped.", ""]
+        lines += ["Cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + ".", ""]
         all_fastest = []
         for kind in [k for k in ("rnn", "gru", "lstm") if k in set(df["kind"])] + \
                 sorted(set(df["kind"]) - {"rnn", "gru", "lstm"}):
@@ -315,7 +326,7 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
                                       f"({fig_dir_name}/{name})", ""]
         if all_fastest:
             lines += ["## Fastest backend per shape", "", _markdown(pd.DataFrame(all_fastest)), ""]
-        lines += ["## Failures and skips", "", failures_section(df)]
+        lines += ["## Failed, incorrect, skipped and unmeasured cases", "", failures_section(df)]
     methods = sorted({str(m) for m in df.get("mem_method", pd.Series(dtype=object)).dropna()}) if not df.empty else []
     lines += ["## Method", "",
               f"- **Timing**: {TIMING_METHOD}",

@@ -9,22 +9,27 @@ from pathlib import Path
 import pytest
 
 from bench import cli, report
+from dataclasses import asdict
+
 from bench.measure import Case, derived
-from bench.records import append
-from bench.sweep import case_record
+from bench.records import CaseRecord, append
 
 PEAK = {"peak_gflops": 100.0, "peak_source": "numpy"}
 
 
 def write_case(out: Path, backend: str, mode: str, batch: int, hidden: int, median_s=None, status="ok",
-               error=None, noisy=False) -> None:
+               error=None, noisy=False, ratio=None) -> None:
     case = Case("lstm", backend, mode, 28, hidden, 1, batch, 35, "cpu", "float32", 2)
-    result = None
+    record = CaseRecord(**asdict(case), run_id="r1", status=status, error=error, **PEAK)
     if status == "ok":
-        result = {"median_s": median_s, "iqr_s": median_s * (0.5 if noisy else 0.01), "noisy": noisy,
-                  "repeats": 5, "first_call_s": 0.5, "peak_mem_bytes": 3 * 2 ** 20,
-                  "mem_method": "torch.profiler", **derived(case, median_s, PEAK["peak_gflops"])}
-    append(out, case_record(case, "r1", status, result, error=error, peak=PEAK))
+        for name, value in {"median_s": median_s, "iqr_s": median_s * (0.5 if noisy else 0.01), "noisy": noisy,
+                            "repeats": 5, "rounds": 5, "stop_reason": "ci", "first_call_s": 0.5,
+                            "peak_mem_bytes": 3 * 2 ** 20, "mem_method": "torch.profiler", "check_error": 0.01,
+                            **derived(case, median_s, PEAK["peak_gflops"])}.items():
+            setattr(record, name, value)
+        if ratio:
+            record.ratio_to_native, record.ratio_ci95 = ratio[0], [ratio[1], ratio[2]]
+    append(out, record)
 
 
 @pytest.fixture
@@ -38,14 +43,16 @@ def run_dir(tmp_path):
                                  "numba_threads": 2, "git_commit": "abc123"}})
     for batch in (8, 32):
         for hidden in (128, 256):
-            write_case(out, "native", "train", batch, hidden, 0.010)
-            write_case(out, "fused", "train", batch, hidden, 0.020, noisy=(batch == 8))
+            write_case(out, "native", "train", batch, hidden, 0.010, ratio=(1.0, 1.0, 1.0))
+            write_case(out, "fused", "train", batch, hidden, 0.020, noisy=(batch == 8), ratio=(0.5, 0.45, 0.56))
     write_case(out, "native", "infer", 32, 256, 0.004)
     write_case(out, "BROKEN", "infer", 32, 256, status="failed", error="RuntimeError: kernel | exploded")
     write_case(out, "ghost", "infer", 32, 256, status="skipped", error="backend 'ghost' is unavailable: no GPU")
     # measured twice: the last record wins
-    write_case(out, "naive", "infer", 32, 256, 0.100)
-    write_case(out, "naive", "infer", 32, 256, 0.008)
+    write_case(out, "naive", "infer", 32, 256, 0.100, ratio=(0.04, 0.03, 0.05))
+    write_case(out, "naive", "infer", 32, 256, 0.008, ratio=(0.5, 0.4, 1.1))
+    write_case(out, "wrong", "infer", 32, 256, status="incorrect",
+               error="infer check failed: output differs from float64 torch.nn by 1.00e+00 (tolerance 2e-05)")
     return out
 
 
@@ -55,11 +62,14 @@ def test_report_tables_speedups_failures_and_environment(run_dir):
     # fused at half native's speed: 32*35/0.02 = 56k tokens/s, x0.50; 2*4*... % of a 100 GFLOP/s peak
     row = next(line for line in text.splitlines() if line.startswith("| 28") and "| 32" in line
                and "| 256" in line and "×0.50" in line)
-    assert "56k (×0.50" in row and "112k (×1.00" in row and "| native" in row
+    assert "56k (×0.50 (0.45–0.56)" in row and "112k (reference" in row and "| native" in row
     pct = 100 * 3 * 2 * 4 * 32 * 256 * (28 + 256) * 35 / 0.02 / 1e9 / 100.0
     assert f"{pct:.1f}%" in row
     assert "~14k (×0.50" in text  # the noisy batch-8 case (8*35/0.02 tokens/s) is marked
-    assert "140k (×0.50" in text  # naive infer: the later record (8 ms) replaced the 100 ms one
+    # naive infer: the later record (8 ms) replaced the 100 ms one; its CI contains 1: undecided
+    assert "140k (×0.50 (0.40–1.10) *undecided*" in text
+    assert "| wrong" not in text.split("## Failed")[0].split("## Fastest")[1]  # never ranked
+    assert "infer check failed: output differs" in text and "| incorrect |" in text
     assert "RuntimeError: kernel \\| exploded" in text  # pipes escaped inside the table
     assert "backend 'ghost' is unavailable: no GPU" in text
     assert "## Fastest backend per shape" in text

@@ -14,7 +14,9 @@ from bench import cli, presets, sweep  # noqa: E402
 from bench.measure import Case, Options  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
-FAST = ["--min-run-time", "0.001", "--min-repeats", "3", "--warmup", "0", "--no-peak", "--no-memory"]
+# the fake backends of test_bench_fakes compute nothing real: the correctness gate is off for them
+FAST = ["--min-run-time", "0.001", "--min-repeats", "3", "--warmup", "0", "--no-peak", "--no-memory",
+        "--no-check", "--min-rounds", "2", "--max-rounds", "2"]
 TINY = ["--input-size", "3", "--hidden-size", "4", "--batch", "2", "--seq-len", "3"]
 
 
@@ -42,7 +44,7 @@ def test_comma_lists_form_a_cartesian_grid():
                               "--seq-len", "4", "--threads", "1")
     assert len(cases) == 2 * 2 * 2 * 3
     assert {(c.kind, c.batch, c.hidden_size) for c in cases} >= {("gru", 8, 64), ("lstm", 1, 16)}
-    assert settings["time_limit"] == sweep.DEFAULTS["time_limit"]
+    assert settings == Options()
 
 
 def test_generate_always_uses_batch_one():
@@ -60,11 +62,12 @@ def test_default_backends_are_all_available_ones():
 
 def test_presets_and_overrides():
     cases, settings, preset = plan("--preset", "fastrnns", "--kinds", "lstm", "--backends", "native")
-    assert preset.name == "fastrnns" and settings["min_run_time"] == sweep.DEFAULTS["min_run_time"]
+    assert preset.name == "fastrnns" and settings == Options()
     assert {(c.input_size, c.hidden_size, c.seq_len) for c in cases} == {(512, 512, 100)}
     assert {c.batch for c in cases} == {64, 1}  # generate runs at batch 1
     quick, settings, _ = plan("--preset", "quick")
-    assert settings["budget"] and settings["time_limit"] <= 120
+    assert settings.budget and settings.time_limit <= 120 and settings.group_time_cap <= 5
+    assert "compiled" not in {c.backend for c in quick}  # its cold first call does not fit the budget
     d2l = [c for c in quick if (c.input_size, c.hidden_size, c.seq_len) == (28, 256, 35)
            and c.batch in (1, 32)]
     assert {c.kind for c in d2l} == {"rnn", "gru", "lstm"}
@@ -96,7 +99,37 @@ def test_bad_input_is_one_line_exit_2_before_measuring(tmp_path, capsys, argv, f
 def test_bad_numbers_are_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["run", "--batch", "8,zero"])
-    assert exc.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "expected an integer >= 1, got 'zero'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--time-limit", "0"], "--time-limit: expected a number > 0, got '0'"),
+    (["--time-limit", "-5"], "--time-limit: expected a number > 0, got '-5'"),
+    (["--min-run-time", "-1"], "--min-run-time: expected a number > 0"),
+    (["--warmup", "-1"], "--warmup: expected an integer >= 0"),
+    (["--min-repeats", "0"], "--min-repeats: expected an integer >= 1"),
+    (["--budget", "-1"], "--budget: expected a number > 0"),
+    (["--min-rounds", "1"], "--min-rounds: expected an integer >= 2"),
+    (["--ci-target", "1.5"], "--ci-target: expected a number > 0 and <= 1"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+])
+def test_out_of_range_options_exit_2_with_one_line(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and fragment in err and len(err.splitlines()) == 1
+
+
+def test_min_rounds_above_max_rounds_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["run", "--min-rounds", "9", "--max-rounds", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "max_rounds (3) must be >= min_rounds (9)" in capsys.readouterr().err
+
+
+def test_more_threads_than_cores_warns(capsys):
+    import os
+    plan("--kinds", "rnn", "--backends", "native", "--threads", str((os.cpu_count() or 1) + 1))
+    assert "exceeds this machine's" in capsys.readouterr().err
 
 
 # --- running: failure isolation, skipped backends, resume ---------------------------------------
@@ -106,7 +139,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fakes, monkeypatc
     out = tmp_path / "run"
     argv = ["run", "--kinds", "lstm", "--backends", "broken,fake,ghost,native", "--modes", "train,infer",
             *TINY, "--threads", "1", "--in-process", "--out", str(out), *FAST]
-    assert cli.main(argv) == 0
+    assert cli.main(argv) == 1  # something failed: exit 1, after the records are written
     cases = records(out)
     by = {(r["backend"], r["mode"]): r for r in cases}
     assert len(cases) == 8
@@ -159,10 +192,10 @@ def test_resume_retries_failed_cases_only_when_asked(tmp_path, fakes):
     out = tmp_path / "run"
     argv = ["run", "--kinds", "lstm", "--backends", "broken", "--modes", "infer", *TINY, "--threads", "1",
             "--in-process", "--out", str(out), *FAST]
-    assert cli.main(argv) == 0
-    assert cli.main(argv + ["--resume"]) == 0
+    assert cli.main(argv) == 1
+    assert cli.main(argv + ["--resume"]) == 0  # nothing left to measure
     assert len(records(out)) == 1
-    assert cli.main(argv + ["--resume", "--retry-failed"]) == 0
+    assert cli.main(argv + ["--resume", "--retry-failed"]) == 1
     assert len(records(out)) == 2
 
 
@@ -181,12 +214,12 @@ def test_worker_survives_timeouts_and_crashes(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     from bench.worker import Worker
     worker = Worker(threads=1, imports=["fake_plugin_for_worker"], log_path=str(tmp_path / "worker.log"))
-    options = Options(min_run_time=0.001, min_repeats=3, warmup=0, memory=False)
+    options = Options(min_run_time=0.001, min_repeats=3, warmup=0, memory=False, check=False)
     fake = Case("lstm", "fake", "infer", 3, 4, 1, 2, 3, threads=1)
     try:
         assert worker.call(("case", fake, options, None), 60)[0] == "ok"
         ok = worker.call(("case", fake, options, None), 60)
-        assert ok[0] == "ok" and ok[1]["median_s"] > 0
+        assert ok[0] == "ok" and len(ok[1]["times"]) >= 3 and min(ok[1]["times"]) > 0
         assert worker.starts == 1 and worker.info["torch_threads"] == 1  # reused between cases
         hang = worker.call(("case", Case("lstm", "hangs", "infer", 3, 4, 1, 2, 3, threads=1), options, None), 2.0)
         assert hang[0] == "failed" and "exceeded the time limit of 2 s" in hang[1]
@@ -203,10 +236,12 @@ def test_budget_stops_starting_cases_and_resume_finishes(tmp_path, fakes, capsys
     out = tmp_path / "run"
     argv = ["run", "--kinds", "lstm", "--backends", "fake", "--modes", "train,infer", *TINY, "--threads", "1",
             "--in-process", "--out", str(out), *FAST]
-    assert cli.main(argv + ["--budget", "0"]) == 0
-    assert records(out) == [] and "--resume" in capsys.readouterr().err
-    assert cli.main(argv + ["--resume"]) == 0
-    assert len(records(out)) == 2
+    assert cli.main(argv + ["--budget", "1e-9"]) == 1  # not everything was measured
+    unmeasured = records(out)
+    assert [r["status"] for r in unmeasured] == ["unmeasured"] * 2
+    assert "budget" in unmeasured[0]["error"] and "--resume" in capsys.readouterr().err
+    assert cli.main(argv + ["--resume"]) == 0  # unmeasured cases are measured on resume
+    assert [r["status"] for r in records(out)[2:]] == ["ok", "ok"]
 
 
 # --- interleaved rounds ------------------------------------------------------------------------
@@ -252,40 +287,34 @@ def named(fakes):
 
 def _rounds_argv(backends: str, out: Path, rounds: int) -> list[str]:
     return ["run", "--kinds", "lstm", "--backends", backends, "--modes", "infer", *TINY,
-            "--threads", "1", "--in-process", "--out", str(out), *FAST, "--rounds", str(rounds)]
+            "--threads", "1", "--in-process", "--out", str(out), *FAST[:-4],
+            "--min-rounds", str(rounds), "--max-rounds", str(rounds)]
 
 
-def test_rounds_interleave_the_backends_and_pool_their_times(tmp_path, named):
+def test_rounds_interleave_the_backends(tmp_path, named):
     named({"fake_a": ("a", None), "fake_b": ("b", None)})
-    out, one = tmp_path / "run", tmp_path / "one"
+    out = tmp_path / "run"
     assert cli.main(_rounds_argv("fake_a,fake_b", out, 3)) == 0
     names = [c["name"] for c in test_bench_fakes.CALLS if "name" in c]
     runs = [names[0]]
     for n in names[1:]:
         if n != runs[-1]:
             runs.append(n)
-    assert runs == ["a", "b", "a", "b"]  # round 1: a, b; round 2: b, a; round 3: a, b
-    assert cli.main(_rounds_argv("fake_a,fake_b", one, 1)) == 0
-    three, single = records(out), records(one)
-    assert [r["rounds"] for r in three] == [3, 3] and [r["rounds"] for r in single] == [1, 1]
-    for r3, r1 in zip(three, single):
-        # --min-repeats 3 counts pooled blocks: each of the 3 rounds tops up to 2 at least
-        assert r3["status"] == "ok" and r3["repeats"] >= 3 * 2 and r1["repeats"] >= 3
-        assert r3["tokens_per_s"] == pytest.approx(2 * 3 / r3["median_s"])
+    # round 1 (with the build) a, b; round 2: b, a; round 3: a, b
+    assert runs == ["a", "b", "a", "b"]
+    three = records(out)
+    assert [r["rounds"] for r in three] == [3, 3] and [r["stop_reason"] for r in three] == ["max_rounds"] * 2
+    for r in three:
+        assert r["status"] == "ok" and r["repeats"] >= 3 * 3 and len(r["round_times"]) == 3
+        assert r["tokens_per_s"] == pytest.approx(2 * 3 / r["median_s"])
 
 
-def test_a_round_that_fails_keeps_the_rounds_measured(tmp_path, named):
+def test_a_round_that_fails_is_recorded_with_its_round(tmp_path, named):
     named({"later": ("later", "b"), "fake_b": ("b", None)})  # later raises once b has run
     out = tmp_path / "run"
-    assert cli.main(_rounds_argv("later,fake_b", out, 3)) == 0
+    assert cli.main(_rounds_argv("later,fake_b", out, 3)) == 1
     by = {r["backend"]: r for r in records(out)}
-    assert by["later"]["status"] == "ok" and by["later"]["rounds"] == 1
-    assert by["fake_b"]["rounds"] == 3
-
-
-@pytest.mark.parametrize("value", ["0", "-2"])
-def test_rounds_must_be_positive(tmp_path, capsys, value):
-    argv = ["run", "--kinds", "lstm", "--backends", "native", *TINY, "--out", str(tmp_path / "x"),
-            "--rounds", value]
-    assert cli.main(argv) == 2
-    assert "--rounds must be at least 1" in capsys.readouterr().err
+    assert by["later"]["status"] == "failed" and by["later"]["failed_round"] == 2
+    assert by["later"]["error"] == "round 2: RuntimeError: fails in a later round"
+    assert by["later"]["rounds"] == 1  # the round it completed is kept
+    assert by["fake_b"]["status"] == "ok" and by["fake_b"]["rounds"] == 3
