@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib
 import json
 import math
 import os
@@ -41,12 +40,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .cli import UsageError, add_import_option, check_names, csv, import_modules, number
 from .environment import cpu_model
+from .measure import MODES
+from .stats import mann_whitney_p, ratio_change_ci
 
 FORMAT = "cellbench-compare/1"
+SHAPE_KEYS = ("input_size", "hidden_size", "batch", "seq_len")
 MIN_ROUNDS = 4  # below this the Mann-Whitney test can never reach p < 0.05
 DEFAULT_SHAPE = (28, 256, 32, 35)  # d2l's size: input, hidden, batch, seq_len
-RESAMPLES = 2000
 
 
 class CompareError(Exception):
@@ -76,57 +78,24 @@ def machine_key(machine: str, torch_version: str) -> str:
 
 
 # --- measuring ---------------------------------------------------------------------------
-def _timer(fn, threads: int, number: int) -> float:
-    from torch.utils.benchmark import Timer
-    return Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).timeit(number).mean
-
-
-def measure_pair(kind: str, backend: str, mode: str, shape: Sequence[int], rounds: int = 10,
-                 block_s: float = 0.05, threads: int = 1, device: str = "cpu",
-                 reference: str = "native") -> dict:
-    """Interleaved rounds of `backend` vs `reference`: per-round seconds per call and ratios."""
-    import torch
-    from bench.measure import Case, build_workload
-    input_size, hidden_size, batch, seq_len = shape
-    fns = {}
-    for name in (reference, backend):
-        torch.manual_seed(0)
-        case = Case(kind=kind, backend=name, mode=mode, input_size=input_size,
-                    hidden_size=hidden_size, batch=batch, seq_len=seq_len, device=device,
-                    threads=threads)
-        fns[name], _ = build_workload(case)
-    once = {}
-    for name, fn in fns.items():  # warm up (first-call compilation), then size the blocks
-        for _ in range(2):
-            fn()
-        once[name] = min(_timer(fn, threads, 1) for _ in range(3))
-    # Both sides run the same number of calls per block (sized by the slower one), so that
-    # per-block effects (allocator, caches) do not differ between the two.
-    number = max(1, int(block_s / max(max(once.values()), 1e-7)))
-    numbers = {reference: number, backend: number}
-    times = {reference: [], backend: []}
-    for r in range(-1, rounds):  # round -1: an untimed warm-up of the interleaving itself
-        order = (reference, backend) if r % 2 == 0 else (backend, reference)
-        for name in order:
-            t = _timer(fns[name], threads, number)
-            if r >= 0:
-                times[name].append(t)
-    ratios = [b / a for a, b in zip(times[reference], times[backend])]
-    return dict(kind=kind, backend=backend, reference=reference, mode=mode,
-                shape=dict(input_size=input_size, hidden_size=hidden_size, batch=batch,
-                           seq_len=seq_len),
-                ratios=ratios, backend_s=times[backend], native_s=times[reference],
-                calls_per_block={reference: numbers[reference], backend: numbers[backend]})
-
-
 def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Sequence[str],
            shape: Sequence[int], rounds: int = 10, block_s: float = 0.05, threads: int = 1,
            device: str = "cpu", machine: Optional[str] = None, progress=print) -> dict:
+    """Measure every backend against native through the timing engine (bench.timing): each
+    module passes the correctness gate, then `rounds` interleaved rounds (a fixed number, so
+    that two files have samples of the same size); ratio = backend time / native time."""
     import torch
     import cells
+    from dataclasses import asdict
+    from .measure import Case, Options
+    from .records import CaseRecord
+    from .timing import GroupTimer
+    from .worker import InProcess
     if rounds < MIN_ROUNDS:
         raise CompareError(f"--rounds must be at least {MIN_ROUNDS} (fewer rounds can never show a "
                            f"significant change), got {rounds}")
+    check_names(kinds, cells.KINDS, "kind")
+    check_names(modes, MODES, "mode")
     info = machine_info()
     data = dict(format=FORMAT, machine=machine or machine_name(info), machine_info=info,
                 torch=torch.__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -134,6 +103,10 @@ def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Seque
                               shape=list(shape), modes=list(modes)),
                 results=[])
     data["key"] = machine_key(data["machine"], data["torch"])
+    options = Options(min_run_time=block_s, min_repeats=1, min_rounds=rounds, max_rounds=rounds,
+                      group_time_cap=1e9, memory=False)
+    worker = InProcess(threads, [])
+    input_size, hidden_size, batch, seq_len = shape
     for kind in kinds:
         available = cells.backends(kind)
         wanted = [b for b in available if b != "native"] if not backends else list(backends)
@@ -141,11 +114,24 @@ def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Seque
             if name not in available:
                 raise CompareError(f"backend {name!r} is not available for {kind!r}; available: "
                                    f"{', '.join(available)}")
-            for mode in modes:
-                entry = measure_pair(kind, name, mode, shape, rounds, block_s, threads, device)
+        for mode in modes:
+            group = [Case(kind, b, mode, input_size, hidden_size, 1, 1 if mode == "generate" else batch,
+                          seq_len, device, "float32", threads) for b in ["native", *wanted]]
+            records = GroupTimer(group, worker, options, {}, lambda c: CaseRecord(**asdict(c))).run()
+            worker.call(("forget",), None)
+            native, others = records[0], records[1:]
+            for r in records:
+                if r.status != "ok":
+                    raise CompareError(f"{kind}/{r.backend}/{mode} is {r.status}: {r.error}")
+            for r in others:
+                entry = dict(kind=kind, backend=r.backend, reference="native", mode=mode,
+                             shape=dict(input_size=input_size, hidden_size=hidden_size, batch=batch,
+                                        seq_len=seq_len),
+                             ratios=[b / a for a, b in zip(native.round_times, r.round_times)],
+                             backend_s=r.round_times, native_s=native.round_times)
                 data["results"].append(entry)
-                progress(f"  {kind}/{name}/{mode}: median ratio to native "
-                         f"{float(np.median(entry['ratios'])):.3f} over {rounds} rounds")
+                progress(f"  {kind}/{r.backend}/{mode}: median ratio to native "
+                         f"{float(np.median(entry['ratios'])):.3f} over {len(entry['ratios'])} rounds")
     if not data["results"]:
         raise CompareError("nothing was measured: no backend other than native for "
                            f"{', '.join(kinds)} (pass --import and --backends)")
@@ -181,14 +167,23 @@ def _malformed(data) -> str:
     for i, r in enumerate(data["results"]):
         if not isinstance(r, dict) or not {"kind", "backend", "mode", "shape", "ratios"} <= set(r):
             return f"result {i} lacks kind/backend/mode/shape/ratios"
+        shape = r["shape"]
+        if not (isinstance(shape, dict) and set(SHAPE_KEYS) <= set(shape)
+                and all(_positive_int(shape[k]) for k in SHAPE_KEYS)):
+            return (f"result {i} has shape {shape!r}; expected an object with positive integers "
+                    f"{', '.join(SHAPE_KEYS)}")
         ratios = r["ratios"]
-        if not isinstance(ratios, list) or not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-                                                   for x in ratios):
+        if not isinstance(ratios, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   and math.isfinite(x) and x > 0 for x in ratios):
             return f"result {i} ({r.get('kind')}/{r.get('backend')}/{r.get('mode')}) has invalid ratios"
         if len(ratios) < MIN_ROUNDS:
             return (f"result {i} ({r['kind']}/{r['backend']}/{r['mode']}) has {len(ratios)} rounds; "
                     f"at least {MIN_ROUNDS} are needed for a significance test")
     return ""
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def resolve_baseline(path: str | os.PathLike, new: dict) -> Path:
@@ -219,30 +214,12 @@ def mismatches(base: dict, new: dict) -> list[str]:
     return out
 
 
-# --- statistics --------------------------------------------------------------------------
-def bootstrap_change(base: Sequence[float], new: Sequence[float], confidence: float = 0.95,
-                     resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
-    """median(new) / median(base) and its percentile bootstrap confidence interval."""
-    rng = np.random.default_rng(seed)
-    b, n = np.log(np.asarray(base, float)), np.log(np.asarray(new, float))
-    point = float(np.exp(np.median(n) - np.median(b)))
-    bi = rng.integers(0, len(b), size=(resamples, len(b)))
-    ni = rng.integers(0, len(n), size=(resamples, len(n)))
-    diffs = np.median(n[ni], axis=1) - np.median(b[bi], axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(diffs, [alpha, 1 - alpha])
-    return point, float(np.exp(low)), float(np.exp(high))
-
-
-def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
-    from scipy.stats import mannwhitneyu
-    return float(mannwhitneyu(new, base, alternative="two-sided").pvalue)
+# --- statistics (bench.stats) ------------------------------------------------------------
+bootstrap_change = ratio_change_ci
 
 
 def _key(r: dict) -> tuple:
-    s = r["shape"]
-    shape = tuple(s[k] for k in ("input_size", "hidden_size", "batch", "seq_len")) if isinstance(s, dict) else tuple(s)
-    return r["kind"], r["backend"], r["mode"], shape
+    return r["kind"], r["backend"], r["mode"], tuple(r["shape"][k] for k in SHAPE_KEYS)
 
 
 def compare_records(base: dict, new: dict, threshold: float = 0.10, confidence: float = 0.95) -> list[dict]:
@@ -321,34 +298,39 @@ def _percent(text: str) -> float:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a percentage like 10% or a fraction like 0.1, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"the threshold must be positive, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a threshold > 0, got {text!r}")
     return value
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _shape(text: str) -> tuple[int, ...]:
+    values = csv(int)(text)
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected four positive integers I,H,B,T, got {text!r}")
+    return tuple(values)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="*", metavar="BASELINE NEW",
                         help="compare two record files (BASELINE may be a directory of keyed baselines)")
     parser.add_argument("--record", metavar="OUT", help="measure and write a record file (or DIR/<key>.json)")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (it registers third-party backends); repeatable")
-    parser.add_argument("--kinds", type=_csv, default=["lstm", "gru", "rnn"])
-    parser.add_argument("--backends", type=_csv, default=None,
+    add_import_option(parser)
+    parser.add_argument("--kinds", type=csv(str), default=["lstm", "gru", "rnn"])
+    parser.add_argument("--backends", type=csv(str), default=None,
                         help="backends to measure against native (default: every available one)")
-    parser.add_argument("--modes", type=_csv, default=["train", "infer", "generate"])
-    parser.add_argument("--shape", default=",".join(map(str, DEFAULT_SHAPE)), metavar="I,H,B,T",
+    parser.add_argument("--modes", type=csv(str), default=["train", "infer", "generate"])
+    parser.add_argument("--shape", type=_shape, default=DEFAULT_SHAPE, metavar="I,H,B,T",
                         help="input, hidden, batch, seq_len (default: d2l's 28,256,32,35)")
-    parser.add_argument("--rounds", type=int, default=10, help=f"interleaved rounds (>= {MIN_ROUNDS})")
-    parser.add_argument("--block-time", type=float, default=0.05, help="seconds per timed block")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=number(int, MIN_ROUNDS), default=10,
+                        help=f"interleaved rounds (>= {MIN_ROUNDS})")
+    parser.add_argument("--block-time", type=number(float, 0, low_open=True), default=0.05,
+                        help="seconds of timed calls per backend and round")
+    parser.add_argument("--threads", type=number(int, 1), default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--machine", default=None, help="machine name for the key (default: from the hardware)")
     parser.add_argument("--threshold", type=_percent, default=0.10, help="slowdown that fails (default 10%%)")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=number(float, 0, 1, low_open=True), default=0.95,
+                        help="confidence of the interval and the test, in (0, 1) (default 0.95)")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="compare files from another machine or torch version (a warning, not an error)")
     parser.add_argument("--output", default=None, help="also write the markdown table here")
@@ -356,19 +338,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _record(args) -> int:
-    for module in args.imports:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise CompareError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
     try:
-        shape = tuple(int(x) for x in args.shape.split(","))
-        assert len(shape) == 4 and min(shape) > 0
-    except (ValueError, AssertionError):
-        raise CompareError(f"--shape must be four positive integers I,H,B,T, got {args.shape!r}") from None
-    data = record(args.kinds, args.backends, args.modes, shape, args.rounds, args.block_time,
+        import_modules(args.imports)
+    except UsageError as exc:
+        raise CompareError(str(exc)) from None
+    data = record(args.kinds, args.backends, args.modes, args.shape, args.rounds, args.block_time,
                   args.threads, args.device, args.machine)
     out = Path(args.record)
     if out.is_dir():
@@ -402,7 +376,7 @@ def main(args) -> int:
         print(text)
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")
-    except CompareError as exc:
+    except (CompareError, UsageError) as exc:
         print(f"compare: error: {exc}", file=sys.stderr)
         return 2
     reason = gate(rows)

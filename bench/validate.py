@@ -442,7 +442,7 @@ def speed(target: str, kind: str, name: str, out_dir: Path, shapes: dict, backen
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(work), os.getcwd()] + sys.path[1:] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    from bench.records import frame
+    from bench.records import read_cases
     rows, problems = [], []
     for shape_name, shape in shapes.items():
         records_dir = work / shape_name
@@ -456,23 +456,15 @@ def speed(target: str, kind: str, name: str, out_dir: Path, shapes: dict, backen
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             problems.append(f"{shape_name}: `bench run` exited {proc.returncode}: {tail[0]}")
             continue
-        df = frame([records_dir], "case")
-        if df.empty:
+        cases = read_cases([records_dir])
+        if not cases:
             problems.append(f"{shape_name}: `bench run` wrote no case records")
             continue
-        for mode in modes:
-            sub = df[df["mode"] == mode] if "mode" in df else df.iloc[0:0]
-            native = sub[sub["backend"] == "native"]
-            native_tps = float(native["tokens_per_s"].iloc[-1]) if len(native) and \
-                native["tokens_per_s"].iloc[-1] is not None else math.nan
-            for _, r in sub.iterrows():
-                tps = r.get("tokens_per_s")
-                tps = float(tps) if tps is not None and not (isinstance(tps, float) and math.isnan(tps)) else math.nan
-                rows.append(dict(shape=shape_name, mode=mode, backend=r["backend"],
-                                 status=r.get("status", "ok"), tokens_per_s=tps,
-                                 ratio_to_native=tps / native_tps if native_tps and not math.isnan(native_tps) else math.nan,
-                                 error=r.get("error") or "", iqr_rel=r.get("iqr_rel"),
-                                 noisy=bool(r.get("noisy")) if r.get("noisy") is not None else None))
+        for r in cases:  # the timing engine's records: ratio to native with its CI over rounds
+            rows.append(dict(shape=shape_name, mode=r.mode, backend=r.backend, status=r.status,
+                             tokens_per_s=r.tokens_per_s, ratio_to_native=r.ratio_to_native,
+                             ratio_ci95=r.ratio_ci95, stop_reason=r.stop_reason, error=r.error or "",
+                             iqr_rel=r.iqr_rel, noisy=r.noisy))
     candidate_errors = [r for r in rows if r["backend"] == name and r["status"] not in ("ok", None)]
     return dict(status="error" if problems and not rows else "ok", reason="; ".join(problems),
                 rows=rows, candidate_errors=candidate_errors, shapes=shapes)
@@ -484,6 +476,7 @@ def _fmt(x, spec_=".2e"):
 
 
 def render(v: dict) -> str:
+    from bench.report import ratio_text
     lines = [f"# Validation of `{v['target']}` ({v['kind']})", "",
              f"**Verdict: {'PASS' if v['passed'] else 'FAIL'}**" + ("" if v["passed"] else f" — {v['reason']}"),
              "", f"Registered as backend `{v['name']}`; torch {torch.__version__}; "
@@ -558,23 +551,23 @@ def render(v: dict) -> str:
     elif s["status"] == "skipped" or not s["rows"]:
         lines.append(f"Not measured: {s.get('reason') or 'no results'}.")
     else:
-        lines += ["tokens/s from `python -m bench run` (one process per case where the sweep uses "
-                  "workers); ratio = tokens/s of the backend / tokens/s of native in the same sweep "
-                  "(> 1: faster than torch.nn). Shapes: " + "; ".join(
+        lines += ["Measured by `python -m bench run` (its timing engine: the correctness gate, then "
+                  "interleaved rounds of every backend of a shape in one worker until each ratio's 95% "
+                  "CI is within 5% or the time cap); ratio = native's round time / the backend's, median "
+                  "over rounds (> 1: faster than torch.nn), with its bootstrap 95% CI; *undecided* when "
+                  "the interval contains 1. Shapes: " + "; ".join(
                       f"{k}: I{sh['input_size']} H{sh['hidden_size']} B{sh['batch']} T{sh['seq_len']}"
                       for k, sh in s["shapes"].items()) + ".", "",
-                  "Cases are timed one after another; where the sweep flags a case as noisy (IQR / "
-                  "median above its threshold) its ratio is uncertain: for a precise candidate/native "
-                  "ratio use `python -m bench compare --record` (interleaved rounds).", "",
-                  "| shape | mode | backend | tokens/s | ratio to native | IQR / median | status |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| shape | mode | backend | tokens/s | ratio to native (95% CI) | IQR / median | stop | status |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in s["rows"]:
             name = f"**{r['backend']}**" if r["backend"] == v["name"] else r["backend"]
             iqr = r.get("iqr_rel")
             iqr = "—" if iqr is None or (isinstance(iqr, float) and math.isnan(iqr)) else \
                 f"{iqr:.0%}" + (" (noisy)" if r.get("noisy") else "")
             lines.append(f"| {r['shape']} | {r['mode']} | {name} | {_fmt(r['tokens_per_s'], ',.0f')} | "
-                         f"{_fmt(r['ratio_to_native'], '.2f')} | {iqr} | {r['status']}"
+                         f"{ratio_text(r['ratio_to_native'], r.get('ratio_ci95')) or '—'} | {iqr} | "
+                         f"{r.get('stop_reason') or '—'} | {r['status']}"
                          f"{(': ' + str(r['error'])[:80]) if r['error'] else ''} |")
         if s.get("reason"):
             lines += ["", f"Problems: {s['reason']}"]

@@ -99,7 +99,10 @@ def test_missing_and_malformed_baselines_are_errors(files, tmp_path, capsys):
     for mutate, message in ((lambda d: d.pop("format"), "format"),
                             (lambda d: d.update(results=[]), "no results"),
                             (lambda d: d["results"][0].update(ratios=[1.0, 1.0]), "rounds"),
-                            (lambda d: d["results"][0].update(ratios=[1.0, -1, 1, 1]), "invalid ratios")):
+                            (lambda d: d["results"][0].update(ratios=[1.0, -1, 1, 1]), "invalid ratios"),
+                            (lambda d: d["results"][0].update(ratios=[True, 1, 1, 1]), "invalid ratios"),
+                            (lambda d: d["results"][0].update(shape="8,16,4,10"), "expected an object"),
+                            (lambda d: d["results"][0]["shape"].pop("batch"), "expected an object")):
         broken = json.loads(json.dumps(data))
         mutate(broken)
         bad.write_text(json.dumps(broken))
@@ -140,7 +143,38 @@ def test_baseline_directory_is_keyed_by_machine_and_torch(files, tmp_path, capsy
 
 def test_record_refuses_too_few_rounds_and_unknown_backends(tmp_path, capsys):
     assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm", "--rounds", "2"]) == 2
-    assert "at least" in capsys.readouterr().err
+    assert "--rounds: expected an integer >= 4, got '2'" in capsys.readouterr().err
     assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm",
                 "--backends", "warp-drive", "--rounds", "5"]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--modes", "fly"], "unknown mode 'fly'; valid: train, infer, generate"),
+    (["--kinds", "lstmx"], "unknown kind 'lstmx'; valid: rnn, gru, lstm"),
+    (["--confidence", "1.5"], "--confidence: expected a number > 0 and <= 1, got '1.5'"),
+    (["--shape", "8,16,4"], "--shape: expected four positive integers"),
+    (["--block-time", "0"], "--block-time: expected a number > 0"),
+    (["--threads", "0"], "--threads: expected an integer >= 1"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
+    assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_an_incorrect_backend_is_not_recorded(tmp_path, capsys, monkeypatch):
+    plugin = tmp_path / "gate_order_plugin.py"
+    plugin.write_text("import cells\nfrom tests.candidates.bugs import GateOrderLSTM\n"
+                      "cells.register('lstm', 'gate_order_bug', GateOrderLSTM, replace=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert cli(["compare", "--record", str(tmp_path / "x.json"), "--import", "gate_order_plugin",
+                    "--kinds", "lstm", "--backends", "gate_order_bug", "--modes", "infer", "--shape", SHAPE,
+                    "--rounds", "4", "--block-time", "0.01"]) == 2
+    finally:
+        import cells
+        cells.unregister("lstm", "gate_order_bug")
+    assert "lstm/gate_order_bug/infer is incorrect: infer check failed" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

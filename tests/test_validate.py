@@ -207,7 +207,7 @@ def test_speed_runs_the_candidate_in_the_sweep(tmp_path):
     rows = {r["backend"]: r for r in result["rows"]}
     assert set(rows) == {"native", "candidate"} and rows["candidate"]["status"] == "ok"
     assert rows["native"]["ratio_to_native"] == pytest.approx(1.0)
-    assert rows["candidate"]["tokens_per_s"] > 0
+    assert rows["candidate"]["tokens_per_s"] > 0 and len(rows["candidate"]["ratio_ci95"]) == 2
 
 
 # --- third-party backends through entry points ------------------------------------------------
