@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cells.equivalence import ShapeMismatch
+
 
 @dataclass
 class Verdict:
@@ -62,7 +64,7 @@ def _forward_errors(module: nn.Module, case, tol: float) -> list:
     errors = []
     for name, got, want in pairs:
         if tuple(got.shape) != tuple(want.shape):
-            raise AssertionError(f"{name} has shape {tuple(got.shape)}, torch.nn gives {tuple(want.shape)}")
+            raise ShapeMismatch(f"{name} has shape {tuple(got.shape)}, torch.nn gives {tuple(want.shape)}")
         errors.append(_relative(got, want, name, tol))
     return errors
 
@@ -85,15 +87,17 @@ def check(module: nn.Module, case) -> Verdict:
             result = compare(module, config, seed=1)
             if result.problem or result.missing_gradients:
                 reason = result.problem or f"no gradient for {', '.join(result.missing_gradients)}"
-                return Verdict(False, reason, None, time.perf_counter() - start)
+                return Verdict(False, f"train check failed: {reason}", None, time.perf_counter() - start)
             errors = result.errors
         else:
             module.eval()
             errors = _forward_errors(module, case, tol)
+    except ShapeMismatch as exc:
+        return Verdict(False, f"{case.mode} check failed: {exc}", None, time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - whatever the module raises is its verdict
         text = str(exc).strip().splitlines()
-        return Verdict(False, f"{type(exc).__name__}: {text[0] if text else ''}", None,
-                       time.perf_counter() - start)
+        return Verdict(False, f"{case.mode} check failed: {type(exc).__name__}: {text[0] if text else ''}",
+                       None, time.perf_counter() - start)
     finally:
         module.train(was_training)
         module.zero_grad(set_to_none=True)

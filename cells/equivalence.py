@@ -123,6 +123,10 @@ def _states(hx) -> tuple[Tensor, ...]:
     return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
 
 
+class ShapeMismatch(ValueError):
+    """An output or state whose shape differs from torch.nn's."""
+
+
 def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstream: list[Tensor],
          config: Config):
     """Forward, then backward of <outputs, upstream>; returns outputs and gradients by name."""
@@ -140,6 +144,9 @@ def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstrea
         output = pad_packed_sequence(output, batch_first=config.batch_first,
                                      total_length=config.seq_len)[0]
     outs = [output, *_states(final)]
+    for name, out, grad in zip(("output", "h_n", "c_n"), outs, upstream):
+        if tuple(out.shape) != tuple(grad.shape):  # before backward, which would fail cryptically
+            raise ShapeMismatch(f"{name} has shape {tuple(out.shape)}, torch.nn gives {tuple(grad.shape)}")
     loss = sum((o.to(torch.float64) * g.to(o.device)).sum() for o, g in zip(outs, upstream))
     grads = torch.autograd.grad(loss, leaves + list(params.values()), allow_unused=True)
     names = ["grad_input"] + [f"grad_hx[{i}]" for i in range(len(hx or ()))] + \
@@ -190,6 +197,9 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
         cand_outs, cand_grads = _run(
             candidate, x.to(device=device, dtype=dtype),
             None if hx is None else tuple(s.to(device=device, dtype=dtype) for s in hx), upstream, config)
+    except ShapeMismatch as exc:
+        result.problem = str(exc)
+        return result
     except Exception as exc:
         result.problem = f"raised {type(exc).__name__}: {exc}".splitlines()[0]
         return result
