@@ -16,6 +16,7 @@ was measured and correct, 1 otherwise (after the records are written), 2 for usa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import os
 import signal
@@ -86,6 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--in-process", action="store_true",
                    help="run cases in this process: no isolation, no time limit (debugging)")
     o.add_argument("--list", action="store_true", help="print the cases and exit without measuring")
+    o.add_argument("--shard", type=shard_spec, metavar="K/N",
+                   help="measure only shard K of N (1-based): a split of the planned cases by comparison "
+                        "group, the same on every machine, so N invocations measure each group exactly once")
     parser.set_defaults(func=main)
 
 
@@ -150,6 +154,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Case], Options, Optional[preset
                 cases.setdefault(case.key(), case)
     ordered = sorted(cases.values(), key=lambda c: c.threads)  # stable: one worker per thread count
     warn_threads(sorted({c.threads for c in ordered}))
+    if getattr(args, "shard", None):
+        k, n = args.shard
+        ordered = [c for c in ordered if shard_of(c, n) == k]
+        args.shard_label = f"{k}/{n}"
     return ordered, options_for(args, preset), preset
 
 
@@ -164,12 +172,35 @@ def options_for(args: argparse.Namespace, preset: Optional[presets.Preset] = Non
         raise UsageError(str(exc)) from None
 
 
+def shard_spec(text: str) -> tuple[int, int]:
+    """'K/N' with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers 1 <= K <= N, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def group_key(case: Case) -> tuple:
+    """What the cases of one comparison group share: everything but the backend."""
+    return case.key()[:1] + case.key()[2:]
+
+
+def shard_of(case: Case, count: int) -> int:
+    """The 1-based shard of `case`'s comparison group among `count`: a hash of the group's key,
+    stable across machines, runs and Python processes (unlike hash())."""
+    digest = hashlib.sha256(repr(group_key(case)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
 def comparison_groups(cases: list[Case]) -> list[list[Case]]:
     """Cases that differ only in the backend, together, in order of first appearance: their
     timing rounds are interleaved, so that a slow spell of the machine hits all of them."""
     groups: dict[tuple, list[Case]] = {}
     for case in cases:
-        groups.setdefault(case.key()[:1] + case.key()[2:], []).append(case)
+        groups.setdefault(group_key(case), []).append(case)
     return list(groups.values())
 
 
