@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -54,13 +55,20 @@ def test_sequential_batches_continue_each_other():
 
 
 def test_random_batches_cover_disjoint_subsequences():
-    corpus = list(range(1000))
+    corpus = list(range(1000))  # token i is i: every value says where it comes from
     pairs = list(charlm.batches(corpus, batch_size=4, num_steps=5, random=True, seed=1))
-    starts = [int(x) for X, _ in pairs for x in X[:, 0]]
-    assert len(starts) == len(set(starts)) and len(pairs) == (999 // 5) // 4 or len(pairs) == ((999 - 4) // 5) // 4
+    starts = sorted(int(x) for X, _ in pairs for x in X[:, 0])
+    offset = starts[0] % 5
+    assert [s % 5 for s in starts] == [offset] * len(starts)  # one random offset per epoch
+    # d2l: (len - offset - 1) // num_steps subsequences, all of them in whole batches of 4
+    assert len(pairs) == ((999 - offset) // 5) // 4
+    # disjoint: no two subsequences share a token (consecutive starts at least num_steps apart)
+    assert all(b - a >= 5 for a, b in zip(starts, starts[1:]))
+    tokens = [int(v) for X, _ in pairs for v in X.flatten()]
+    assert len(tokens) == len(set(tokens)) == len(pairs) * 4 * 5
     for X, Y in pairs:
         assert torch.equal(Y, X + 1)
-    assert [s % 5 for s in starts] == [starts[0] % 5] * len(starts)  # one random offset
+        assert torch.equal(X, X[:, :1] + torch.arange(5))  # each row is a contiguous run
 
 
 def test_charlm_model_shapes_and_same_init_across_backends():
@@ -75,10 +83,31 @@ def test_charlm_model_shapes_and_same_init_across_backends():
 
 @pytest.mark.parametrize("init", ["normal", "xavier", "kaiming"])
 def test_inits(init):
-    m = charlm.CharLM("lstm", "native", 28, 8, init=init, seed=0)
-    assert float(m.rnn.bias_ih_l0.detach().abs().sum()) == 0.0
-    if init == "normal":
-        assert float(m.rnn.weight_hh_l0.detach().std()) == pytest.approx(0.01, rel=0.3)
+    """Each scheme leaves its own signature: zero biases, and weights whose spread is N(0, 0.01)'s,
+    or U(-b, b) with b = sqrt(6 / (fan_in + fan_out)) (Xavier) or sqrt(6 / fan_in) (Kaiming, ReLU
+    gain): for LSTM(28 -> 64) the recurrent weights are (256, 64), b = 0.137 or 0.306."""
+    m = charlm.CharLM("lstm", "native", 28, 64, init=init, seed=0)
+    for name, p in m.named_parameters():
+        if "bias" in name:
+            assert float(p.detach().abs().sum()) == 0.0, name
+    w = m.rnn.weight_hh_l0.detach()
+    fan_out, fan_in = w.shape
+    bound = {"normal": None, "xavier": math.sqrt(6 / (fan_in + fan_out)),
+             "kaiming": math.sqrt(6 / fan_in)}[init]
+    if bound is None:
+        assert float(w.std()) == pytest.approx(0.01, rel=0.05)
+        assert float(w.mean()) == pytest.approx(0.0, abs=1e-3)
+    else:
+        assert float(w.abs().max()) <= bound
+        assert float(w.abs().max()) > 0.99 * bound      # 16k draws reach the edge
+        assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)  # uniform's std
+    # the head too: Linear(64 -> 28) has fan_in 64, fan_out 28
+    head = m.linear.weight.detach()
+    if init == "xavier":
+        assert float(head.abs().max()) <= math.sqrt(6 / (64 + 28))
+    elif init == "kaiming":
+        assert float(head.abs().max()) > math.sqrt(6 / (64 + 28))  # beyond Xavier's bound
+        assert float(head.abs().max()) <= math.sqrt(6 / 64)
 
 
 @needs_tm
@@ -140,7 +169,7 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert bench_main(["train", "charlm", "--kind", "tanh", "--out", str(tmp_path)]) == 2
     assert "unknown cell kind 'tanh'" in capsys.readouterr().err
     assert bench_main(["train", "charlm", "--init", "zeros", "--out", str(tmp_path)]) == 2
-    assert "unknown --init 'zeros'" in capsys.readouterr().err
+    assert "--init must be one of default, normal, xavier, kaiming, got 'zeros'" in capsys.readouterr().err
     assert bench_main(["train", "charlm", "--data", str(tmp_path / "missing"), "--epochs", "1",
                        "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -148,6 +177,5 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
         assert bench_main(["train", "charlm", "--random-iter", "--max-tokens", "500", "--epochs", "1",
                            "--out", str(tmp_path)]) == 2
         assert "holds no batch of 32 x 35" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        bench_main(["train", "chess", "--out", str(tmp_path)])
+    assert bench_main(["train", "chess", "--out", str(tmp_path)]) == 2
     assert "invalid choice: 'chess'" in capsys.readouterr().err
