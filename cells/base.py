@@ -247,10 +247,10 @@ class RecurrentBase(nn.Module):
     def _run(self, x: Tensor, states: State, lengths: Optional[list[int]]) -> tuple[Tensor, State]:
         """Refuse what this backend does not declare, apply torch.nn's autocast rule, run."""
         caps, device = self.caps(), x.device.type
-        if torch._C._functorch.is_functorch_wrapped_tensor(x) and not caps.vmap:
+        if not caps.vmap and not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
             raise RuntimeError(f"backend {self._name()!r} does not support torch.func transforms "
                                f"(vmap, grad, jacrev); backends that do: {', '.join(backends_with('vmap', self.kind))}")
-        if torch.onnx.is_in_onnx_export() and not caps.onnx_export:
+        if not caps.onnx_export and torch.onnx.is_in_onnx_export():
             raise RuntimeError(f"backend {self._name()!r} cannot be exported to ONNX; load its state_dict "
                                f"into torch.nn.{spec(self.kind).torch_class} (same names) and export that")
         if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
@@ -258,10 +258,28 @@ class RecurrentBase(nn.Module):
             dtype = torch.get_autocast_dtype(device)
             self._check_dtype(dtype, "under torch.autocast")
             with torch.autocast(device, enabled=False):
-                return self.run_stack(x.to(dtype), tuple(s.to(dtype) for s in states), lengths) \
-                    if lengths is not None else self.run_stack(x.to(dtype), tuple(s.to(dtype) for s in states))
+                return self._stack(x.to(dtype), tuple(s.to(dtype) for s in states), lengths)
         self._check_dtype(x.dtype, "")
-        return self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
+        return self._stack(x, states, lengths)
+
+    def _stack(self, x: Tensor, states: State, lengths: Optional[list[int]]) -> tuple[Tensor, State]:
+        caps = self.caps()
+        if not caps.compile_in_model and torch.compiler.is_compiling():
+            return _run_eagerly(self, x, states, lengths)  # a graph break: Dynamo cannot trace it
+        if x.size(1) == 0:
+            return self._empty_batch(x, states)
+        output, finals = self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
+        if not caps.double_backward and torch.is_grad_enabled() and output.requires_grad:
+            output, *rest = _FirstOrderOnly.apply(self._name(), output, *finals)
+            finals = tuple(rest)
+        return output, finals
+
+    def _empty_batch(self, x: Tensor, states: State) -> tuple[Tensor, State]:
+        """torch.nn returns empty outputs for an empty batch, with zero gradients for every
+        parameter; the backend never sees it (several cannot split zero rows)."""
+        link = (sum(p.sum() for p in self.parameters()) * 0 + x.sum() * 0 + sum(s.sum() for s in states) * 0).to(x.dtype)
+        width = (self.proj_size or self.hidden_size) * self.num_directions
+        return link + x.new_zeros(x.size(0), 0, width), tuple(link + torch.zeros_like(s) for s in states)
 
     def _check_dtype(self, dtype: torch.dtype, context: str) -> None:
         caps = self.caps()
@@ -284,6 +302,31 @@ class RecurrentBase(nn.Module):
                                "is Python); use torch.compile, or torch.jit.script a model holding "
                                f"torch.nn.{spec(self.kind).torch_class} with this module's state_dict")
         return self
+
+
+@torch.compiler.disable
+def _run_eagerly(module: RecurrentBase, x: Tensor, states: State,
+                 lengths: Optional[list[int]]) -> tuple[Tensor, State]:
+    return module.run_stack(x, states, lengths) if lengths is not None else module.run_stack(x, states)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on a backend's outputs whose hand-written backward is not differentiable:
+    backward with create_graph=True (grad mode on inside backward) refuses, instead of a
+    second-order gradient that is silently missing or an error about unused tensors."""
+
+    @staticmethod
+    def forward(ctx, name: str, *outputs: Tensor):
+        ctx.name = name
+        return tuple(o.view_as(o) for o in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"backend {ctx.name!r} does not support double backward (create_graph=True): "
+                               "its backward is not differentiable; backends that do: "
+                               f"{', '.join(backends_with('double_backward'))}")
+        return (None, *grads)
 
 
 def _reverse_within(x: Tensor, lengths: list[int]) -> Tensor:

@@ -14,7 +14,7 @@ the test suite checks that the committed file is in sync.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -48,8 +48,7 @@ DECLARED: dict[str, Capabilities] = {
     "numba": Capabilities(devices=("cpu",), dtypes=_CPU_FLOAT, vmap=False, double_backward=False,
                           compile_in_model=False, meta_init=False),
     # its own torch.compile'd steps and a hand-written backward
-    "compiled": Capabilities(dtypes=_CPU_FLOAT, vmap=False, double_backward=False,
-                             compile_in_model=False),
+    "compiled": Capabilities(dtypes=_CPU_FLOAT, vmap=False, double_backward=False),
     "triton": Capabilities(devices=("cuda",), dtypes=(torch.float32,), vmap=False,
                            double_backward=False, compile_in_model=False, meta_init=False),
 }
@@ -57,7 +56,9 @@ DECLARED: dict[str, Capabilities] = {
 # Column -> (header, what a ✔ means). The matrix and the docs use this order.
 COLUMNS: dict[str, tuple[str, str]] = {
     "compile_in_model": ("compile in a model", "torch.compile (aot_eager) of a model holding the module: "
-                                               "output and gradients equal eager's"),
+                                               "output and gradients equal eager's; *graph break*: "
+                                               "Dynamo does not trace the module, the base runs it "
+                                               "eagerly between two graphs"),
     "vmap": ("vmap", "torch.func.vmap over unbatched sequences equals the batched call"),
     "double_backward": ("double backward", "gradient of a gradient equals torch.nn's (float64)"),
     "script_in_model": ("jit.script in a model", "torch.jit.script of a model holding the module runs "
@@ -108,19 +109,27 @@ def type_of(kind: str, backend: str) -> type:
     return factory if isinstance(factory, type) else type(factory)
 
 
-def matrix(kind: str = "lstm") -> dict[str, dict[str, bool]]:
-    """backend -> column -> supported, for every backend registered here (available or not)."""
+def declared(kind: str, backend: str) -> Capabilities:
+    """A built-in backend's declaration, read from its class even where it cannot run here."""
+    import importlib
     from . import registry
-    from .kernels import native  # noqa: F401  (registered through registry.BUILTIN)
-    names = list(registry.BUILTIN)
-    table: dict[str, dict[str, bool]] = {}
-    for name in names:
-        try:
-            caps = capabilities_of(type_of(kind, name), name)
-        except (RuntimeError, ValueError):  # unavailable here: use the declaration
-            caps = DECLARED.get(name, BASE)
-        table[name] = {column: supports(caps, column) for column in COLUMNS}
-    return table
+    if backend not in registry.BUILTIN:
+        return capabilities_of(type_of(kind, backend), backend)
+    module_name, attribute = registry.BUILTIN[backend].split(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except ImportError:
+        return DECLARED.get(backend, BASE)
+    if isinstance(target, dict):
+        target = target[kind]
+    return capabilities_of(target, backend)
+
+
+def matrix(kind: str = "lstm") -> dict[str, dict[str, bool]]:
+    """backend -> column -> supported, for every built-in backend (available here or not)."""
+    from . import registry
+    return {name: {column: supports(declared(kind, name), column) for column in COLUMNS}
+            for name in registry.BUILTIN}
 
 
 def markdown(kind: str = "lstm") -> str:
@@ -128,9 +137,15 @@ def markdown(kind: str = "lstm") -> str:
     headers = [header for header, _ in COLUMNS.values()]
     lines = ["| backend | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
     for name, row in matrix(kind).items():
-        lines.append(f"| `{name}` | " + " | ".join("✔" if row[c] else "refused" for c in COLUMNS) + " |")
+        lines.append(f"| `{name}` | " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |")
     legend = [f"- **{header}**: {meaning}." for header, meaning in COLUMNS.values()]
     return "\n".join(lines + [""] + legend) + "\n"
+
+
+def _cell(column: str, supported: bool) -> str:
+    if column == "compile_in_model" and not supported:
+        return "✔ graph break"  # the base runs the module outside Dynamo's graph
+    return "✔" if supported else "refused"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -60,10 +60,8 @@ def check_forward(module: Any, input: Any, hx: Any) -> bool:
         raise RuntimeError(f"input.size(-1) must be equal to input_size. "
                            f"Expected {module.input_size}, got {input.size(-1)}")
     time_dim = 1 if batched and module.batch_first else 0
-    if input.size(time_dim) == 0:
+    if input.size(time_dim) == 0:  # torch.nn: "Expected sequence length to be larger than 0 in RNN"
         raise ValueError(f"sequence length must be at least 1, got input of shape {_shape(input)}")
-    if batched and input.size(1 - time_dim) == 0:
-        raise ValueError(f"batch size must be at least 1, got input of shape {_shape(input)}")
     _check_type_and_device(module, input)
     if hx is not None:
         batch = input.size(0 if module.batch_first else 1) if batched else None

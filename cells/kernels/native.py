@@ -7,20 +7,28 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..capabilities import Capabilities
+from ..capabilities import Capabilities, backends_with
 from ..checks import check_forward, check_packed
 
 
 class _Checked:
     kind = ""
     backend = "native"
-    # torch.nn's own module: everything, ONNX export through torch.onnx's LSTM/GRU/RNN ops
-    capabilities = Capabilities(proj_size=True, script_in_model=True, onnx_export=True)
+    # torch.nn's own module: ONNX export through torch.onnx's LSTM/GRU/RNN ops, torch.jit.script
+    # through torch.nn's class; but aten::lstm/gru/rnn have no vmap batching rule
+    capabilities = Capabilities(proj_size=True, script_in_model=True, onnx_export=True, vmap=False)
 
     def forward(self, input, hx=None):
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not torch.compiler.is_compiling() and isinstance(data, Tensor) \
+                and torch._C._functorch.is_functorch_wrapped_tensor(data):
+            raise RuntimeError("backend 'native' does not support torch.func transforms (vmap, grad, "
+                               f"jacrev): torch has no batching rule for aten::{self.kind}; backends "
+                               f"that do: {', '.join(backends_with('vmap', self.kind))}")
         if isinstance(input, PackedSequence):
             check_packed(self, input.data, int(input.batch_sizes[0]), hx)
         else:
