@@ -311,17 +311,21 @@ def run_case(case: Case, options: Options = Options(), peak_gflops: Optional[flo
              timer: Optional[Callable[[], float]] = None, keep: Optional[dict] = None) -> dict:
     """Build, check, first-call, warm up and time one round of one case.
 
-    Raises whatever the backend raises (the caller records it). A module that fails the
-    correctness gate returns {"status": "incorrect", "error": reason} after its first call and
-    is never timed. Otherwise the result holds the first round's block times in "times"; with
+    Raises whatever the backend raises (the caller records it), except cells.errors.Unsupported:
+    then {"status": "unsupported", "error": reason}. A module that fails the correctness gate
+    returns {"status": "incorrect", "error": reason} after its first call and is never timed. Otherwise the result holds the first round's block times in "times"; with
     `keep` (a dict), the workload stays in it under the case's key for `retime` rounds."""
+    from cells.errors import Unsupported
     from .gate import check
     clock = timer or time.perf_counter
-    fn, module = build_workload(case)
-    _sync(case.device)
-    t0 = clock()
-    fn()
-    _sync(case.device)
+    try:
+        fn, module = build_workload(case)
+        _sync(case.device)
+        t0 = clock()
+        fn()
+        _sync(case.device)
+    except Unsupported as exc:  # a declared limit of the backend (ORT cannot train), not a fault
+        return {"status": "unsupported", "error": error_message(exc)}
     result: dict[str, Any] = {"status": "ok", "first_call_s": clock() - t0,
                               "param_count": sum(p.numel() for p in module.parameters()),
                               "check_s": None, "check_error": None}

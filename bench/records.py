@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import pandas as pd
 
 RECORDS_FILE = "records.jsonl"
-STATUSES = ("ok", "incorrect", "failed", "skipped", "unmeasured")
+# unsupported: the backend declares it cannot do this (cells.errors.Unsupported), e.g. ORT train
+STATUSES = ("ok", "incorrect", "failed", "skipped", "unmeasured", "unsupported")
 # why the rounds of a case stopped: its ratio CI was narrow enough, the group's time cap, the
 # round cap, the run's budget, a fault in another case of its group, or an interruption
 STOP_REASONS = ("ci", "time_cap", "max_rounds", "budget", "group_fault", "interrupted", "no_reference")

@@ -11,7 +11,8 @@ within --ci-target or the group's time cap is hit. A group's records are appende
 OUT/records.jsonl when its last round ends. A case that raises, dies or exceeds --time-limit
 becomes a `failed` record, one that fails the gate an `incorrect` one, and the sweep goes on.
 `--resume` skips the cases that already have a record in OUT. Exit status: 0 when every case
-was measured and correct, 1 otherwise (after the records are written), 2 for usage errors.
+was measured and correct (or declared unsupported by its backend), 1 otherwise (after the records
+are written), 2 for usage errors.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Optional
 from . import presets
 from .cli import UsageError, add_import_option, check_names, csv, import_modules, number, warn_threads
 from .measure import DTYPES, FLOP_CONVENTION, MODES, NOISE_THRESHOLD, Case, Options
-from .records import RECORDS_FILE, CaseRecord, append, read_cases
+from .records import RECORDS_FILE, STATUSES, CaseRecord, append, read_cases
 from .timing import GroupTimer
 
 # Options fields a preset or the command line may set (the rest have one default, in Options)
@@ -209,7 +210,7 @@ def done_keys(out_dir: Path, retry_failed: bool = False) -> set[tuple]:
     retry_failed; unmeasured ones never count as done)."""
     if not (out_dir / RECORDS_FILE).exists():
         return set()
-    keep = {"ok", "skipped"} if retry_failed else {"ok", "skipped", "failed", "incorrect"}
+    keep = {"ok", "skipped", "unsupported"} if retry_failed else {"ok", "skipped", "unsupported", "failed", "incorrect"}
     return {r.key() for r in read_cases([out_dir / RECORDS_FILE]) if r.status in keep}
 
 
@@ -268,7 +269,8 @@ def main(args: argparse.Namespace) -> int:
         counts = run_sweep(cases, options, args, preset)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0 if counts.get("ok", 0) == sum(counts.values()) else 1
+    # a declared limit (unsupported) is an answer, not a fault; anything else not ok is
+    return 0 if counts["ok"] + counts["unsupported"] == sum(counts.values()) else 1
 
 
 def _machine() -> str:
@@ -305,7 +307,7 @@ def run_sweep(cases: list[Case], options: Options, args: argparse.Namespace,
                 Worker(threads, args.imports, log_path)
         return workers[threads]
 
-    counts = {status: 0 for status in ("ok", "incorrect", "failed", "skipped", "unmeasured")}
+    counts = {status: 0 for status in STATUSES}
     peaks: dict[tuple[str, int], dict] = {}
 
     def base(case: Case) -> CaseRecord:

@@ -73,8 +73,8 @@ class GroupTimer:
         result = reply[1]
         for name in ("first_call_s", "check_s", "check_error", "peak_mem_bytes", "mem_method", "param_count"):
             setattr(entry.record, name, result.get(name))
-        if result.get("status") == "incorrect":
-            entry.record.status, entry.record.error = "incorrect", result["error"]
+        if result.get("status") in ("incorrect", "unsupported"):
+            entry.record.status, entry.record.error = result["status"], result["error"]
             return
         entry.times = [_round_time(result["times"])]
         entry.blocks = len(result["times"])

@@ -50,6 +50,7 @@ from cells.kinds import KINDS, spec
 from cells.tolerances import tolerance
 
 from bench import contract
+from bench.cli import csv, number
 
 # Constructor options a candidate may leave unsupported (it must raise at construction).
 OPTIONS = ("multilayer", "bidirectional", "batch_first", "no-bias", "relu")
@@ -587,9 +588,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "the d2l size against native only")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed sweep (CI)")
     parser.add_argument("--no-train", action="store_true", help="skip the training-parity check")
-    parser.add_argument("--train-steps", type=int, default=None, help="SGD steps (default 50; quick 10)")
-    parser.add_argument("--train-hidden", type=int, default=None, help="hidden size (default 256; quick 64)")
-    parser.add_argument("--speed-backends", default=None,
+    parser.add_argument("--train-steps", type=number(int, 1), default=None, help="SGD steps (default 50; quick 10)")
+    parser.add_argument("--train-hidden", type=number(int, 1), default=None,
+                        help="hidden size (default 256; quick 64)")
+    parser.add_argument("--speed-backends", type=csv(str), default=None,
                         help="built-in backends in the sweep (default: all available; quick: native)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where float16/bfloat16 are checked (auto: cuda if present)")
@@ -688,7 +690,7 @@ def main(args) -> int:
             args.target, args.kind, name=args.name, required=required, quick=args.quick,
             train=not args.no_train, run_speed=not args.no_speed, train_steps=args.train_steps,
             train_hidden=args.train_hidden,
-            speed_backends=[b for b in args.speed_backends.split(",") if b] if args.speed_backends else None,
+            speed_backends=args.speed_backends,
             device=args.device, out=args.out)
     except ValueError as exc:
         print(f"validate: error: {exc}", file=sys.stderr)

@@ -123,8 +123,34 @@ def _states(hx) -> tuple[Tensor, ...]:
     return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
 
 
+def state_dict_mismatch(reference: nn.Module, candidate: nn.Module, most: int = 4) -> str:
+    """'' if the candidate's state_dict has torch.nn's names and shapes, else one whole line
+    saying what is missing, unexpected or of the wrong shape (a few names of each)."""
+    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
+    parts = []
+    for label, names in (("missing", [k for k in want if k not in got]),
+                         ("unexpected", [k for k in got if k not in want]),
+                         ("wrong shape", [f"{k} {got[k]} (torch.nn {want[k]})" for k in want
+                                          if k in got and got[k] != want[k]])):
+        if names:
+            more = f" and {len(names) - most} more" if len(names) > most else ""
+            parts.append(f"{label}: {', '.join(names[:most])}{more}")
+    return ("parameters do not match torch.nn's names and shapes: " + "; ".join(parts)) if parts else ""
+
+
 class ShapeMismatch(ValueError):
-    """An output or state whose shape differs from torch.nn's."""
+    """An output or state whose shape differs from torch.nn's (or a forward of another form)."""
+
+
+def forward_pair(module: nn.Module, *args):
+    """module(*args), which must return torch.nn's (output, h_n) or (output, (h_n, c_n))."""
+    returned = module(*args)
+    if not isinstance(returned, (tuple, list)) or len(returned) != 2:
+        what = type(returned).__name__ + (f" of length {len(returned)}" if isinstance(returned, (tuple, list)) else "")
+        raise ShapeMismatch(f"forward returned a {what}; torch.nn returns (output, h_n) or "
+                            "(output, (h_n, c_n))")
+    return returned
 
 
 def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstream: list[Tensor],
@@ -136,11 +162,11 @@ def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstrea
         leaf.requires_grad_(True)
     arg = None if hx is None else (hx if len(hx) == 2 else hx[0])
     if config.lengths is None:
-        output, final = module(x, arg)
+        output, final = forward_pair(module, x, arg)
     else:
         packed = pack_padded_sequence(x, torch.tensor(config.lengths), batch_first=config.batch_first,
                                       enforce_sorted=False)
-        output, final = module(packed, arg)
+        output, final = forward_pair(module, packed, arg)
         output = pad_packed_sequence(output, batch_first=config.batch_first,
                                      total_length=config.seq_len)[0]
     outs = [output, *_states(final)]
@@ -164,12 +190,12 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
     result = Result(config, str(dtype).replace("torch.", ""))
     tol = tolerance(dtype) if tol is None else tol
     reference = reference_module(config)
-    try:
-        reference.load_state_dict({k: v.detach().to(torch.float64).cpu()
-                                   for k, v in candidate.state_dict().items()}, strict=True)
-    except RuntimeError as exc:
-        result.problem = f"parameters do not match torch.nn's names and shapes: {exc}".splitlines()[0]
+    problem = state_dict_mismatch(reference, candidate)
+    if problem:
+        result.problem = problem
         return result
+    reference.load_state_dict({k: v.detach().to(torch.float64).cpu()
+                               for k, v in candidate.state_dict().items()}, strict=True)
 
     gen = torch.Generator().manual_seed(seed)
     d = 2 if config.bidirectional else 1
