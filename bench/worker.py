@@ -237,7 +237,7 @@ def log_tail(path: Optional[str], since: int = 0, lines: int = 3) -> str:
 
 
 # --- the sweep's side: every live worker's group is killed on every way out ---------------------
-_live: dict[int, "Worker"] = {}  # pid -> worker, for the exit handlers
+_live: dict[int, Worker] = {}  # pid -> worker, for the exit handlers
 _previous_handlers: dict[int, Any] = {}  # signal -> the handler ours replaced
 EXIT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 

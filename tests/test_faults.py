@@ -30,8 +30,8 @@ from bench.measure import Case, Options  # noqa: E402
 MARKER = "CELLBENCH_TEST_MARKER"
 TINY = ["--input-size", "4", "--hidden-size", "8", "--batch", "2", "--seq-len", "3"]
 FAST = ["--threads", "1", "--modes", "infer", "--no-peak", "--no-memory", "--min-run-time", "0.001",
-        "--min-repeats", "4", "--warmup", "0", "--rounds", "2"]
-OPTIONS = Options(min_run_time=0.001, min_repeats=2, warmup=0, memory=False)  # 6 calls a round
+        "--min-repeats", "2", "--warmup", "0", "--min-rounds", "2", "--max-rounds", "2"]
+OPTIONS = Options(min_run_time=0.001, min_repeats=2, warmup=0, memory=False)  # see faulty.py
 
 
 def case(backend: str) -> Case:
@@ -114,7 +114,8 @@ def test_killing_the_sweep_while_a_case_hangs_leaves_no_process(tmp_path, marker
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0
+    # the sweep handles SIGTERM like Ctrl-C: exit status 130 once the records are written
+    assert proc.returncode == {signal.SIGTERM: 130, signal.SIGINT: 130, signal.SIGKILL: -9}[sig]
     left = wait_until_gone(marker)
     assert not left, f"left behind after {sig.name}: {left}"
 
@@ -136,7 +137,7 @@ def test_segfault_mid_call_is_reported_with_its_signal_and_the_worker_restarts(t
         assert not worker.alive() and worker.starts == 1
         assert signal.getsignal(signal.SIGTERM) is before  # no live worker: the handler is restored
         again = worker.call(("case", case("native"), OPTIONS, None), 120)
-        assert again[0] == "ok" and again[1]["median_s"] > 0, again
+        assert again[0] == "ok" and again[1]["status"] == "ok" and min(again[1]["times"]) > 0, again
         assert worker.starts == 2
     finally:
         worker.stop()

@@ -19,10 +19,11 @@ the allocation then fails at once instead of pushing a shared machine into its O
 Call counts (`hangs`, `segfault`) are per process, over all their instances, one per forward
 call. Each counted call first sleeps `CELLBENCH_FAULTY_CALL_S` seconds (default 0.005): longer
 than the tests' `--min-run-time 0.001`, so torch's timer makes every timed block one call and
-the count per round is fixed. With `--warmup 0 --min-repeats 4 --rounds 2` (2 blocks per round),
-round 1 is the first call, the block-size probe, one block and one topping-up block (torch's
-`Timer.timeit` warms up with 2 calls): calls 1-6, plus one with the memory call; round 2 is the
-next 6 (an untimed call, then the same), so the default trigger, call 8, is in round 2 either way. `CELLBENCH_FAULTY_HANG_FILE` names a file created when the hang starts (so that a
+the count per round is fixed. With `--warmup 0 --min-repeats 2`, round 1 is the first call,
+the correctness gate's call, the block-size probe, one block and one topping-up block (torch's
+`Timer.timeit` warms up with 2 calls): calls 1-7, plus one with the memory call; round 2 is the
+next 6 (an untimed call, then the same), so the default trigger, call 10, is in round 2 either way.
+`CELLBENCH_FAULTY_HANG_FILE` names a file created when the hang starts (so that a
 test knows when to act), and `CELLBENCH_FAULTY_HANG_CHILD=1` makes `hangs` start a sleeping
 child process first, a stand-in for a compiler's worker processes.
 """
@@ -40,7 +41,7 @@ import torch
 import cells
 from cells.kernels.fused import FusedLoop
 
-DEFAULT_AT = 8
+DEFAULT_AT = 10
 _calls = 0  # counted forward calls of `hangs` and `segfault` in this process
 
 
