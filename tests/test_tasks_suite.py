@@ -81,3 +81,17 @@ def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, ca
     md = report_section.render([out], tmp_path / "report")
     assert "## Failed textbook tasks" in md and "--hidden must be an integer >= 1" in md
     assert "## Tang poetry" in md and "Data: embedded copy" in md and "**short settings**" in md
+
+
+@pytest.mark.slow
+def test_short_anbn_settings_give_a_real_capacity(tmp_path):
+    """The short suite's aⁿbⁿ settings must leave every seed with capacity >= 5 under both
+    readings (lr 1e-3 for as many steps leaves 0: a suite that shows nothing)."""
+    out = tmp_path / "a"
+    argv = list(suite.SHORT["anbn"]) + ["--kind", "lstm", "--backend", "native", "--out", str(out),
+                                        "--no-plots", "--n-eval", "12"]
+    assert bench_main(["train", "anbn", *argv]) == 0
+    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 2
+    for r in recs:
+        assert r["metrics"]["capacity"] >= 5 and r["metrics"]["capacity_lab"] >= 5, r["metrics"]

@@ -99,14 +99,14 @@ def _anbn(runs: list[dict], out_dir: Path) -> str:
     by_setting: dict = {}
     for r in runs:
         s = r.get("settings", {})
-        by_setting.setdefault((s.get("hidden_size"), s.get("steps")), []).append(r)
-    for (hidden, steps), group in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
+        by_setting.setdefault((s.get("hidden_size"), s.get("steps"), s.get("lr")), []).append(r)
+    for (hidden, steps, lr), group in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
         lab = summarize(group, "capacity_lab")
         for (kind, backend), v in sorted(summarize(group).items()):
             w = lab.get((kind, backend), {})
             times = [r["metrics"]["train_time_s"] for r in group
                      if (r["kind"], r["backend"]) == (kind, backend)]
-            rows.append({"kind": kind, "backend": backend, "hidden": hidden, "steps": steps,
+            rows.append({"kind": kind, "backend": backend, "hidden": hidden, "steps": steps, "lr": lr,
                          "seeds": v["seeds"], "capacity min": v["min"],
                          "median": v["median"], "max": v["max"], "mean": v["mean"],
                          "per seed": ", ".join(map(str, v["all"])),
@@ -145,14 +145,20 @@ def _poems(runs: list[dict], out_dir: Path) -> str:
 
 def _provenance(runs: list[dict]) -> str:
     """Which data copies the runs used, and a warning when they ran at the short settings."""
-    sources = sorted({str(r.get("data_source") or "not recorded") for r in runs})
-    lines = [f"\nData: {', '.join(sources)} copy (`data` column; embedded = shipped with "
-             "cellbench, local = --data, $CELLBENCH_DATA or the cache, downloaded = fetched for "
-             "this run).\n"]
+    lines = []
+    sources = sorted({r["data_source"] for r in runs if r.get("data_source")})
+    if sources:
+        sample = any(r.get("task") == "poems" and r["data_source"] == "embedded" for r in runs
+                     if r.get("data_source"))
+        lines.append(f"\nData: {', '.join(sources)} copy (`data` column: embedded = shipped with "
+                     "cellbench, local = --data, $CELLBENCH_DATA or the cache, downloaded = "
+                     "fetched for the run)"
+                     + ("; for the poems, embedded is the 3,000-poem sample, not the full corpus"
+                        if sample else "") + ".\n")
     if any(r.get("suite") == "short" for r in runs):
-        lines.append("These are **short settings** (`python -m bench tasks --short`): a few "
-                     "passes, minutes on 2 cores. They show that training works; the textbook "
-                     "numbers come from `--full` (docs/tasks.md).\n")
+        lines.append("\nThese are **short settings** (`python -m bench tasks --short`): a few "
+                     "passes, about a minute of CPU for the four tasks. They show that training "
+                     "works; the textbook numbers come from `--full` (docs/tasks.md).\n")
     return "".join(lines)
 
 
