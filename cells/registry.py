@@ -31,7 +31,7 @@ BUILTIN: dict[str, str] = {
     "fused": "cells.kernels.fused:FusedLoop",
     "scripted": "cells.kernels.scripted:ScriptedLoop",
     "native": "cells.kernels.native:NATIVE",
-    "numba": "cells.kernels.numba_cpu:NumbaLoop",
+    "numba": "cells.kernels.numba:NumbaLoop",
     "compiled": "cells.kernels.compiled:CompiledLoop",
     "triton": "cells.kernels.triton_gpu:TritonLoop",
     "ort": "cells.kernels.ort:OrtLoop",

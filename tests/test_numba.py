@@ -1,17 +1,29 @@
-"""Backend `numba` only: its batch-1 step path, its dtype refusal, its no-grad path, its compile
-helper. (The equivalence matrix over every backend is tests/test_equivalence.py.)"""
+"""Backend `numba` only: its batch-1 step path, its refusals, its no-grad path, its thread
+rule and thread splits, its compile and BLAS helpers, its workspace. (The equivalence matrix
+over every backend is tests/test_equivalence.py.)"""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("numba")
+import cells
+from cells.kernels.numba import module as numba_module
 
-import cells  # noqa: E402
-from cells.kernels import numba_cpu  # noqa: E402
+if numba_module.unavailable_reason():  # pragma: no cover
+    pytest.skip(numba_module.unavailable_reason(), allow_module_level=True)
 
-if numba_cpu.unavailable_reason():  # pragma: no cover
-    pytest.skip(numba_cpu.unavailable_reason(), allow_module_level=True)
+import numba  # noqa: E402
+
+from cells.kernels.numba import layer, threads, workspace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # float32 for every kind; float64 (a second compile of each kernel) for LSTM only, to keep the
 # cold-cache run short
@@ -122,16 +134,18 @@ def test_refuses_other_dtypes():
         with pytest.raises(TypeError, match="supports float32 and float64 only"):
             make("lstm", dtype=dtype)
     module = make("gru").half()  # converted after construction: refused at call time
-    with pytest.raises(TypeError, match="supports float32 and float64 only"):
+    with pytest.raises(TypeError) as refused:
         module(torch.randn(3, 2, 5, dtype=torch.float16))
+    message = str(refused.value)  # names what was given and what is supported
+    assert "numba" in message and all(d in message for d in ("float16", "float32", "float64"))
 
 
 def test_no_grad_path_saves_nothing_and_grad_path_flows():
     module = make("lstm", num_layers=2, bidirectional=True).train()
     x = torch.randn(6, 3, 5, requires_grad=True)
     calls = []
-    original = numba_cpu._LayerFunction.apply
-    numba_cpu._LayerFunction.apply = lambda *a: calls.append(1) or original(*a)
+    original = layer.LayerFunction.apply
+    layer.LayerFunction.apply = lambda *a: calls.append(1) or original(*a)
     try:
         with torch.no_grad():
             y0, _ = module(x)
@@ -139,7 +153,7 @@ def test_no_grad_path_saves_nothing_and_grad_path_flows():
         y, (h, c) = module(x)
         assert len(calls) == 4  # 2 layers x 2 directions through autograd
     finally:
-        numba_cpu._LayerFunction.apply = original
+        layer.LayerFunction.apply = original
     assert torch.equal(y0, y.detach())
     (y.sum() + h.sum() + c.sum()).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -149,8 +163,8 @@ def test_no_grad_path_saves_nothing_and_grad_path_flows():
 def test_output_changed_in_place_is_refused_in_backward():
     module = make("gru")
     y, _ = module(torch.randn(4, 2, 5))
-    y.mul_(2)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    with pytest.raises(RuntimeError, match="inplace"):  # refused at the change or the backward
+        y.mul_(2)
         y.sum().backward()
 
 
@@ -170,19 +184,38 @@ def test_step_path_follows_new_weights():
     assert y.dtype == torch.float64 and rel(y, y_ref) <= 1e-10
 
 
-def test_warm_up_compiles_and_reports_times():
-    times = numba_cpu.warm_up(kinds=("lstm",), dtypes=(torch.float32,))
-    assert list(times) == ["lstm float32"] and times["lstm float32"] >= 0
-    again = numba_cpu.warm_up(kinds=("lstm",), dtypes=(torch.float32,))
-    assert list(again) == ["lstm float32"]
+WARM_UP_CHECK = """
+import torch
+from cells.kernels.numba import gemm, gru_rnn, warm_up
+times = warm_up(kinds=("rnn",), dtypes=(torch.float64,))
+kernels = (gru_rnn.rnn_forward, gru_rnn.rnn_backward, gru_rnn.rnn_step, gemm.wgrad)
+print(sorted(times), min(times.values()) > 0,
+      [any("float64" in str(sig) for sig in k.signatures) for k in kernels])
+"""
 
 
-def test_blas_threads_helper():
-    n = numba_cpu.blas_threads()
+def test_warm_up_compiles_every_kernel_of_the_kinds_asked():
+    """In a fresh process (where nothing else compiled them): warm_up leaves the forward, the
+    backward, the weight-gradient and the batch-1 step kernels of RNN float64 compiled (or
+    loaded from numba's cache) and reports one positive time per kind and dtype."""
+    out = subprocess.run([sys.executable, "-c", WARM_UP_CHECK], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "['rnn float64'] True [True, True, True, True]"
+
+
+def test_blas_threads_helper_sets_and_reads_the_count():
+    from cells.kernels.numba import blas_threads, set_blas_threads
+    n = blas_threads()
     if n is None:
-        assert numba_cpu.set_blas_threads(1) is False
-    else:
-        assert numba_cpu.set_blas_threads(n) is True and numba_cpu.blas_threads() == n
+        pytest.skip("scipy's OpenBLAS not found (another BLAS): nothing to set")
+    other = 2 if n == 1 else 1
+    try:
+        assert set_blas_threads(other) is True
+        assert blas_threads() == other
+    finally:
+        set_blas_threads(n)
+    assert blas_threads() == n
 
 
 def test_retain_graph_and_weights_changed_before_backward():
@@ -223,8 +256,15 @@ def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, ch
     blocks, one per numba thread, the LSTM kernels the hidden units; forcing 2 or 3 uneven blocks
     (B = 7, H = 7) must give torch.nn's results, with every gradient (input, states, weights,
     biases), and so must the batch-1 step. Run serially if numba has 1 thread."""
-    monkeypatch.setattr(numba_cpu, "_chunks", lambda rows, per_thread: min(chunks, rows))
-    monkeypatch.setattr(numba_cpu, "_unit_threads", lambda hidden: min(chunks, hidden))
+    used = []
+
+    def forced(*args):
+        used.append(chunks)
+        return chunks  # every split here has at least 7 pieces
+
+    for name in ("batch_threads", "lstm_threads", "wgrad_threads", "threads_for"):
+        monkeypatch.setattr(layer, name, forced)
+    monkeypatch.setattr(numba_module, "lstm_threads", forced)  # the batch-1 step's blocks
     module = make(kind, nonlinearity, dtype)
     ref = reference(module)
     x = torch.randn(5, 7, 5, dtype=dtype)
@@ -255,6 +295,8 @@ def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, ch
     assert rel(y, y_ref) <= TOL[dtype]
     for a, b in zip(states(s), states(s_ref)):
         assert rel(a, b) <= TOL[dtype]
+    # forward, backward, weight gradients, no-grad forward (and the step's packing for LSTM)
+    assert len(used) >= 4
 
 
 def test_workspace_buffers_are_never_shared_between_live_graphs():
@@ -270,6 +312,115 @@ def test_workspace_buffers_are_never_shared_between_live_graphs():
     ref_loss.backward()
     for (name, p), q in zip(module.named_parameters(), ref.parameters()):
         assert rel(p.grad, q.grad) <= TOL[torch.float32], name
-    assert numba_cpu.WORKSPACE.nbytes() > 0
-    numba_cpu.release_workspace()
-    assert numba_cpu.WORKSPACE.nbytes() == 0
+    assert workspace.WORKSPACE.nbytes() > 0
+    workspace.release_workspace()
+    assert workspace.WORKSPACE.nbytes() == 0
+
+
+def test_refuses_what_it_does_not_support():
+    with pytest.raises(ValueError, match="proj_size=3 is not supported by backend 'numba'"):
+        cells.create("lstm", "numba", 5, 7, proj_size=3)
+    with pytest.raises(RuntimeError, match="runs on the CPU only; parameters are on meta"):
+        cells.create("lstm", "numba", 5, 7, device="meta")
+
+
+@pytest.mark.parametrize("package", ["numba", "scipy"])
+def test_unavailable_reason_names_the_missing_package(package):
+    """With `package` made unimportable, cells.unavailable() and construction both name it."""
+    script = (f"import sys; sys.modules[{package!r}] = None\n"
+              "import cells\n"
+              "print(cells.unavailable()['numba'])\n"
+              "try:\n    cells.create('gru', 'numba', 2, 3)\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    reason, error = out.stdout.strip().split("\n")[-2:]
+    assert reason.startswith(f"needs the package '{package}'"), reason
+    assert error.startswith("RuntimeError") and f"needs the package '{package}'" in error, error
+
+
+# --- how many threads, and when the pool is not used at all ------------------------------
+def test_thread_rule_follows_the_work_between_joins(monkeypatch):
+    monkeypatch.setattr(threads, "numba_threads", lambda: 4)
+    W = threads.MIN_WORK
+    assert threads.threads_for(2 * W - 1, 100) == 1  # each of 2 threads would get < MIN_WORK
+    assert threads.threads_for(2 * W, 100) == 2
+    assert threads.threads_for(100 * W, 100) == 4  # numba's thread count caps it
+    assert threads.threads_for(100 * W, 3) == 3  # so does the number of pieces
+    assert threads.threads_for(0, 0) == 1
+    # LSTM, per step: 4H (H+I) B multiply-adds over H units
+    assert threads.lstm_threads(8, 8, 1) == 1  # batch-1 generation at H = 8
+    assert threads.lstm_threads(8, 8, 32) == 1
+    assert threads.lstm_threads(256, 28, 32) == 4  # d2l size
+    assert threads.lstm_threads(256, 28, 1) == 2
+    assert threads.lstm_threads(2, 10_000, 10_000) == 2  # no more threads than units
+    # GRU and RNN, per call: T B G (H+I) over B // MIN_ROWS batch blocks
+    assert threads.batch_threads(3 * 256, 256, 28, 35, 32) == 4
+    assert threads.batch_threads(3 * 8, 8, 8, 1, 32) == 1  # one small step
+    assert threads.batch_threads(3 * 256, 256, 28, 35, 15) == 1  # under 2 blocks of MIN_ROWS
+    assert threads.wgrad_threads(3 * 256, 256, 35 * 32) == 4
+    assert threads.wgrad_threads(3 * 8, 8, 35 * 2) == 1
+
+
+def _other_threads_cpu_ns() -> int:
+    """CPU time (ns) that every thread of this process but the calling one has run."""
+    me, total = threading.get_native_id(), 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != me:
+            try:
+                total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+                pass
+    return total
+
+
+def _small_workloads(kind):
+    """Calls whose shapes get one thread by the rule: batch-1 generation, a small train step."""
+    step = make(kind, input_size=8, hidden_size=8).eval()
+    train = make(kind, input_size=8, hidden_size=8).train()
+    x = torch.randn(1, 1, 8)
+    xb = torch.randn(5, 4, 8, requires_grad=True)
+
+    def generate():
+        state = None
+        with torch.no_grad():
+            for _ in range(300):
+                _, state = step(x, state)
+
+    def train_step():
+        for _ in range(30):
+            y, _ = train(xb)
+            y.sum().backward()
+    return generate, train_step
+
+
+@pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/schedstat").exists(),
+                    reason="needs Linux's per-thread /proc/self/task/*/schedstat")
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_small_shapes_never_enter_the_thread_pool(kind, monkeypatch):
+    """At 2 numba threads, shapes the rule gives one thread (I = H = 8: batch-1 generation and a
+    B = 4 train step) run entirely in the calling thread: numba's pool threads run for no CPU
+    time at all. The control forces 2 blocks on the same calls, and the pool does run. (CPU
+    time of the other threads, from the kernel's accounting; nothing here is timed.)"""
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        generate, train_step = _small_workloads(kind)
+        generate(), train_step()  # compile / load, pack the weights
+        time.sleep(0.3)  # let the pool's threads finish spinning after earlier tests
+        start = _other_threads_cpu_ns()
+        generate(), train_step()
+        serial = _other_threads_cpu_ns() - start
+        for name in ("batch_threads", "lstm_threads"):  # the control: force 2 blocks
+            monkeypatch.setattr(layer, name, lambda *args: 2)
+        monkeypatch.setattr(numba_module, "lstm_threads", lambda *args: 2)
+        generate, train_step = _small_workloads(kind)  # repacked for 2 blocks
+        start = _other_threads_cpu_ns()
+        generate(), train_step()
+        forced = _other_threads_cpu_ns() - start
+    finally:
+        numba.set_num_threads(before)
+    assert forced > 0
+    assert serial <= forced // 20, (serial, forced)

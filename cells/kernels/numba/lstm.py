@@ -6,7 +6,10 @@ cache on every step and multiplies it by a few rows. Split by hidden units inste
 owns units a:b and only its 4 (b - a) gate rows of the weights (512 KB at H = 256, two threads:
 they stay in the core's L2 across steps), and each step is one GEMM with the whole batch as
 the N dimension. The price is one fork/join per step (both threads need all of h_{t-1}),
-about 1 us with numba's OpenMP pool.
+about 1 us with numba's OpenMP pool on a quiet machine and up to a scheduler time slice on a
+busy one: threads.py gives a shape one thread unless each thread's share of a step is large
+enough, and with one thread (`nth` = 1) every kernel here runs inline, without entering the
+pool.
 
 Layout (everything a step touches is contiguous; G = 4H; `B` is the inner dimension so the
 pointwise loops vectorise over the batch):
@@ -31,7 +34,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_kernels import OPTS, PAR, _block, act_sigmoid, act_tanh, row_blocks_dot
+from .gemm import row_blocks_dot
+from .jit import OPTS, PAR, act_sigmoid, act_tanh
+from .jit import block as _block
+
 
 @njit(**OPTS)
 def _rowdot(w, v, out):
@@ -79,16 +85,24 @@ def _transpose(src, dst):
                     row[m] = src[m, n]
 
 
+@njit(**OPTS)
+def _pack_hh_t_block(w_hh, nth, out, k):
+    H = w_hh.shape[1]
+    a = _block(H, k, nth)
+    hk = _block(H, k + 1, nth) - a
+    for q in range(4):
+        _transpose(w_hh[q * H + a:q * H + a + hk], out[:, 4 * a + q * hk:4 * a + (q + 1) * hk])
+
+
 @njit(**PAR)
 def pack_hh_t(w_hh, nth, out):
     """out (H, G) <- torch's W_hh with its rows in packed order, transposed, for the backward's
     dh_{t-1}[a:b] = out[a:b] @ dg_t (thread k reads only its rows a:b)."""
-    G, H = w_hh.shape
-    for k in prange(nth):
-        a = _block(H, k, nth)
-        hk = _block(H, k + 1, nth) - a
-        for q in range(4):
-            _transpose(w_hh[q * H + a:q * H + a + hk], out[:, 4 * a + q * hk:4 * a + (q + 1) * hk])
+    if nth == 1:
+        _pack_hh_t_block(w_hh, nth, out, 0)
+    else:
+        for k in prange(nth):
+            _pack_hh_t_block(w_hh, nth, out, k)
 
 
 @njit(**OPTS)
@@ -131,33 +145,54 @@ def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
             hz[n] = o * act_tanh(c)
 
 
+@njit(**OPTS)
+def _load_x(x2, z, H, t0, t1):
+    """z[t, H:] <- x_t transposed, for steps t0:t1."""
+    B = z.shape[2]
+    I = x2.shape[1]
+    for t in range(t0, t1):
+        zt = z[t]
+        for n in range(B):
+            xr = x2[t * B + n]
+            for i in range(I):
+                zt[H + i, n] = xr[i]
+
+
+@njit(**OPTS)
+def _store_h(z, hs, t0, t1):
+    """hs[t + 1] (B, H) <- h_t from z[t + 1, :H] (H, B), for steps t0:t1."""
+    H = hs.shape[2]
+    for t in range(t0, t1):
+        _transpose(z[t + 1, :H], hs[t + 1])
+
+
 @njit(**PAR)
 def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
     """hs[1:] <- outputs; returns the final cell state (B, H). Buffers: see the module doc."""
     T = hs.shape[0] - 1
     B, H = h0.shape
-    I = x2.shape[1]
-    for k in prange(nth):  # transpose x and the initial state into z and cells
-        t0 = _block(T, k, nth)
-        t1 = _block(T, k + 1, nth)
-        for t in range(t0, t1):
-            zt = z[t]
-            for n in range(B):
-                xr = x2[t * B + n]
-                for i in range(I):
-                    zt[H + i, n] = xr[i]
+    if nth == 1:  # inline: no thread pool
+        _load_x(x2, z, H, 0, T)
+    else:
+        for k in prange(nth):  # transpose x into z
+            _load_x(x2, z, H, _block(T, k, nth), _block(T, k + 1, nth))
     for n in range(B):
         for j in range(H):
             z[0, j, n] = h0[n, j]
             cells[0, j, n] = c0[n, j]
     hs[0] = h0
     for t in range(T):
-        for k in prange(nth):
-            _fwd_units(t, wp, bp, z, cells, gates, save,
-                       _block(H, k, nth), _block(H, k + 1, nth))
-    for k in prange(nth):  # h back into torch's layout, (B, H) per step
-        for t in range(_block(T, k, nth), _block(T, k + 1, nth)):
-            _transpose(z[t + 1, :H], hs[t + 1])
+        if nth == 1:
+            _fwd_units(t, wp, bp, z, cells, gates, save, 0, H)
+        else:
+            for k in prange(nth):
+                _fwd_units(t, wp, bp, z, cells, gates, save,
+                           _block(H, k, nth), _block(H, k + 1, nth))
+    if nth == 1:
+        _store_h(z, hs, 0, T)
+    else:
+        for k in prange(nth):  # h back into torch's layout, (B, H) per step
+            _store_h(z, hs, _block(T, k, nth), _block(T, k + 1, nth))
     last = T if save else T & 1
     c_n = np.empty((B, H), x2.dtype)
     for n in range(B):
@@ -222,6 +257,20 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
             db[3 * H + j] += so
 
 
+@njit(**OPTS)
+def _load_dy(dy, dyT, t0, t1):
+    for t in range(t0, t1):
+        _transpose(dy[t], dyT[t])
+
+
+@njit(**OPTS)
+def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, a, b):
+    T = dyT.shape[0]
+    if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
+        _rowdot(wpT[a:b], dg[(t + 1) & 1], dh[a:b])
+    _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b)
+
+
 @njit(**PAR)
 def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
@@ -238,28 +287,46 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             dh[j, n] = dh_T[n, j]
             dc[j, n] = dc_T[n, j]
     db = np.zeros(G, dt)
-    for k in prange(nth):
-        for t in range(_block(T, k, nth), _block(T, k + 1, nth)):
-            _transpose(dy[t], dyT[t])
-    for t in range(T - 1, -1, -1):
+    if nth == 1:  # inline: no thread pool
+        _load_dy(dy, dyT, 0, T)
+        for t in range(T - 1, -1, -1):
+            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, 0, H)
+        if need_dh0:
+            _rowdot(wpT, dg[0], dh)
+    else:
         for k in prange(nth):
-            a = _block(H, k, nth)
-            b = _block(H, k + 1, nth)
-            if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
-                _rowdot(wpT[a:b], dg[(t + 1) & 1], dh[a:b])
-            _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b)
+            _load_dy(dy, dyT, _block(T, k, nth), _block(T, k + 1, nth))
+        for t in range(T - 1, -1, -1):
+            for k in prange(nth):
+                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db,
+                                _block(H, k, nth), _block(H, k + 1, nth))
+        if need_dh0:
+            for k in prange(nth):
+                a = _block(H, k, nth)
+                b = _block(H, k + 1, nth)
+                _rowdot(wpT[a:b], dg[0], dh[a:b])
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     if need_dh0:
-        for k in prange(nth):
-            a = _block(H, k, nth)
-            b = _block(H, k + 1, nth)
-            _rowdot(wpT[a:b], dg[0], dh[a:b])
         for n in range(B):
             for j in range(H):
                 dh0[n, j] = dh[j, n]
                 dc0[n, j] = dc[j, n]
     return db, dh0, dc0
+
+
+@njit(**OPTS)
+def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, r0, r1):
+    """Rows r0:r1 of dW_hh and dW_ih, and their share of dx into dx_part."""
+    if r1 == r0:
+        return
+    rows = dg_all[r0:r1]
+    if need_dw:
+        np.dot(rows, hs_prev, dw_hh[r0:r1])
+        if x2.shape[1] > 0:
+            np.dot(rows, x2, dw_ih[r0:r1])
+    if need_dx and x2.shape[1] > 0:
+        np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
 @njit(**PAR)
@@ -275,20 +342,13 @@ def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
     dw_ih = np.empty((G, I), dt)
     dw_hh = np.empty((G, H), dt)
     parts = np.zeros((nth, TB if need_dx else 0, I), dt)
+    if nth == 1:  # inline: no thread pool
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, G)
+        return dw_ih, dw_hh, parts[0]
     for k in prange(nth):
-        r0 = _block(G, k, nth)
-        r1 = _block(G, k + 1, nth)
-        if r1 == r0:
-            continue
-        block = dg_all[r0:r1]
-        if need_dw:
-            np.dot(block, hs_prev, dw_hh[r0:r1])
-            if I > 0:
-                np.dot(block, x2, dw_ih[r0:r1])
-        if need_dx and I > 0:
-            parts[k] += np.dot(block.T, w_ih[r0:r1])
-    dx2 = parts[0] if nth == 1 else parts.sum(axis=0)
-    return dw_ih, dw_hh, dx2
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k],
+                    _block(G, k, nth), _block(G, k + 1, nth))
+    return dw_ih, dw_hh, parts.sum(axis=0)
 
 
 # --- batch 1, one step (generation) ----------------------------------------------------------
@@ -313,10 +373,13 @@ def _step_units(wp, bp, z, c, out, a, b):
 def step(x, h, c, wp, bp, out, nth):
     """x (I,), h, c (H,) -> out (3, H): y, h_1, c_1. Each thread's GEMV reads only its own
     rows of the packed weights (512 KB at H = 256 over two threads), which stay in its core's
-    L2 from one step to the next; one fork/join per step."""
+    L2 from one step to the next; one fork/join per step when nth > 1."""
     H = h.shape[0]
     z = np.empty(H + x.shape[0], wp.dtype)
     z[:H] = h
     z[H:] = x
-    for k in prange(nth):
-        _step_units(wp, bp, z, c, out, _block(H, k, nth), _block(H, k + 1, nth))
+    if nth == 1:  # inline: no thread pool (threads.py decides)
+        _step_units(wp, bp, z, c, out, 0, H)
+    else:
+        for k in prange(nth):
+            _step_units(wp, bp, z, c, out, _block(H, k, nth), _block(H, k + 1, nth))

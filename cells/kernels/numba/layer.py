@@ -1,0 +1,144 @@
+"""One layer, one direction of backend `numba`: numpy drivers around the kernels, and the
+`torch.autograd.Function` whose forward and backward each call them on zero-copy numpy views
+of the torch tensors (`Tensor.numpy()` / `torch.from_numpy`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import gru_rnn as K
+from . import lstm as L
+from .gemm import wgrad
+from .threads import batch_threads, lstm_threads, threads_for, wgrad_threads
+from .workspace import WORKSPACE, Lease
+
+
+def as_numpy(t: Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a CPU tensor, made C-contiguous if needed."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
+
+
+def bias_or_zeros(b: Optional[Tensor], rows: int, dtype) -> np.ndarray:
+    return np.zeros(rows, dtype) if b is None else as_numpy(b)
+
+
+def gate_rows(kind: str, hidden: int) -> int:
+    return {"lstm": 4, "gru": 3, "rnn": 1}[kind] * hidden
+
+
+def forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: int, save: bool):
+    """Run one layer; returns (hs (T+1, B, H), final states tuple, saved tuple)."""
+    w_ih, w_hh, b_ih, b_hh = w
+    H = w_hh.shape[1]
+    I = x2.shape[1]
+    T = x2.shape[0] // B
+    dt = x2.dtype
+    hs = np.empty((T + 1, B, H), dt)
+    if kind == "lstm":  # hidden units split over threads (lstm.py)
+        G = 4 * H
+        nth = lstm_threads(H, I, B)
+        wp, bp, z = WORKSPACE.take((G, H + I), dt), np.empty(G, dt), WORKSPACE.take((T + 1, H + I, B), dt)
+        cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
+        gates = WORKSPACE.take((T if save else 1, G, B), dt)
+        L.pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp)
+        c_n = L.forward(x2, states[0], states[1], wp, bp, hs, z, cells, gates, save, nth)
+        WORKSPACE.give(wp, z)
+        if not save:
+            WORKSPACE.give(cells, gates)
+            return hs, (hs[T], c_n), ()
+        return hs, (hs[T], c_n), (Lease(cells, gates), nth)
+    n = batch_threads(gate_rows(kind, H), H, I, T, B)  # GRU and RNN split the batch
+    if kind == "gru":
+        acts = np.empty((T if save else 1, B, 4 * H), dt)
+        K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save, n)
+        return hs, (hs[T],), (acts,)
+    K.rnn_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, relu, n)
+    return hs, (hs[T],), ()
+
+
+class LayerFunction(torch.autograd.Function):
+    """One layer, one direction. Inputs: kind, relu, x (T, B, I), h0, c0 (None unless LSTM),
+    w_ih, w_hh, b_ih, b_hh (None without bias). Outputs: y (T, B, H), h_T (, c_T for LSTM)."""
+
+    @staticmethod
+    def forward(ctx, kind: str, relu: bool, x: Tensor, h0: Tensor, c0: Optional[Tensor],
+                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+        T, B, I = x.shape
+        rows = w_ih.shape[0]
+        xn = as_numpy(x).reshape(T * B, I)
+        wn = (as_numpy(w_ih), as_numpy(w_hh), bias_or_zeros(b_ih, rows, xn.dtype),
+              bias_or_zeros(b_hh, rows, xn.dtype))
+        states = (as_numpy(h0),) if c0 is None else (as_numpy(h0), as_numpy(c0))
+        hs, finals, saved = forward(kind, relu, xn, states, wn, B, True)
+        y = torch.from_numpy(hs[1:])
+        # the backward reads x, the weights and hs (= h0 and y) through numpy views: saving the
+        # tensors makes autograd refuse a backward after any of them was changed in place
+        ctx.save_for_backward(x, w_ih, w_hh, y)
+        ctx.kind, ctx.relu, ctx.B, ctx.has_bias = kind, relu, B, b_ih is not None
+        ctx.arrays = (xn, hs, wn[0], wn[1]) + saved
+        return (y,) + tuple(torch.from_numpy(s.copy()) for s in finals)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh, dc=None):
+        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
+        xn, hs, w_ih, w_hh = ctx.arrays[:4]
+        kind, B = ctx.kind, ctx.B
+        T, I = xn.shape[0] // B, xn.shape[1]
+        H = w_hh.shape[1]
+        need = ctx.needs_input_grad  # kind, relu, x, h0, c0, w_ih, w_hh, b_ih, b_hh
+        need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
+        dt = xn.dtype
+        # the LSTM kernel reads dy once, through a transpose, so any strides will do: no copy
+        # of y.sum()'s expanded gradient (a 0-stride view)
+        dyn = np.zeros((T, B, H), dt) if dy is None else \
+            dy.detach().numpy() if kind == "lstm" else as_numpy(dy)
+        dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh)
+        dc0 = None
+        if kind == "lstm":  # every gradient from lstm.py, already in torch's row order
+            lease, nth = ctx.arrays[4:]
+            cells, gates = lease.arrays
+            dcn = np.zeros((B, H), dt) if dc is None else as_numpy(dc)
+            need_db = ctx.has_bias and (need[7] or need[8])
+            G = 4 * H
+            wpT, dyT = WORKSPACE.take((H, G), dt), WORKSPACE.take((T, H, B), dt)
+            dg, dg_all = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((G, T * B), dt)
+            L.pack_hh_t(w_hh, nth, wpT)  # nth: the forward's unit blocks
+            db_ih, dh0, dc0 = L.backward(dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth,
+                                         dyT, dg, dg_all)
+            nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
+            dw_ih, dw_hh, dx2 = L.weight_grads(dg_all, hs[:T].reshape(T * B, H), xn, w_ih,
+                                               need_dw, need_dx, nw)
+            WORKSPACE.give(wpT, dyT, dg, dg_all)
+            db_hh = db_ih.copy()
+        else:
+            n = batch_threads(gate_rows(kind, H), H, I, T, B)
+            if kind == "gru":
+                (acts,) = ctx.arrays[4:]
+                dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
+                    dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
+            else:
+                dx2, dh0, dGh, db_ih = K.rnn_backward(
+                    dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n)
+                dGx, db_hh = dGh, db_ih.copy()
+            dw_ih = dw_hh = None
+            if need_dw:  # the two GEMMs over all T*B rows, the reduction split over threads
+                G = gate_rows(kind, H)
+                dw_ih = wgrad(dGx.reshape(T * B, -1), xn, wgrad_threads(G, I, T * B))
+                dw_hh = wgrad(dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H),
+                              wgrad_threads(G, H, T * B))
+
+        def out(flag, arr):
+            return torch.from_numpy(arr) if flag and arr is not None else None
+
+        dx = out(need_dx, dx2)
+        return (None, None, None if dx is None else dx.view(T, B, I), out(need[3], dh0),
+                out(need[4], dc0), out(need[5], dw_ih), out(need[6], dw_hh),
+                out(need[7] and ctx.has_bias, db_ih), out(need[8] and ctx.has_bias, db_hh))

@@ -1,0 +1,227 @@
+"""`NumbaLoop`, the RecurrentBase subclass of backend `numba`: its availability, its dtype and
+device refusals, the general path (one `layer.LayerFunction` per layer and direction, or the
+kernels directly when nothing needs a gradient), and the batch-1 step path for generation."""
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...base import RecurrentBase, State
+from .threads import default_blas_threads, lstm_threads
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def _missing_dependency() -> Optional[str]:
+    """Why the kernels cannot be imported here, naming the missing package; None if they can."""
+    needs = (("numba", "numba", "the kernels are numba code"),
+             ("scipy", "scipy.linalg.cython_blas", "numba's np.dot calls scipy's BLAS"))
+    for package, module, why in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"needs the package '{package}' ({why}), which cannot be imported: {exc}"
+    return None
+
+
+_IMPORT_ERROR = _missing_dependency()
+if _IMPORT_ERROR is None:
+    from . import gru_rnn as K
+    from . import lstm as L
+    from .layer import LayerFunction, as_numpy, bias_or_zeros, forward
+    default_blas_threads()
+
+
+def unavailable_reason() -> Optional[str]:
+    return _IMPORT_ERROR
+
+
+def _check_dtype(dtype: torch.dtype, what: str) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
+                        "(use .float() or .double(), or another backend)")
+
+
+class NumbaLoop(RecurrentBase):
+    """Backend `numba`: numba kernels for the time loop, forward and backward."""
+
+    @staticmethod
+    def unavailable_reason() -> Optional[str]:
+        return _IMPORT_ERROR
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        p = next(self.parameters())
+        _check_dtype(p.dtype, "the parameters' dtype")
+        if p.device.type != "cpu":
+            raise RuntimeError(f"backend 'numba' runs on the CPU only; parameters are on {p.device}")
+        self._fast = None  # cached numpy views of the weights for the batch-1 step path
+        self._last_state = None  # (h_n, c_n, their numpy views) that the step path returned last
+        self._single = self.num_layers == 1 and not self.bidirectional
+
+    # --- the batch-1, one-step path (generation) ------------------------------------------
+    def __getstate__(self):  # copy / deepcopy / pickle: the caches refer to this instance's memory
+        state = self.__dict__.copy()
+        state["_fast"] = state["_last_state"] = None
+        return state
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .double() ... replace the storage
+        self._fast = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def register_parameter(self, name, param) -> None:  # module.weight_hh_l0 = nn.Parameter(..)
+        self.__dict__["_fast"] = None
+        super().register_parameter(name, param)
+
+    def _fast_weights(self):
+        """(numpy w_ih, w_hh, b_ih, b_hh, dtype) for GRU and RNN (zero-copy views); for LSTM
+        (packed weights, packed bias, thread blocks, None, dtype) from lstm.pack, in as many
+        blocks as threads.lstm_threads gave at batch 1 when packed (any thread count runs
+        them correctly). Rebuilt when a parameter's storage or version (an in-place update)
+        changed."""
+        fast = self._fast
+        if fast is not None:
+            for p, ptr, version in fast[1]:
+                if p.data_ptr() != ptr or p._version != version:
+                    break
+            else:
+                return fast[0]
+        params = self.layer_weights(0, 0)
+        w_ih, w_hh = params[0], params[1]
+        if w_ih.dtype not in SUPPORTED_DTYPES or w_ih.device.type != "cpu" or not all(
+                p.is_contiguous() for p in params if p is not None):
+            self._fast = None
+            return None
+        rows = w_ih.shape[0]
+        dt = torch.empty(0, dtype=w_ih.dtype).numpy().dtype
+        arrays = (w_ih.detach().numpy(), w_hh.detach().numpy(), bias_or_zeros(params[2], rows, dt),
+                  bias_or_zeros(params[3], rows, dt), w_ih.dtype)
+        if self.kind == "lstm":  # a packed copy: see lstm.step
+            nth = lstm_threads(self.hidden_size, self.input_size, 1)
+            wp = np.empty((rows, self.hidden_size + self.input_size), dt)
+            bp = np.empty(rows, dt)
+            L.pack(*arrays[:4], nth, wp, bp)
+            arrays = (wp, bp, nth, None, w_ih.dtype)
+        self._fast = (arrays, [(p, p.data_ptr(), p._version) for p in params if p is not None])
+        return arrays
+
+    def _step(self, input: Tensor, hx):
+        """One step at batch 1 without autograd, or None when the general path must run.
+
+        Same semantics as the general path: anything unusual (other shapes or dtypes, a tensor
+        that requires grad, non-contiguous memory ...) returns None, and the general path runs
+        with its checks and messages."""
+        shape = input.shape
+        batched = len(shape) == 3
+        if not ((batched and shape[0] == 1 and shape[1] == 1) or (len(shape) == 2 and shape[0] == 1)):
+            return None
+        weights = self._fast_weights()
+        if weights is None:
+            return None
+        dtype = weights[4]
+        npdt = weights[0].dtype
+        if shape[-1] != self.input_size or input.dtype is not dtype or not input.is_cpu \
+                or input.requires_grad or not input.is_contiguous():
+            return None
+        H = self.hidden_size
+        kind = self.kind
+        state_shape = (1, 1, H) if batched else (1, H)
+        if hx is None:
+            h = c = np.zeros(H, npdt)
+        else:
+            if kind == "lstm":
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                hs, cs = hx
+                if type(cs) is not Tensor or cs.shape != state_shape or cs.dtype is not dtype \
+                        or not cs.is_cpu or cs.requires_grad or not cs.is_contiguous():
+                    return None
+                last = self._last_state  # the state this path returned last: numpy views known
+                c = last[3] if last is not None and cs is last[1] else cs.numpy().reshape(H)
+            else:
+                hs = hx
+            if type(hs) is not Tensor or hs.shape != state_shape or hs.dtype is not dtype \
+                    or not hs.is_cpu or hs.requires_grad or not hs.is_contiguous():
+                return None
+            last = self._last_state
+            h = last[2] if last is not None and hs is last[0] else hs.numpy().reshape(H)
+        x = input.numpy().reshape(shape[-1])
+        # y, h_n (, c_n) in one numpy buffer: np.empty + from_numpy is the cheapest allocation
+        if kind == "lstm":
+            out = np.empty((3,) + state_shape, npdt)
+            flat = out.reshape(3, H)
+            wp, bp, nth = weights[:3]
+            L.step(x, h, c, wp, bp, flat, nth)
+            y, hn, cn = torch.from_numpy(out).unbind(0)
+            self.__dict__["_last_state"] = (hn, cn, flat[1], flat[2])  # skips Module.__setattr__
+            return y, (hn, cn)
+        out = np.empty((2,) + state_shape, npdt)
+        flat = out.reshape(2, H)
+        w_ih, w_hh, b_ih, b_hh = weights[:4]
+        if kind == "gru":
+            K.gru_step(x, h, w_ih, w_hh, b_ih, b_hh, flat)
+        else:
+            K.rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, self.nonlinearity == "relu", flat)
+        y, hn = torch.from_numpy(out).unbind(0)
+        self.__dict__["_last_state"] = (hn, None, flat[1], None)
+        return y, hn
+
+    def forward(self, input: Tensor, hx=None):
+        if not torch.is_grad_enabled() and self._single and type(input) is Tensor:
+            result = self._step(input, hx)
+            if result is not None:
+                return result
+        return super().forward(input, hx)
+
+    # --- general path: the shared stacking code calls this per layer and direction ------
+    def run_layer(self, x: Tensor, state: State, weights) -> tuple[Tensor, State]:
+        _check_dtype(x.dtype, "the input's dtype")
+        if x.device.type != "cpu" or weights[0].device.type != "cpu":
+            raise RuntimeError("backend 'numba' runs on the CPU only; got tensors on "
+                               f"{x.device} and {weights[0].device}")
+        relu = self.nonlinearity == "relu"
+        c0 = state[1] if self.kind == "lstm" else None
+        tensors = (x, state[0], c0) + tuple(weights)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            y, *finals = LayerFunction.apply(self.kind, relu, *tensors)
+            return y, tuple(finals)
+        T, B, I = x.shape
+        rows = weights[0].shape[0]
+        xn = as_numpy(x).reshape(T * B, I)
+        wn = (as_numpy(weights[0]), as_numpy(weights[1]), bias_or_zeros(weights[2], rows, xn.dtype),
+              bias_or_zeros(weights[3], rows, xn.dtype))
+        states = tuple(as_numpy(s) for s in state)
+        hs, finals, _ = forward(self.kind, relu, xn, states, wn, B, False)
+        return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
+
+
+def warm_up(kinds=("rnn", "gru", "lstm"), dtypes=(torch.float32, torch.float64)) -> dict:
+    """Compile (first run) or load from numba's on-disk cache every kernel the given kinds and
+    dtypes use: forward with and without saving, backward, and the batch-1 step.
+
+    Returns {"<kind> <dtype>": seconds}. A first call in a fresh process takes this long once;
+    later calls of `warm_up` return in milliseconds."""
+    if _IMPORT_ERROR:
+        raise RuntimeError(f"backend 'numba' is unavailable: {_IMPORT_ERROR}")
+    from ...registry import create
+
+    times = {}
+    for kind in kinds:
+        for dtype in dtypes:
+            start = time.perf_counter()
+            variants = [{}] if kind != "rnn" else [{"nonlinearity": "tanh"}, {"nonlinearity": "relu"}]
+            for extra in variants:
+                module = create(kind, "numba", 3, 4, dtype=dtype, **extra)
+                x = torch.randn(2, 2, 3, dtype=dtype, requires_grad=True)
+                y, state = module(x)
+                y.sum().backward()
+                with torch.no_grad():  # x without grad: the batch-1 step path takes it
+                    module(x.detach())
+                    module(x.detach()[:1, :1])
+            times[f"{kind} {str(dtype).replace('torch.', '')}"] = time.perf_counter() - start
+    return times
