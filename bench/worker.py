@@ -31,6 +31,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Optional
@@ -116,7 +117,7 @@ def watch_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
     """Block until this process is re-parented (its parent `parent_pid` died), then SIGKILL this
     process's group. Run in a daemon thread: the fallback where there is no parent-death signal."""
     while os.getppid() == parent_pid:
-        threading.Event().wait(interval)
+        time.sleep(interval)
     _kill_own_group()
 
 
