@@ -56,6 +56,18 @@ PRESETS: dict[str, Preset] = {
                hidden_size=(128, 512))),
         settings={"min_run_time": 0.03, "min_repeats": 2, "warmup": 1, "min_rounds": 4,
                   "max_rounds": 20, "group_time_cap": 4.0, "time_limit": 120.0, "budget": 240.0}),
+    "scaling": Preset(
+        "scaling",
+        "LSTM and GRU, train and infer, native / fused / numba, one axis at a time around the d2l size: "
+        "hidden 64-1024 (B32 T35), batch 1-256 (H256 T35), sequence length 10-1000 (H256 B32); "
+        "the report plots tokens/s and % of peak against each axis with CI bars",
+        tuple(Block(kinds=("lstm", "gru"), backends=("native", "fused", "numba"), modes=("train", "infer"),
+                    **axis) for axis in (
+            dict(hidden_size=(64, 128, 256, 512, 1024)),
+            dict(batch=(1, 4, 16, 64, 256)),
+            dict(seq_len=(10, 35, 100, 300, 1000)))),
+        settings={"min_run_time": 0.03, "min_repeats": 2, "warmup": 1, "min_rounds": 4,
+                  "max_rounds": 20, "group_time_cap": 6.0, "time_limit": 300.0}),
     "d2l": Preset("d2l", "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
                   (D2L,)),
     "fastrnns": Preset(

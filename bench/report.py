@@ -198,8 +198,21 @@ def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _interval(row, tokens: bool) -> tuple[float, float, float]:
+    """(value, low, high) of tokens/s or % of peak: the 95% bootstrap interval of the median
+    round time (bench.stats), turned into throughput; the point itself when rounds are missing."""
+    from .stats import median_ci
+    value = _num(row["tokens_per_s"] if tokens else row.get("pct_of_peak"))
+    times = row.get("round_times")
+    if value is None or not isinstance(times, list) or len(times) < 2:
+        return (value or math.nan,) * 3
+    median, low, high = median_ci(times)
+    return value, value * median / high, value * median / low  # slower time: lower throughput
+
+
 def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) -> bool:
-    """tokens/s against x, one line per backend, at the most populated setting of `fixed`."""
+    """tokens/s and % of peak against x, one line per backend with 95% CI bars, at the most
+    populated setting of `fixed`."""
     ok = df[(df["status"] == "ok") & df["tokens_per_s"].notna()]
     if ok.empty or ok[x].nunique() < 2:
         return False
@@ -210,24 +223,29 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in _order(group["label"].unique()):
-        g = group[group["label"] == label].sort_values(x)
-        if g[x].nunique() < 2:
-            continue
-        ax.plot(g[x].astype(float), g["tokens_per_s"].astype(float), marker="o", label=label)
-    ax.set_xscale("log", base=2)
+    with_peak = group["pct_of_peak"].notna().any()
+    fig, axes = plt.subplots(1, 2 if with_peak else 1, figsize=(11 if with_peak else 6, 4), squeeze=False)
     ticks = sorted(group[x].astype(float).unique())
-    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
-    ax.minorticks_off()
-    ax.set_yscale("log")
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel("tokens/s")
+    for ax, tokens in zip(axes[0], (True, False)):
+        for label in _order(group["label"].unique()):
+            g = group[group["label"] == label].sort_values(x)
+            if g[x].nunique() < 2:
+                continue
+            points = [_interval(r, tokens) for _, r in g.iterrows()]
+            values = [p[0] for p in points]
+            errors = [[p[0] - p[1] for p in points], [p[2] - p[0] for p in points]]
+            ax.errorbar(g[x].astype(float), values, yerr=errors, marker="o", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel(x.replace("_", " "))
+        ax.set_ylabel("tokens/s" if tokens else "% of the measured GEMM peak")
+        ax.grid(True, which="both", alpha=0.3)
     key = key if isinstance(key, tuple) else (key,)
-    ax.set_title(title + "\n" + " ".join(f"{SHORT.get(c, c)}={v}" for c, v in zip(fixed, key)
-                                         if c in SHAPE), fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.suptitle(title + "  (" + " ".join(f"{SHORT.get(c, c)}={v}" for c, v in zip(fixed, key) if c in SHAPE)
+                 + "; bars: 95% CI of the median round)", fontsize=9)
+    axes[0][0].legend(fontsize=8)
     save_figure(fig, path)
     return True
 
@@ -316,11 +334,12 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
                 if plots:
                     others = [c for c in SHAPE + context]
                     for x, fixed_cols in (("batch", [c for c in others if c != "batch"]),
-                                          ("hidden_size", [c for c in others if c not in ("hidden_size", "input_size")])):
+                                          ("hidden_size", [c for c in others if c not in ("hidden_size", "input_size")]),
+                                          ("seq_len", [c for c in others if c != "seq_len"])):
                         name = f"{kind}-{mode}-{x.split('_')[0]}.png"
                         if mode == "generate" and x == "batch":
                             continue
-                        if _plot(part, x, fixed_cols, f"{kind} {mode}: tokens/s vs {x.replace('_', ' ')}",
+                        if _plot(part, x, fixed_cols, f"{kind} {mode} vs {x.replace('_', ' ')}",
                                  out_dir / fig_dir_name / name):
                             lines += [f"![{kind} {mode} tokens/s vs {x.replace('_', ' ')}]"
                                       f"({fig_dir_name}/{name})", ""]

@@ -316,3 +316,20 @@ def test_a_round_that_fails_is_recorded_with_its_round(tmp_path, named):
     assert by["later"]["error"] == "round 2: RuntimeError: fails in a later round"
     assert by["later"]["rounds"] == 1  # the round it completed is kept
     assert by["fake_b"]["status"] == "ok" and by["fake_b"]["rounds"] == 3
+
+
+def test_shards_split_the_plan_by_comparison_group():
+    everything, _, _ = plan("--preset", "quick")
+    shards = [plan("--preset", "quick", "--shard", f"{k}/3")[0] for k in (1, 2, 3)]
+    keys = [c.key() for shard in shards for c in shard]
+    assert sorted(keys) == sorted(c.key() for c in everything) and len(keys) == len(set(keys))
+    owner = {sweep.group_key(c): k for k, shard in enumerate(shards) for c in shard}
+    assert all(owner[sweep.group_key(c)] == k for k, shard in enumerate(shards) for c in shard)
+    assert all(shards)  # every shard has work at this size
+    assert sweep.shard_of(everything[0], 3) == sweep.shard_of(everything[0], 3)  # stable
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3"])
+def test_bad_shard_is_a_usage_error(capsys, value):
+    assert cli.main(["run", "--shard", value, "--list"]) == 2
+    assert "expected K/N with integers 1 <= K <= N" in capsys.readouterr().err
