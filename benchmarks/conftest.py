@@ -1,7 +1,7 @@
 """pytest-benchmark speed suite: every backend at a few fixed shapes (`nox -s regress`).
 
     pytest benchmarks --benchmark-enable --benchmark-autosave          # store a run (.benchmarks/)
-    pytest benchmarks --benchmark-enable --benchmark-compare --benchmark-compare-fail=median:15%
+    pytest benchmarks --benchmark-enable --benchmark-compare --benchmark-compare-fail=median:10%
                                                                       # stable machines only
 
 The project's pytest addopts contain --benchmark-disable, so without --benchmark-enable each case
