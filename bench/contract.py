@@ -241,6 +241,7 @@ def _train_eval(ctx: Context) -> str:
     with torch.no_grad():
         evaluated = call(module, x, None, up, grads=False)[0]
         trained = call(module.train(), x, None, up, grads=False)[0]
+    # not a tolerance: dropout 0.5 between layers moves the output by ~0.1-1 (relative)
     moved = _relative(trained["output"], evaluated["output"], "output", 1e-3)
     if moved.passed:
         raise ContractFailure(f"train mode with dropout=0.5 gives the eval-mode output (rel. "
