@@ -20,10 +20,7 @@ from bench import data as bdata
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") else None
-HAVE_TM = DATA is not None and (DATA / "timemachine.txt").is_file()
-HAVE_NAMES = DATA is not None and (DATA / "names" / "Arabic.txt").is_file()
-needs_tm = pytest.mark.skipif(not HAVE_TM, reason="timemachine.txt not found in $CELLBENCH_DATA")
-needs_names = pytest.mark.skipif(not HAVE_NAMES, reason="names/*.txt not found in $CELLBENCH_DATA")
+SHIPPED = bdata.EMBEDDED_DIR  # the real Time Machine and names files, always here
 
 
 @pytest.fixture
@@ -129,10 +126,9 @@ def test_download_good_file_via_env_url(isolated, server, monkeypatch):
     assert bdata.locate("timemachine.txt") == path
 
 
-@needs_tm
 def test_download_real_time_machine(isolated, server):
     base, root = server
-    shutil.copy(DATA / "timemachine.txt", root / "timemachine.txt")
+    shutil.copy(SHIPPED / "timemachine.txt", root / "timemachine.txt")
     path = bdata.locate("timemachine.txt", url=base)
     assert bdata.file_digest(path, "sha1") == "090b5e7e70c295757f55df93cb0a180b9691891a"
 
@@ -144,14 +140,13 @@ def test_corrupted_cache_file_is_an_error(isolated):
         bdata.locate("timemachine.txt", download=False)
 
 
-@needs_tm
 def test_lookup_order(isolated, tmp_path, monkeypatch):
     env_dir, cache = tmp_path / "env", isolated
     for d in (env_dir, cache):
         d.mkdir(parents=True)
-        shutil.copy(DATA / "timemachine.txt", d / "timemachine.txt")
+        shutil.copy(SHIPPED / "timemachine.txt", d / "timemachine.txt")
     explicit = tmp_path / "explicit.txt"
-    shutil.copy(DATA / "timemachine.txt", explicit)
+    shutil.copy(SHIPPED / "timemachine.txt", explicit)
     monkeypatch.setenv(bdata.ENV_DATA, str(env_dir))
     assert bdata.locate("timemachine.txt", explicit) == explicit
     assert bdata.locate("timemachine.txt", explicit.parent / "env") == env_dir / "timemachine.txt"
@@ -168,10 +163,9 @@ def _zip(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-@needs_names
 def test_names_zip_download_verifies_each_file(isolated, server):
     base, root = server
-    files = {f"data/names/{p.name}": p.read_bytes() for p in sorted((DATA / "names").glob("*.txt"))}
+    files = {f"data/names/{p.name}": p.read_bytes() for p in sorted((SHIPPED / "names").glob("*.txt"))}
     files["data/eng-fra.txt"] = b"ignored"
     (root / "data.zip").write_bytes(_zip(files))
     path = bdata.locate("names", url=base + "data.zip")
@@ -192,10 +186,9 @@ def test_names_zip_corrupted_leaves_nothing(isolated, server):
     assert _leftovers(isolated) == []
 
 
-@needs_names
 def test_names_checksums_match_the_data():
     for name, digest in bdata.NAMES_SHA256.items():
-        assert hashlib.sha256((DATA / "names" / name).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((SHIPPED / "names" / name).read_bytes()).hexdigest() == digest
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):

@@ -3,23 +3,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from bench.cli import main as bench_main
-from conftest import DATA, needs_data
 from bench.tasks import charlm
-
-needs_tm = needs_data("timemachine.txt", "timemachine.txt")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@needs_tm
 def test_d2l_corpus_and_vocab():
     corpus, vocab = charlm.load_time_machine(max_tokens=0)
     assert len(corpus) == 170580 and len(vocab) == 28
@@ -29,7 +23,6 @@ def test_d2l_corpus_and_vocab():
     assert "".join(vocab.to_tokens(corpus[:16])) == "the time machine"
 
 
-@needs_tm
 def test_split_does_not_overlap():
     train, val, vocab = charlm.load_split(10000, 0.1)
     full, _ = charlm.load_time_machine(0)
@@ -110,7 +103,6 @@ def test_inits(init):
         assert float(head.abs().max()) <= math.sqrt(6 / 64)
 
 
-@needs_tm
 def test_native_and_fused_follow_the_same_trajectory():
     """Same seed -> same init and batches: the perplexity curves agree up to float32 noise."""
     corpus, vocab = charlm.load_time_machine(max_tokens=3000)
@@ -137,7 +129,6 @@ def test_parity_without_data(kind):
     assert curves["native"] == pytest.approx(curves["naive"], rel=1e-4)
 
 
-@needs_tm
 def test_cli_writes_a_complete_record(tmp_path):
     out = tmp_path / "run"
     rc = bench_main(["train", "charlm", "--kind", "rnn", "--backend", "native", "--epochs", "2",
@@ -173,9 +164,8 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert bench_main(["train", "charlm", "--data", str(tmp_path / "missing"), "--epochs", "1",
                        "--out", str(tmp_path)]) == 2
     assert "no such file" in capsys.readouterr().err
-    if DATA is not None and (DATA / "timemachine.txt").is_file():
-        assert bench_main(["train", "charlm", "--random-iter", "--max-tokens", "500", "--epochs", "1",
-                           "--out", str(tmp_path)]) == 2
-        assert "holds no batch of 32 x 35" in capsys.readouterr().err
+    assert bench_main(["train", "charlm", "--random-iter", "--max-tokens", "500", "--epochs", "1",
+                       "--out", str(tmp_path)]) == 2
+    assert "holds no batch of 32 x 35" in capsys.readouterr().err
     assert bench_main(["train", "chess", "--out", str(tmp_path)]) == 2
     assert "invalid choice: 'chess'" in capsys.readouterr().err

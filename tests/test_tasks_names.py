@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from bench.cli import main as bench_main
-from conftest import DATA, needs_data
 from bench.tasks import names
-
-needs_names = needs_data("names/Arabic.txt", "names/*.txt")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +28,6 @@ def test_split_has_no_leakage_and_keeps_every_language():
     assert {l for _, l in test} == {0, 1, 2}
 
 
-@needs_names
 def test_real_split():
     data = names.load_names()
     assert sum(len(v) for v in data.values()) == 20074 and len(data) == 18
@@ -70,7 +64,6 @@ def test_elman_masks_padding():
         names.NamesClassifier("lstm", "fused", 8, pack=True)
 
 
-@needs_names
 def test_cli_short_run(tmp_path):
     out = tmp_path / "n"
     rc = bench_main(["train", "names", "--kind", "rnn", "--backend", "native", "--model", "cell,elman",

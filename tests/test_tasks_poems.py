@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from bench import data as bdata
 from bench.cli import main as bench_main
-from conftest import DATA, needs_data
+from conftest import needs_data
 from bench.tasks import poems, report_section, suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -75,6 +74,7 @@ def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
     """No $CELLBENCH_DATA, an empty cache: --corpus auto falls back to the shipped sample, never
     to a download, and the record says so."""
     monkeypatch.delenv("CELLBENCH_DATA", raising=False)
+    monkeypatch.delenv("CELLBENCH_OFFLINE", raising=False)
     monkeypatch.setenv("CELLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CELLBENCH_POEMS_URL", "http://127.0.0.1:9/")
     out = tmp_path / "p"
