@@ -6,7 +6,8 @@ characters), wrapped in start `G` and end `E` markers. Character vocabulary by f
 at index 0, '<unk>' at 1). Embedding 100 + a 2-layer cell of 128 + linear, RMSprop lr 0.01,
 batches of similar-length poems padded (the loss ignores the padding). Also measured: the lab's
 one-poem-at-a-time loop, for tokens/s. Generation from a begin character, stopping at `E` or 50
-characters. Perplexity on held-out poems.
+characters. Perplexity on held-out poems. `--corpus` picks the full corpus or the 3,000-poem
+sample shipped with cellbench (find_corpus).
 """
 from __future__ import annotations
 
