@@ -42,9 +42,10 @@ MEMORY_METHOD_CPU = "torch.profiler CPU allocator: peak live bytes allocated dur
 MEMORY_METHOD_CUDA = "torch.cuda.max_memory_allocated during one call, minus the bytes allocated before"
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class Case:
-    """One point of a sweep. Its identity (for --resume and for the report) is all its fields."""
+    """One point of a sweep: the spec. Its identity (for --resume and for the report) is all its
+    fields. bench.records.CaseRecord extends it with the outcome; treat a Case as immutable."""
     kind: str
     backend: str
     mode: str
@@ -59,7 +60,7 @@ class Case:
     optimizer_step: bool = False
 
     def key(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return tuple(getattr(self, name) for name in CASE_FIELDS)
 
     def label(self) -> str:
         return (f"{self.kind}/{self.backend}/{self.mode} I{self.input_size} H{self.hidden_size} "
@@ -67,16 +68,10 @@ class Case:
                 f"t{self.threads}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {name: getattr(self, name) for name in CASE_FIELDS}
 
 
 CASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Case))
-
-
-def case_key(record: dict) -> tuple:
-    """The identity of a record's case (records written by this module carry every field)."""
-    defaults = {f.name: f.default for f in fields(Case)}
-    return tuple(record.get(name, defaults.get(name)) for name in CASE_FIELDS)
 
 
 # --- the FLOP model ------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pandas as pd
 
+from .measure import CASE_FIELDS, Case
+
 RECORDS_FILE = "records.jsonl"
 # unsupported: the backend declares it cannot do this (cells.errors.Unsupported), e.g. ORT train
 STATUSES = ("ok", "incorrect", "failed", "skipped", "unmeasured", "unsupported")
@@ -28,27 +30,14 @@ STOP_REASONS = ("ci", "time_cap", "max_rounds", "budget", "group_fault", "interr
 
 
 @dataclass
-class CaseRecord:
-    """One case of a sweep: its spec, its per-round times and the figures derived from them.
+class CaseRecord(Case):
+    """One case of a sweep: its spec (the fields of `bench.measure.Case`, whose tuple is the
+    case's identity, `key()`), its per-round times and the figures derived from them.
 
-    The spec fields are `bench.measure.Case`'s; a case's identity is their tuple (`key`).
     Times are seconds per call. `ratio_to_native` is the median over rounds of
     native's round time / this backend's round time (> 1: faster than torch.nn), with
     `ratio_ci95` a percentile-bootstrap 95% interval over rounds (bench.stats).
     """
-    # --- spec
-    kind: str
-    backend: str
-    mode: str
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    batch: int = 1
-    seq_len: int = 1
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int = 1
-    optimizer_step: bool = False
     # --- outcome
     type: str = "case"
     run_id: Optional[str] = None
@@ -87,9 +76,6 @@ class CaseRecord:
     machine: Optional[str] = None
     shard: Optional[str] = None
 
-    def key(self) -> tuple:
-        return tuple(getattr(self, name) for name in SPEC_FIELDS)
-
     def to_dict(self) -> dict:
         return _clean(asdict(self))
 
@@ -117,8 +103,7 @@ class CaseRecord:
         return cls(**values)
 
 
-SPEC_FIELDS = ("kind", "backend", "mode", "input_size", "hidden_size", "num_layers", "batch",
-               "seq_len", "device", "dtype", "threads", "optimizer_step")
+SPEC_FIELDS = CASE_FIELDS
 REQUIRED = ("kind", "backend", "mode", "input_size", "hidden_size", "status")
 _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool, "list": list}[
