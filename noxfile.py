@@ -126,3 +126,11 @@ def peers(session: nox.Session) -> None:
     """The peer backends (ONNX Runtime, OpenVINO, JAX) against torch.nn: the optional extra."""
     install(session, "test", "peers")
     session.run("python", "-m", "pytest", "tests/test_peers.py", *session.posargs, env=_data_env())
+
+
+@nox.session(**VENV)
+def cluster(session: nox.Session) -> None:
+    """`bench run --executor ray` on a local Ray cluster: the optional extra (minutes on 2 cores)."""
+    install(session, "test", "cluster")
+    session.run("python", "-m", "pytest", "tests/test_cluster.py", "tests/test_bench_report.py",
+                *session.posargs, env={**_data_env(), "CELLBENCH_CLUSTER_TESTS": "1"})

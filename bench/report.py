@@ -103,17 +103,22 @@ def load(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     directory, the last record wins. A `dir` column names where each record came from. Invalid
     lines and records are skipped with a warning naming the file and line."""
     cases, runs = [], []
-    for path in paths:
-        label = Path(path).name or str(path)
+    names = [Path(path).name or str(path) for path in paths]
+    if len(set(names)) < len(names):  # shards in like-named directories: tell them apart by path
+        names = [str(path) for path in paths]
+    for path, label in zip(paths, names):
         cases += [dict(c.to_dict(), dir=label) for c in read_cases([path])]
         runs += [dict(r, dir=label) for r in iter_records([path]) if r.get("type") == "run"]
     df = pd.DataFrame(cases)
     if not df.empty:
-        df = df.drop_duplicates(subset=["dir", *SPEC_FIELDS], keep="last").reset_index(drop=True)
-        machines = df["machine"].fillna("?").nunique() > 1
+        # records of different machines are never pooled: each machine's are columns of their own
+        df["machine"] = df["machine"].fillna("?")
+        df = df.drop_duplicates(subset=["dir", "machine", *SPEC_FIELDS], keep="last").reset_index(drop=True)
         df["label"] = df["backend"]
-        if df["dir"].nunique() > 1 or machines:
+        if df["dir"].nunique() > 1 or df["machine"].nunique() > 1:
             df["label"] = df["backend"] + " [" + df["dir"] + "]"
+        mixed = df.groupby("dir")["machine"].transform("nunique") > 1
+        df.loc[mixed, "label"] = df["backend"] + " [" + df["dir"] + ", " + df["machine"] + "]"
     return df, pd.DataFrame(runs)
 
 

@@ -91,6 +91,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--shard", type=shard_spec, metavar="K/N",
                    help="measure only shard K of N (1-based): a split of the planned cases by comparison "
                         "group, the same on every machine, so N invocations measure each group exactly once")
+    o.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine; ray: one Ray task per shard on a Ray cluster (docs/cluster.md)")
+    o.add_argument("--shard-count", type=number(int, 1), metavar="N",
+                   help="with --executor ray: shards to split the cases into (default: the cluster's nodes or GPUs)")
     parser.set_defaults(func=main)
 
 
@@ -266,7 +270,13 @@ def main(args: argparse.Namespace) -> int:
         return 0
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        counts = run_sweep(cases, options, args, preset)
+        if getattr(args, "executor", "local") == "ray":
+            from . import cluster
+            counts = cluster.run_on_ray(cases, options, args, preset)
+        elif getattr(args, "shard_count", None):
+            raise UsageError("--shard-count needs --executor ray (a local sweep takes --shard K/N)")
+        else:
+            counts = run_sweep(cases, options, args, preset)
     finally:
         signal.signal(signal.SIGTERM, previous)
     # a declared limit (unsupported) is an answer, not a fault; anything else not ok is

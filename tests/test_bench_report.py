@@ -122,3 +122,40 @@ def test_two_directories_are_labelled(run_dir, tmp_path):
     write_case(other, "native", "infer", 32, 256, 0.002)
     text = report.render([str(run_dir), str(other)], tmp_path / "r.md", plots=False)
     assert "native [run]" in text and "native [other]" in text
+
+
+def _machine_case(out: Path, backend: str, machine: str, median_s: float, ratio: float, hidden: int = 256) -> None:
+    case = Case("lstm", backend, "train", 28, hidden, 1, 32, 35, "cpu", "float32", 2)
+    record = CaseRecord(**asdict(case), run_id=machine, machine=machine, median_s=median_s,
+                        **derived(case, median_s, None))
+    record.ratio_to_native, record.ratio_ci95 = ratio, [ratio * 0.9, ratio * 1.1]
+    append(out, record)
+
+
+def _header(text: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith("| I "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_machines_are_columns_apart_and_ratios_never_cross_them(tmp_path):
+    """Shards measured on different machines: each machine's records are their own columns,
+    and the only ratios shown are the records' own (computed within a group on one machine)."""
+    a, b = tmp_path / "x" / "run", tmp_path / "y" / "run"  # the same directory name on two machines
+    _machine_case(a, "native", "CPU A (2 cores)", 0.010, 1.0)
+    _machine_case(a, "fused", "CPU A (2 cores)", 0.020, 0.5)
+    _machine_case(b, "native", "CPU B (64 cores)", 0.001, 1.0)
+    _machine_case(b, "fused", "CPU B (64 cores)", 0.0005, 2.0)
+    text = report.render([str(a), str(b)], tmp_path / "r.md", plots=False)
+    columns = _header(text)
+    labels = [c for c in columns if c.startswith(("native", "fused"))]
+    assert len(labels) == len(set(labels)) == 4, columns  # four columns, none merged
+    row = next(line for line in text.splitlines() if line.startswith("| 28"))
+    ratios = sorted(re.findall(r"×(\d+\.\d+) \(", row))
+    assert ratios == ["0.50", "2.00"]  # the records' own ratios; never B's native against A's fused
+    # one directory holding records of two machines (a Ray run on unlike nodes) splits by machine
+    mixed = tmp_path / "mixed"
+    _machine_case(mixed, "native", "CPU A (2 cores)", 0.010, 1.0, hidden=128)
+    _machine_case(mixed, "native", "CPU B (64 cores)", 0.001, 1.0, hidden=512)
+    text = report.render([str(mixed)], tmp_path / "m.md", plots=False)
+    labels = [c for c in _header(text) if c.startswith("native")]
+    assert len(labels) == 2 and any("CPU A" in c for c in labels) and any("CPU B" in c for c in labels)
