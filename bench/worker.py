@@ -103,14 +103,18 @@ def prepare(threads: int, imports: list[str]) -> dict:
     return got
 
 
-def _kill_own_group() -> None:
-    """SIGKILL this process's group if it leads one (the worker after setsid), else itself."""
+def _kill_group(pid: int) -> None:
+    """SIGKILL the group led by `pid` (a worker after setsid), or `pid` alone if it leads none.
+    No waiting: safe inside a signal handler."""
     try:
-        if os.getpgrp() == os.getpid():
-            os.killpg(os.getpid(), signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)  # only ever a group whose id is the worker's own pid
+        return
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def watch_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
@@ -118,7 +122,7 @@ def watch_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
     process's group. Run in a daemon thread: the fallback where there is no parent-death signal."""
     while os.getppid() == parent_pid:
         time.sleep(interval)
-    _kill_own_group()
+    _kill_group(os.getpid())
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -130,7 +134,7 @@ def die_with_parent(parent_pid: int) -> None:
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody will signal
-        _kill_own_group()
+        _kill_group(os.getpid())
     threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True,
                      name="cellbench-parent-watchdog").start()
 
@@ -241,20 +245,6 @@ def log_tail(path: Optional[str], since: int = 0, lines: int = 3) -> str:
 _live: dict[int, Worker] = {}  # pid -> worker, for the exit handlers
 _previous_handlers: dict[int, Any] = {}  # signal -> the handler ours replaced
 EXIT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the group led by `pid` (a worker after setsid), or `pid` alone if it leads none.
-    No waiting: safe inside a signal handler."""
-    try:
-        os.killpg(pid, signal.SIGKILL)  # only ever a group whose id is the worker's own pid
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def stop_all_workers() -> None:
