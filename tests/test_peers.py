@@ -212,3 +212,13 @@ def test_missing_package_gives_the_install_hint():
     from cells.kernels.ort import _missing
     assert _missing("no_such_package_xyz") == "needs no_such_package_xyz: pip install cellbench[peers]"
     assert _missing("torch") is None
+
+
+def test_openvino_writes_into_torchs_output_tensors():
+    """The docs say no output copy is timed: the plugin must have used the tensors we set."""
+    module = cells.create("gru", "openvino", 5, 7, num_layers=2, bidirectional=True).eval()
+    with torch.no_grad():
+        out, h_n = module(torch.randn(4, 3, 5))
+    request = module.engine(False).request
+    assert request.get_output_tensor(0).data.ctypes.data == out.data_ptr()
+    assert request.get_output_tensor(1).data.ctypes.data == h_n.data_ptr()

@@ -132,8 +132,8 @@ class JaxEngine:
         D = module.num_directions
         self.forward, self.with_pullback, self.pullback = stack_functions(
             module.kind, module.num_layers, D, module.nonlinearity)
-        self.params = [tuple(_to_jax(w) for w in module.layer_weights(l, d) if w is not None)
-                       for l in range(module.num_layers) for d in range(D)]
+        self.params = [tuple(_to_jax(w) for w in module.layer_weights(layer, d) if w is not None)
+                       for layer in range(module.num_layers) for d in range(D)]
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
         outs = self.forward(self.params, _to_jax(x), tuple(_to_jax(s) for s in states),

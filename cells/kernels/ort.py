@@ -60,8 +60,8 @@ def onnx_model(module: PeerBase, masked: bool = False):
     state_names = ["h0", "c0"] if lstm else ["h0"]
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", module.input_size])]
     inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [L * D, "B", H]) for s in state_names]
-    inputs += [helper.make_tensor_value_info(f"mask_{l}", TensorProto.FLOAT, ["T", "B", D * H])
-               for l in range(L - 1)] if masked else []
+    inputs += [helper.make_tensor_value_info(f"mask_{i}", TensorProto.FLOAT, ["T", "B", D * H])
+               for i in range(L - 1)] if masked else []
     nodes, inits = [], []
 
     def const(name: str, values: list[int]) -> str:
@@ -74,44 +74,44 @@ def onnx_model(module: PeerBase, masked: bool = False):
     if kind == "rnn":
         attrs["activations"] = [module.nonlinearity.capitalize()] * D
     layer_in, finals = "X", {s: [] for s in state_names}
-    for l in range(L):
-        weights = [module.layer_weights(l, d) for d in range(D)]
+    for layer in range(L):
+        weights = [module.layer_weights(layer, d) for d in range(D)]
         W = np.stack([_reorder(w[0], kind) for w in weights])
         R = np.stack([_reorder(w[1], kind) for w in weights])
-        inits += [numpy_helper.from_array(W, f"W_{l}"), numpy_helper.from_array(R, f"R_{l}")]
+        inits += [numpy_helper.from_array(W, f"W_{layer}"), numpy_helper.from_array(R, f"R_{layer}")]
         bias = ""
         if module.bias:
             inits.append(numpy_helper.from_array(np.stack([np.concatenate(
-                [_reorder(w[2], kind), _reorder(w[3], kind)]) for w in weights]), f"B_{l}"))
-            bias = f"B_{l}"
+                [_reorder(w[2], kind), _reorder(w[3], kind)]) for w in weights]), f"B_{layer}"))
+            bias = f"B_{layer}"
         layer_states = []
         for s in state_names:
             if L == 1:
                 layer_states.append(s)
                 continue
-            nodes.append(helper.make_node("Slice", [s, const(f"{s}_start_{l}", [l * D]),
-                                                    const(f"{s}_end_{l}", [(l + 1) * D]),
-                                                    const(f"{s}_axis_{l}", [0])], [f"{s}_{l}"]))
-            layer_states.append(f"{s}_{l}")
-        outs = [f"Y_{l}", f"h_n_{l}"] + ([f"c_n_{l}"] if lstm else [])
+            nodes.append(helper.make_node("Slice", [s, const(f"{s}_start_{layer}", [layer * D]),
+                                                    const(f"{s}_end_{layer}", [(layer + 1) * D]),
+                                                    const(f"{s}_axis_{layer}", [0])], [f"{s}_{layer}"]))
+            layer_states.append(f"{s}_{layer}")
+        outs = [f"Y_{layer}", f"h_n_{layer}"] + ([f"c_n_{layer}"] if lstm else [])
         if L == 1:
             outs = ["Y_0", "h_n"] + (["c_n"] if lstm else [])
-        nodes.append(helper.make_node(ONNX_OP[kind], [layer_in, f"W_{l}", f"R_{l}", bias, ""]
-                                      + layer_states, outs, name=f"{kind}_{l}", **attrs))
+        nodes.append(helper.make_node(ONNX_OP[kind], [layer_in, f"W_{layer}", f"R_{layer}", bias, ""]
+                                      + layer_states, outs, name=f"{kind}_{layer}", **attrs))
         for s, out in zip(state_names, outs[1:]):
             finals[s].append(out)
         # Y: (T, D, B, H) -> (T, B, D*H), directions side by side as torch.nn concatenates them
-        last = l == L - 1
-        out_name = "output" if last else f"out_{l}"
-        y_name = out_name if last or not masked else f"pre_{l}"
+        last = layer == L - 1
+        out_name = "output" if last else f"out_{layer}"
+        y_name = out_name if last or not masked else f"pre_{layer}"
         if D == 2:
-            nodes.append(helper.make_node("Transpose", [f"Y_{l}"], [f"Yt_{l}"], perm=[0, 2, 1, 3]))
-            nodes.append(helper.make_node("Reshape", [f"Yt_{l}", const(f"shape_{l}", [0, 0, -1])],
+            nodes.append(helper.make_node("Transpose", [f"Y_{layer}"], [f"Yt_{layer}"], perm=[0, 2, 1, 3]))
+            nodes.append(helper.make_node("Reshape", [f"Yt_{layer}", const(f"shape_{layer}", [0, 0, -1])],
                                           [y_name]))
         else:
-            nodes.append(helper.make_node("Squeeze", [f"Y_{l}", const(f"axis_{l}", [1])], [y_name]))
+            nodes.append(helper.make_node("Squeeze", [f"Y_{layer}", const(f"axis_{layer}", [1])], [y_name]))
         if masked and not last:
-            nodes.append(helper.make_node("Mul", [f"pre_{l}", f"mask_{l}"], [out_name]))
+            nodes.append(helper.make_node("Mul", [f"pre_{layer}", f"mask_{layer}"], [out_name]))
         layer_in = out_name
     if L > 1:
         for s, outs in finals.items():
@@ -161,8 +161,8 @@ class OrtEngine:
         bind("X", x)
         for name, s in zip(("h0", "c0"), states):
             bind(name, s)
-        for l, m in enumerate(masks):
-            bind(f"mask_{l}", m)
+        for i, m in enumerate(masks):
+            bind(f"mask_{i}", m)
         output = torch.empty(T, B, self.D * self.H)
         finals = tuple(torch.empty(self.L * self.D, B, self.H) for _ in states)
         for name, t in zip(("output", "h_n", "c_n"), (output, *finals)):
