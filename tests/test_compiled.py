@@ -129,3 +129,92 @@ def test_packed_mm_uses_registered_weight_and_falls_back():
         b.add_(1.0)  # new version: the packed copy is stale and must not be used
         torch.testing.assert_close(op(x, b), x.mm(b))
     assert id(b) not in compiled._PACKED
+
+
+# --- inference on short inputs (generation): the no-grad path --------------------------------
+SHORT_CONFIGS = [
+    Config("lstm", seq_len=1, batch=1), Config("gru", seq_len=1, batch=1), Config("rnn", seq_len=1, batch=1),
+    Config("rnn", nonlinearity="relu", seq_len=3), Config("lstm", seq_len=4, num_layers=2, bidirectional=True),
+    Config("gru", seq_len=2, bias=False, with_hx=False), Config("lstm", seq_len=1, batch=None, bias=False),
+    Config("gru", seq_len=3, batch_first=True, num_layers=2), Config("rnn", seq_len=1, batch=5, with_hx=False),
+]
+
+
+def _float64_pair(config: Config):
+    """The compiled module and torch.nn in float64 with the same weights, inputs and states."""
+    from cells.equivalence import reference_module
+    module = _build(config).eval()
+    reference = reference_module(config).eval()
+    reference.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    batch = () if config.batch is None else (config.batch,)
+    x = torch.randn(*((batch + (config.seq_len,)) if config.batch_first and batch else
+                      (config.seq_len,) + batch), config.input_size)
+    states = (2 if config.kind == "lstm" else 1) if config.with_hx else 0
+    hx = tuple(torch.randn(config.num_layers * (2 if config.bidirectional else 1), *batch, config.hidden_size)
+               for _ in range(states)) or None
+    return module, reference, x, hx
+
+
+def _relative_error(got, want) -> float:
+    return float((got.double() - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("config", SHORT_CONFIGS, ids=Config.label)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_short_inference_matches_float64_torch_nn(config, context):
+    from cells.tolerances import tolerance
+    module, reference, x, hx = _float64_pair(config)
+    arg = None if hx is None else (hx if config.kind == "lstm" else hx[0])
+    with context():
+        got = module(x, arg)
+    want = reference(x.double(), None if hx is None else (tuple(h.double() for h in hx) if config.kind == "lstm"
+                                                          else hx[0].double()))
+    for g, w in zip([got[0], *compiled_states(got[1])], [want[0], *compiled_states(want[1])]):
+        assert g.shape == w.shape and g.dtype == torch.float32
+        assert _relative_error(g, w.detach()) <= tolerance(torch.float32)
+    assert got[0].data_ptr() != compiled_states(got[1])[0].data_ptr()  # output and state never share
+
+
+def compiled_states(hx):
+    return tuple(hx) if isinstance(hx, tuple) else (hx,)
+
+
+def test_generation_step_by_step_matches_float64_torch_nn_and_compiles_nothing_new():
+    """Batch 1, one token per call, state carried (what `bench run --modes generate` times), 2 layers:
+    equal to torch.nn on the whole sequence; after the first calls, no new graph for other batch sizes,
+    sequence lengths below SHORT_STEPS or unbatched input, and the training path is not taken."""
+    from torch._dynamo.utils import counters
+    from cells.tolerances import tolerance
+    config = Config("lstm", num_layers=2, seq_len=12, batch=1)
+    module, reference, x, _ = _float64_pair(config)
+    with torch.no_grad():
+        module(torch.randn(2, 3, config.input_size))  # batch > 1: the dynamic graph
+        state, ys = None, []
+        for t in range(config.seq_len):
+            y, state = module(x[t:t + 1], state)
+            ys.append(y)
+        before = counters["stats"]["unique_graphs"]
+        for seq, batch in ((1, 4), (compiled.SHORT_STEPS - 1, 1), (2, 7), (3, None)):
+            shape = (seq, config.input_size) if batch is None else (seq, batch, config.input_size)
+            module(torch.randn(*shape))
+    assert counters["stats"]["unique_graphs"] == before, "a short inference call recompiled"
+    want, (h, c) = reference(x.double())
+    assert _relative_error(torch.cat(ys), want.detach()) <= tolerance(torch.float32)
+    assert _relative_error(state[0], h.detach()) <= tolerance(torch.float32)
+    assert _relative_error(state[1], c.detach()) <= tolerance(torch.float32)
+    assert "lstm.infer[torch.float32, cpu]" in compiled.compile_times()
+
+
+def test_short_inference_path_only_without_grad(monkeypatch):
+    """Under grad (training, even at T = 1) the autograd path runs; under no_grad with T >=
+    SHORT_STEPS the chunked path runs; only short no-grad calls take the inference step."""
+    taken = []
+    real = compiled.infer_short
+    monkeypatch.setattr(compiled, "infer_short", lambda *a: taken.append(a[2].size(0)) or real(*a))
+    module = _build(Config("gru"))
+    module(torch.randn(1, 2, 5))[0].sum().backward()
+    assert all(p.grad is not None for p in module.parameters()) and taken == []
+    with torch.no_grad():
+        module(torch.randn(compiled.SHORT_STEPS, 2, 5))
+        module(torch.randn(compiled.SHORT_STEPS - 1, 2, 5))
+    assert taken == [compiled.SHORT_STEPS - 1]

@@ -653,6 +653,109 @@ def compiled_steps(variant: str) -> Steps:
     return _COMPILED[variant]
 
 
+# --------------------------------------------------------------------------------------------
+# Inference on short inputs: generation (one token per call, batch 1) and any call of fewer
+# than SHORT_STEPS steps under no_grad / inference_mode.
+#
+# The training path costs more than the math there (profile of a batch-1, one-step LSTM call at
+# H = 256, docs/compiled-and-triton.md): reordering W_hh into oneDNN's blocked layout (~150 us,
+# paid per layer call, to save ~30 us per step at batch 32 and nothing on a matrix-vector
+# product), the autograd Function and the gates it saves for a backward that never comes,
+# padding batch 1 to 2 rows, the front-padded copy of xw, the chunk bookkeeping, and the
+# duck-sizing config patch around each layer's first step (~35 us; every step is a first step
+# when T = 1). This path calls one compiled step per time step that takes x_t and both weights
+# as they are (the input projection inside the graph, W^T as a view: no copy), saves nothing,
+# and patches the config only on the first call per kind, dtype and device.
+
+SHORT_STEPS = 5  # < one K-step chunk: below this, packing and chunking cannot pay for themselves
+
+
+def lstm_infer_step(x_t: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                    b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    gates = torch.mm(x_t, w_ih.t()) + torch.mm(h, w_hh.t())
+    if b_ih is not None:
+        gates = gates + (b_ih + b_hh)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_infer_step(x_t: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+                   b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    xw, hw = torch.mm(x_t, w_ih.t()), torch.mm(h, w_hh.t())
+    if b_ih is not None:
+        xw, hw = xw + b_ih, hw + b_hh
+    x_r, x_z, x_n = xw.chunk(3, 1)
+    h_r, h_z, h_n = hw.chunk(3, 1)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    return n + z * (h - n)
+
+
+def _rnn_infer_step(activation: Callable) -> Callable:
+    def rnn_infer_step(x_t, h, w_ih, w_hh, b_ih, b_hh):
+        a = torch.mm(x_t, w_ih.t()) + torch.mm(h, w_hh.t())
+        return activation(a if b_ih is None else a + (b_ih + b_hh))
+    return rnn_infer_step
+
+
+INFER_STEPS: dict[str, Callable] = {"lstm": lstm_infer_step, "gru": gru_infer_step,
+                                    "rnn_tanh": _rnn_infer_step(torch.tanh),
+                                    "rnn_relu": _rnn_infer_step(torch.relu)}
+_COMPILED_INFER: dict[str, Callable] = {}
+_WARM: set = set()  # (variant, dtype, device type) whose infer step has been called
+
+
+def _infer_call(variant: str, fn: Callable, *args):
+    """The first call per variant, dtype and device through `_timed` (no duck sizing, compile
+    time logged); later calls direct, a compile they still trigger (a new dtype-independent
+    specialisation, e.g. batch 1 then 3) logged all the same."""
+    key = (variant, args[0].dtype, args[0].device.type)
+    if key not in _WARM:
+        out = _timed("infer", variant)(fn, *args)
+        _WARM.add(key)
+        return out
+    before, start = _graph_count(), time.perf_counter()
+    out = fn(*args)
+    if _graph_count() != before:
+        name = f"{variant}.infer[{args[0].dtype}, {args[0].device.type}]"
+        _COMPILE_TIMES[name] = _COMPILE_TIMES.get(name, 0.0) + time.perf_counter() - start
+    return out
+
+
+def _one_layout(t: Optional[Tensor]) -> Optional[Tensor]:
+    """t itself when contiguous at storage offset 0, else a fresh copy: one layout for Dynamo's
+    guards (offset 0 vs > 0 would be two graphs) without a copy in the usual case."""
+    if t is None or (t.is_contiguous() and t.storage_offset() == 0):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def infer_short(variant: str, step: Callable, x: Tensor, state: State,
+                weights: LayerWeights) -> tuple[Tensor, State]:
+    """run_layer without autograd for a few steps: one `step` call per time step."""
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    w_ih, w_hh, b_ih, b_hh = (_one_layout(w) for w in (w_ih, w_hh, b_ih, b_hh))
+    h = _one_layout(state[0])
+    c = _one_layout(state[1]) if variant == "lstm" else None
+    hs = []
+    for t in range(x.size(0)):
+        x_t = _one_layout(x[t])
+        if variant == "lstm":
+            h, c = _infer_call(variant, step, x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+        else:
+            h = _infer_call(variant, step, x_t, h, w_ih, w_hh, b_ih, b_hh)
+        hs.append(h)
+    y = torch.stack(hs)  # a copy: the output and the final state never share memory
+    return y, ((h, c) if variant == "lstm" else (h,))
+
+
+def compiled_infer_step(variant: str) -> Callable:
+    if variant not in _COMPILED_INFER:
+        _COMPILED_INFER[variant] = torch.compile(INFER_STEPS[variant], dynamic=True)
+    return _COMPILED_INFER[variant]
+
+
 def variant_of(module: RecurrentBase) -> str:
     return f"rnn_{module.nonlinearity}" if module.kind == "rnn" else module.kind
 
@@ -680,4 +783,6 @@ class CompiledLoop(RecurrentBase):
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         variant = variant_of(self)
+        if x.size(0) < SHORT_STEPS and not torch.is_grad_enabled():  # generation, mostly
+            return infer_short(variant, compiled_infer_step(variant), x, state, weights)
         return recurrent_layer(variant, compiled_steps(variant), x, state, weights)
