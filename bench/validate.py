@@ -521,7 +521,7 @@ def render(v: dict) -> str:
     if unsupported:
         lines += ["", "Unsupported (the candidate raised at construction; pass `--require OPTION` "
                   "to make these failures): " + "; ".join(sorted({c.reason for c in unsupported}))]
-    lines += [""] + contract.render(v["contract"])
+    lines += [""] + contract.render(v.get("contract", []))
     t = v["train"]
     lines += ["## Training parity", ""]
     if t is None:
