@@ -4,7 +4,7 @@ The rule: a kernel's threads meet at a join, and a join costs about 1 us in numb
 quiet machine but up to a scheduler time slice (milliseconds) when another process holds a
 core and one thread of the pool is waiting for it. So a call gets more than one thread only
 when each thread's share of the work between two joins is at least MIN_WORK multiply-adds
-(tens of microseconds of GEMM, at least several times a quiet join), and never more threads
+(a few microseconds even at full GEMM speed, several times a quiet join), and never more threads
 than it has independent pieces. With one thread the kernels run inline in the calling thread
 and never enter numba's pool (no fork, no join). What lies between two joins:
 
