@@ -303,13 +303,22 @@ def tasks_section(paths: list[str], out_dir: Path, fig_dir: Path) -> str:
         return f"\n## Training tasks\n\n_The task section could not be rendered: {type(exc).__name__}: {exc}_\n"
 
 
+def _shown(path, out_dir: Path) -> str:
+    """A record directory as the report names it: relative to the report, never an absolute
+    path of the machine that wrote it."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(out_dir).resolve())
+    except ValueError:  # another drive (Windows)
+        return Path(path).name
+
+
 def render(paths: list[str], output: Path, plots: bool = True) -> str:
     """The whole report as markdown; figures are written beside `output`."""
     df, runs = load(paths)
     out_dir = output.parent
     fig_dir_name = f"{output.stem}-figures"
     lines = ["# cellbench report", "",
-             f"Records: {', '.join(str(p) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
+             f"Records: {', '.join(_shown(p, out_dir) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
              "the same shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
              "*undecided* marks a ratio whose interval contains 1.0; `~` marks a noisy case (IQR/median "
              f"of its round times above the run's threshold, default {Options().noise_threshold:.0%}). "

@@ -293,38 +293,11 @@ def worst_errors(checks: list[Check]) -> list[dict]:
 
 # --- training parity ---------------------------------------------------------------------
 def load_charlm(max_tokens: int = 10000):
-    """(corpus, vocab_size, batches, source). Uses bench.tasks.charlm; without the Time Machine
-    text, a seeded synthetic corpus keeps the check runnable (and the report says so)."""
-    try:
-        from bench.tasks.charlm import batches, load_time_machine
-    except ImportError:
-        batches = _sequential_batches
-        load_time_machine = None
-    if load_time_machine is not None:
-        try:
-            corpus, vocab = load_time_machine(max_tokens=max_tokens)
-            return corpus, len(vocab), batches, "the Time Machine via bench.tasks.charlm (d2l preprocessing)"
-        except Exception as exc:  # no data here: fall through to the synthetic corpus
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    else:
-        reason = "bench.tasks.charlm is not available"
-    # A seeded Markov chain over 28 symbols (3 likely successors each), so the loss does fall.
-    gen = torch.Generator().manual_seed(0)
-    successors = torch.randint(0, 28, (28, 3), generator=gen)
-    choices = torch.randint(0, 3, (max_tokens,), generator=gen).tolist()
-    corpus, token = [], 0
-    for c in choices:
-        token = int(successors[token, c])
-        corpus.append(token)
-    return corpus, 28, batches, f"a synthetic Markov-chain corpus of 28 symbols ({reason[:100]})"
-
-
-def _sequential_batches(corpus, batch_size, num_steps, random=False, seed=0):
-    num_tokens = ((len(corpus) - 1) // batch_size) * batch_size
-    xs = torch.tensor(corpus[:num_tokens]).reshape(batch_size, -1)
-    ys = torch.tensor(corpus[1:num_tokens + 1]).reshape(batch_size, -1)
-    for i in range(0, (xs.shape[1] // num_steps) * num_steps, num_steps):
-        yield xs[:, i:i + num_steps], ys[:, i:i + num_steps]
+    """(corpus, vocab_size, batches, source): the Time Machine through bench.tasks.charlm, with
+    d2l's preprocessing (the text ships inside the package, so this needs no data folder)."""
+    from bench.tasks.charlm import batches, load_time_machine
+    corpus, vocab = load_time_machine(max_tokens=max_tokens)
+    return corpus, len(vocab), batches, "the Time Machine via bench.tasks.charlm (d2l preprocessing)"
 
 
 class _LM(nn.Module):
