@@ -300,44 +300,6 @@ def load_charlm(max_tokens: int = 10000):
     return corpus, len(vocab), batches, "the Time Machine via bench.tasks.charlm (d2l preprocessing)"
 
 
-class _LM(nn.Module):
-    def __init__(self, rnn: nn.Module, hidden: int, vocab: int):
-        super().__init__()
-        self.rnn, self.vocab = rnn, vocab
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, X, state):
-        x = nn.functional.one_hot(X.T, self.vocab).to(self.head.weight.dtype)
-        y, state = self.rnn(x, state)
-        return self.head(y.reshape(-1, y.shape[-1])), state
-
-
-def _detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
-def _train(model: _LM, data: list, lr: float) -> list[float]:
-    losses, state = [], None
-    params = list(model.parameters())
-    for X, Y in data:
-        if state is not None:
-            state = _detach(state)
-        logits, state = model(X, state)
-        loss = nn.functional.cross_entropy(logits, Y.T.reshape(-1))
-        for p in params:
-            p.grad = None
-        loss.backward()
-        missing = [n for n, p in model.named_parameters() if p.grad is None]
-        if missing:
-            raise RuntimeError(f"no gradient for {', '.join(missing)}")
-        nn.utils.clip_grad_norm_(params, 1.0)  # d2l's grad_clipping, theta = 1
-        with torch.no_grad():
-            for p in params:
-                p -= lr * p.grad
-        losses.append(loss.item())
-    return losses
-
-
 def parity_criterion(candidate: list[float], ref32: list[float], ref64: list[float]) -> dict:
     """Float32 noise = how far torch.nn in float32 is from torch.nn in float64 on the same run.
 
@@ -357,33 +319,32 @@ def parity_criterion(candidate: list[float], ref32: list[float], ref64: list[flo
 
 def train_parity(factory, kind: str, steps: int = 50, hidden: int = 256, batch: int = 32,
                  num_steps: int = 35, lr: float = 1.0, seed: int = 0) -> dict:
-    corpus, vocab, batches, source = load_charlm()
-    data = []
-    while len(data) < steps:
-        before = len(data)
-        for X, Y in batches(corpus, batch, num_steps, random=False, seed=seed):
-            data.append((X, Y))
-            if len(data) == steps:
-                break
-        if len(data) == before:
-            raise ValueError(f"the corpus ({len(corpus)} tokens) holds no batch of {batch}x{num_steps}")
-    torch.manual_seed(seed)
-    rnn = factory(vocab, hidden)
-    cand = _LM(rnn, hidden, vocab)
-    ref_cls = getattr(nn, spec(kind).torch_class)
-    ref_rnn = ref_cls(vocab, hidden)
-    ref_rnn.load_state_dict(rnn.state_dict())
-    ref32 = _LM(ref_rnn, hidden, vocab)
-    ref32.head.load_state_dict(cand.head.state_dict())
-    ref64 = _LM(ref_cls(vocab, hidden), hidden, vocab).double()
+    """The candidate and torch.nn (float32 and float64) train bench.tasks.charlm's model with its
+    trainer (d2l's recipe: SGD, clipping at 1, state carried) from the same weights on the same
+    batches; the per-step losses are compared by parity_criterion."""
+    from bench.tasks.charlm import CharLM, train
+    corpus, vocab, _, source = load_charlm()
+    if len(corpus) < batch * num_steps + 1:
+        raise ValueError(f"the corpus ({len(corpus)} tokens) holds no batch of {batch}x{num_steps}")
+    ref32 = CharLM(kind, "native", vocab, hidden, seed=seed)
+    ref64 = CharLM(kind, "native", vocab, hidden, seed=seed).double()
     ref64.load_state_dict({k: v.double() for k, v in ref32.state_dict().items()})
+    cand = CharLM(kind, "native", vocab, hidden, seed=seed)
+    torch.manual_seed(seed)
+    cand.rnn = factory(vocab, hidden)
+    cand.rnn.load_state_dict(ref32.rnn.state_dict())
     out = dict(source=source, steps=steps, hidden=hidden, batch=batch, num_steps=num_steps, lr=lr,
                vocab=vocab)
+    common = dict(epochs=steps, batch_size=batch, num_steps=num_steps, lr=lr, seed=seed,
+                  max_steps=steps, show_progress=False)
     with _threads(1):
-        out["torch_float64"] = _train(ref64, data, lr)
-        out["torch_float32"] = _train(ref32, data, lr)
+        out["torch_float64"] = train(ref64, corpus, **common)["step_losses"]
+        out["torch_float32"] = train(ref32, corpus, **common)["step_losses"]
         try:
-            out["candidate"] = _train(cand, data, lr)
+            out["candidate"] = train(cand, corpus, **common)["step_losses"]
+            missing = [n for n, p in cand.rnn.named_parameters() if p.grad is None]
+            if missing:
+                raise RuntimeError(f"no gradient for {', '.join(missing)}")
         except Exception as exc:
             out.update(passed=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
             return out

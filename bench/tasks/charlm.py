@@ -221,10 +221,13 @@ def evaluate(model: CharLM, corpus: Sequence[int], batch_size: int, num_steps: i
 def train(model: CharLM, train_corpus: Sequence[int], epochs: int = 500, batch_size: int = 32,
           num_steps: int = 35, lr: float = 1.0, optimizer: str = "sgd", clip: float = 1.0,
           random_iter: bool = False, seed: int = 0, val_corpus: Optional[Sequence[int]] = None,
-          val_every: int = 10, show_progress: Optional[bool] = None) -> dict:
-    """d2l's train_ch8. Epoch e uses batches(seed=seed*100003 + e). Returns curves and timings."""
+          val_every: int = 10, show_progress: Optional[bool] = None,
+          max_steps: Optional[int] = None) -> dict:
+    """d2l's train_ch8. Epoch e uses batches(seed=seed*100003 + e). Returns curves (per epoch,
+    and the loss of every step in `step_losses`) and timings; `max_steps` ends training early
+    (bench validate's training parity compares the first steps of several models)."""
     opt = make_optimizer(optimizer, model.parameters(), lr)
-    curve, val_curve, val_epochs = [], [], []
+    curve, val_curve, val_epochs, step_losses = [], [], [], []
     tokens, train_seconds = 0, 0.0
     model.train()
     for epoch in progress(range(epochs), total=epochs, desc=f"{model.kind}/{model.backend}",
@@ -241,8 +244,11 @@ def train(model: CharLM, train_corpus: Sequence[int], epochs: int = 500, batch_s
             loss.backward()
             clip_gradients(model.parameters(), clip)
             opt.step()
-            total += float(loss.detach()) * y.numel()
+            step_losses.append(float(loss.detach()))
+            total += step_losses[-1] * y.numel()
             count += y.numel()
+            if max_steps is not None and len(step_losses) >= max_steps:
+                break
         if count == 0:
             raise ValueError(f"a training corpus of {len(train_corpus)} tokens holds no batch of "
                              f"{batch_size} x {num_steps} tokens: lower --batch-size / --num-steps "
@@ -253,7 +259,10 @@ def train(model: CharLM, train_corpus: Sequence[int], epochs: int = 500, batch_s
         if val_corpus and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
             val_curve.append(evaluate(model, val_corpus, batch_size, num_steps))
             val_epochs.append(epoch + 1)
+        if max_steps is not None and len(step_losses) >= max_steps:
+            break
     return {"perplexity": curve, "val_perplexity": val_curve, "val_epochs": val_epochs,
+            "step_losses": step_losses,
             "train_time_s": train_seconds, "tokens": tokens,
             "tokens_per_s": tokens / train_seconds if train_seconds else float("nan")}
 
