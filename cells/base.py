@@ -2,7 +2,9 @@
 
 `RecurrentBase` owns torch.nn's constructor, parameter names, shapes and initialisation, the
 input checks, batch_first, unbatched input, default states, layer stacking, directions and
-inter-layer dropout. A backend subclasses it and supplies only `run_layer`: one layer, one
+inter-layer dropout, PackedSequence input, proj_size's parameters, autocast, empty batches,
+pickling, and the clear refusal of whatever a backend's `capabilities` do not declare
+(docs/capabilities.md). A backend subclasses it and supplies only `run_layer`: one layer, one
 direction, time-major. A backend that fuses the whole stack may override `run_stack` instead.
 
 `for_kind(Backend)` turns such a class into drop-in replacements for torch.nn.RNN / GRU / LSTM.
@@ -318,7 +320,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def forward(ctx, name: str, *outputs: Tensor):
         ctx.name = name
-        return tuple(o.view_as(o) for o in outputs)
+        return tuple(o.clone() for o in outputs)  # copies, not views: callers may modify them in place
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
