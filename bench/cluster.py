@@ -10,8 +10,8 @@ module schedules nothing itself.
 A shard task runs the ordinary worker-isolated sweep (`bench.sweep.run_sweep`) into a node-local
 temporary directory and sends each comparison group's records, once all of them exist, to a
 collector actor; the driver drains the collector and appends them to `--out`. A group is delivered
-whole or not at all. A task whose process dies is run again once by Ray (`max_retries=1`); the
-retry skips the groups already delivered, so the group in flight when it died is measured again.
+whole or not at all. A task that dies (or raises) is submitted again once, with the cases whose
+group the driver has not received, so the group in flight when it died is measured again, whole.
 A shard that fails twice leaves its undelivered cases as `failed` records. `--resume` works as for
 a local sweep: the driver hands the shards only the cases without a record in `--out`.
 """
@@ -139,65 +139,62 @@ class _Forwarder(threading.Thread):
 
 
 def run_shard(label: str, cases: list[Case], options: Options, args: argparse.Namespace,
-              preset: Optional[presets.Preset], collector) -> str:
-    """Body of one shard task: measure the shard's cases not yet delivered; returns the worker log."""
+              preset: Optional[presets.Preset], collector) -> tuple[str, list]:
+    """Body of one shard task: measure `cases`; returns the worker log and the refs of the sends.
+
+    Nothing here waits on Ray: a task blocked in ray.get or ray.wait lends its CPUs to other tasks
+    while it waits, which would put a second timing shard on this node."""
     import ray
 
     from .cli import import_modules
     from .sweep import run_sweep
 
     import_modules(args.imports)  # backends registered by --import must be known in this process too
-    delivered = ray.get(collector.delivered.remote(label))
-    pending = [c for c in cases if c.key() not in delivered]
     local = Path(tempfile.mkdtemp(prefix="cellbench-shard-"))
     shard_args = argparse.Namespace(**{**vars(args), "out": str(local), "resume": False,
                                        "shard_label": label, "started": time.monotonic()})
     die = os.environ.get(DIE_ENV)
+    sent: list = []
 
     def send(records: list[dict]) -> None:
-        ray.get(collector.put.remote(label, records))
+        sent.append(collector.put.remote(records))  # actor calls of one caller run in order
         if die and any(r.get("type") == "case" for r in records):
             for token in sorted(Path(die).glob("*")):
                 try:
                     token.unlink()
                 except FileNotFoundError:  # another shard took it
                     continue
+                ray.get(sent[-1])  # delivered, then die
                 os._exit(1)
 
-    forwarder = _Forwarder(local / RECORDS_FILE, pending, send)
+    forwarder = _Forwarder(local / RECORDS_FILE, cases, send)
     forwarder.start()
     try:
-        if pending:
-            run_sweep(pending, options, shard_args, preset)
+        run_sweep(cases, options, shard_args, preset)
     finally:
         forwarder.finish()
         log = local / "worker.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         shutil.rmtree(local, ignore_errors=True)
-    return text
+    return text, sent
 
 
 # --- on the driver -------------------------------------------------------------------------------
 def _collector_class(ray):
     @ray.remote(num_cpus=0)
     class Collector:
-        """Records delivered by the shards, waiting for the driver; and what each shard delivered."""
+        """Batches of records sent by the shards (one comparison group, or one run record each),
+        waiting for the driver."""
 
         def __init__(self) -> None:
             self.batches: list[list[dict]] = []
-            self.keys: dict[str, set] = {}
 
-        def put(self, shard: str, records: list[dict]) -> None:
+        def put(self, records: list[dict]) -> None:
             self.batches.append(records)
-            self.keys.setdefault(shard, set()).update(
-                CaseRecord.from_dict(r).key() for r in records if r.get("type") == "case")
 
         def take(self) -> list[list[dict]]:
             batches, self.batches = self.batches, []
             return batches
-
-        def delivered(self, shard: str) -> set:
-            return self.keys.get(shard, set())
     return Collector
 
 
@@ -232,57 +229,80 @@ def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
         print(f"bench run --executor ray: {len(cases)} cases, {len(cases) - len(pending)} already recorded, "
               f"{len(pending)} to measure in {len(shards)} shards of {count}, {what} -> {out / RECORDS_FILE}",
               file=sys.stderr)
-        if not shards:
-            return counts
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        collector = _collector_class(ray).options(scheduling_strategy=here).remote()
-        task = ray.remote(run_shard).options(max_retries=1, retry_exceptions=True, **request)
-        plain = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-        refs = {task.remote(label, s, options, plain, preset, collector): label for label, s in shards.items()}
-        received: set[tuple] = set()
-
-        def drain() -> None:
-            for batch in ray.get(collector.take.remote()):
-                for record in batch:
-                    append(out, record)
-                    if record.get("type") == "case":
-                        counts[record["status"]] += 1
-                        received.add(CaseRecord.from_dict(record).key())
-
-        errors: dict[str, str] = {}
-        waiting = list(refs)
-        try:
-            while waiting:
-                done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S)
-                drain()
-                for ref in done:
-                    label = refs[ref]
-                    try:
-                        log = ray.get(ref)
-                    except Exception as exc:  # died twice, or raised twice
-                        log = ""
-                        errors[label] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                        print(f"shard {label} failed twice: {errors[label]}", file=sys.stderr)
-                    if log:
-                        with open(out / "worker.log", "a", encoding="utf-8") as f:
-                            f.write(f"--- shard {label}\n{log}")
-        except KeyboardInterrupt:
-            for ref in waiting:
-                ray.cancel(ref, force=True)
-            drain()
-            print("interrupted: the records received so far are kept; run again with --resume", file=sys.stderr)
-            raise
-        drain()
-        for label, error in errors.items():
-            for case in shards[label]:
-                if case.key() not in received:
-                    record = CaseRecord(**asdict(case), status="failed", shard=label,
-                                        error=f"the Ray task of shard {label} died twice: {error}")
-                    append(out, record)
-                    counts["failed"] += 1
+        if shards:
+            _drive(ray, shards, options, args, preset, request, out, counts,
+                   NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
     finally:
         if not started:
             ray.shutdown()
     print("bench run --executor ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")
           + f"; records in {out / RECORDS_FILE}", file=sys.stderr)
     return counts
+
+
+def _drive(ray, shards: dict[str, list[Case]], options: Options, args: argparse.Namespace,
+           preset: Optional[presets.Preset], request: dict, out: Path, counts: dict, here) -> None:
+    """Submit the shards, append what they send, submit a shard again once when its task fails
+    (with the cases not yet received), and record the cases of a shard that failed twice."""
+    collector = _collector_class(ray).options(scheduling_strategy=here).remote()
+    task = ray.remote(run_shard).options(max_retries=0, **request)
+    plain = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+    received: set[tuple] = set()
+
+    def submit(label: str, cases: list[Case]):
+        return task.remote(label, cases, options, plain, preset, collector)
+
+    def drain() -> None:
+        for batch in ray.get(collector.take.remote()):
+            keys = {CaseRecord.from_dict(r).key() for r in batch if r.get("type") == "case"}
+            if keys & received:  # a late send of a task that died, after its retry sent the group
+                continue
+            received.update(keys)
+            for record in batch:
+                append(out, record)
+                if record.get("type") == "case":
+                    counts[record["status"]] += 1
+
+    def left(label: str) -> list[Case]:
+        return [c for c in shards[label] if c.key() not in received]
+
+    refs = {submit(label, cases): label for label, cases in shards.items()}
+    tries = {label: 1 for label in shards}
+    errors: dict[str, str] = {}
+    try:
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=POLL_S)
+            drain()
+            for ref in done:
+                label = refs.pop(ref)
+                try:
+                    log, sent = ray.get(ref)
+                    ray.get(sent)  # everything the shard sent has reached the collector
+                except Exception as exc:  # the task died or raised
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                    drain()
+                    if not left(label):  # it failed after sending every group
+                        continue
+                    if tries[label] == 1:
+                        print(f"shard {label} failed ({error}); running it again", file=sys.stderr)
+                        tries[label] += 1
+                        refs[submit(label, left(label))] = label
+                    else:
+                        errors[label] = error
+                        print(f"shard {label} failed twice: {error}", file=sys.stderr)
+                    continue
+                if log:
+                    with open(out / "worker.log", "a", encoding="utf-8") as f:
+                        f.write(f"--- shard {label}\n{log}")
+    except KeyboardInterrupt:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        drain()
+        print("interrupted: the records received so far are kept; run again with --resume", file=sys.stderr)
+        raise
+    drain()
+    for label, error in errors.items():
+        for case in left(label):
+            append(out, CaseRecord(**asdict(case), status="failed", shard=label,
+                                   error=f"the Ray task of shard {label} failed twice: {error}"))
+            counts["failed"] += 1

@@ -131,7 +131,7 @@ def test_a_task_that_dies_twice_leaves_failed_records_and_resume_measures_them(l
     assert sorted(map(key, records)) == sorted(c.key() for c in planned(*grid))
     failed = [r for r in records if r["status"] == "failed"]
     # each attempt delivered one group before dying; the third group's cases are failed
-    assert len(failed) == 2 and all("died twice" in r["error"] for r in failed)
+    assert len(failed) == 2 and all("failed twice" in r["error"] for r in failed)
     assert len({r["run_id"] for r in records if r["status"] == "ok"}) == 2
     assert run(*grid, "--executor", "ray", "--shard-count", "1", "--out", str(out),
                "--resume", "--retry-failed") == 0
