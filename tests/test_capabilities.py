@@ -133,6 +133,7 @@ def test_jit_script_in_a_model(backend):
     torch.testing.assert_close(torch.jit.script(model)(x), eager)
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_export(backend):
     model = Model(backend).eval()
