@@ -320,7 +320,9 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def forward(ctx, name: str, *outputs: Tensor):
         ctx.name = name
-        return tuple(o.clone() for o in outputs)  # copies, not views: callers may modify them in place
+        # views, not copies: modifying an output in place stays refused, as torch.nn's (and the
+        # backend's own saved outputs) require
+        return tuple(o.view_as(o) for o in outputs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
