@@ -2,8 +2,9 @@
 
 18 languages, 20,074 lines of names/*.txt, folded to ASCII as the tutorial does, de-duplicated and
 split train/test stratified by language with no name string on both sides. Names are one-hot
-letter sequences, padded into batches: backend 'native' gets a PackedSequence, the others run the
-padded batch and the logits are taken at each name's last valid step. Also the tutorial's own
+letter sequences, packed (PackedSequence) for every backend that declares packed input in
+cells.capabilities, so all of them compute the same thing; a backend that does not runs the
+padded batch, and the logits are taken at each name's last valid step. Also the tutorial's own
 Elman cell (linear i2h / i2o on [input, hidden]) as `--model elman`.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from cells.capabilities import declared
 
 from bench import data as bdata
 from bench import records
@@ -136,9 +139,11 @@ class NamesClassifier(nn.Module):
             self.head = nn.Linear(hidden_size, n_classes)
         else:
             raise ValueError(f"unknown --model {model!r}; expected 'cell' or 'elman'")
-        self.pack = (backend == "native") if pack is None else pack
-        if self.pack and model == "cell" and backend != "native":
-            raise ValueError(f"only backend 'native' accepts PackedSequence, not {backend!r}")
+        takes_packed = model == "cell" and declared(kind, backend).packed
+        self.pack = takes_packed if pack is None else pack
+        if self.pack and model == "cell" and not takes_packed:
+            raise ValueError(f"backend {backend!r} does not declare PackedSequence input "
+                             "(cells.capabilities); run it with padded batches (pack=False)")
         init_weights(self, init, seed)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
