@@ -35,6 +35,10 @@ Design (measured; see docs/compiled-and-triton.md):
   specialisation does not trigger a second compile; the extra row gets a zero upstream
   gradient and contributes exactly nothing to the weight gradients.
 
+* Calls of fewer than SHORT_STEPS steps under no_grad / inference_mode (generation: one token
+  per call, batch 1) skip all of the above (`infer_short`): one compiled inference step per time
+  step, the input projection inside it, W^T cached per weight version, nothing saved.
+
 The same `Recurrence` backward is reused by the `triton` backend, whose forward is a
 persistent Triton kernel (cells/kernels/triton_gpu.py).
 
