@@ -33,6 +33,18 @@ CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without a GPU, tests marked `cuda` are deselected at collection, not skipped one by one:
+    a CPU machine collects no CUDA item (`pytest --collect-only`), and on a GPU machine every
+    declared CUDA capability runs and must pass."""
+    if CUDA:
+        return
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda:
+        config.hook.pytest_deselected(items=cuda)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
