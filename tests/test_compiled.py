@@ -182,18 +182,20 @@ def compiled_states(hx):
 def test_generation_step_by_step_matches_float64_torch_nn_and_compiles_nothing_new():
     """Batch 1, one token per call, state carried (what `bench run --modes generate` times), 2 layers:
     equal to torch.nn on the whole sequence; after the first calls, no new graph for other batch sizes,
-    sequence lengths below SHORT_STEPS or unbatched input, and the training path is not taken."""
+    sequence lengths below SHORT_STEPS or unbatched input; batch 1 (run eagerly) compiles nothing."""
     from torch._dynamo.utils import counters
     from cells.tolerances import tolerance
     config = Config("lstm", num_layers=2, seq_len=12, batch=1)
     module, reference, x, _ = _float64_pair(config)
     with torch.no_grad():
         module(torch.randn(2, 3, config.input_size))  # batch > 1: the dynamic graph
+        graphs = counters["stats"]["unique_graphs"]
         state, ys = None, []
         for t in range(config.seq_len):
             y, state = module(x[t:t + 1], state)
             ys.append(y)
-        before = counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == graphs, "batch-1 generation compiled a graph"
+        before = graphs
         for seq, batch in ((1, 4), (compiled.SHORT_STEPS - 1, 1), (2, 7), (3, None)):
             shape = (seq, config.input_size) if batch is None else (seq, batch, config.input_size)
             module(torch.randn(*shape))
@@ -210,11 +212,13 @@ def test_short_inference_path_only_without_grad(monkeypatch):
     SHORT_STEPS the chunked path runs; only short no-grad calls take the inference step."""
     taken = []
     real = compiled.infer_short
-    monkeypatch.setattr(compiled, "infer_short", lambda *a: taken.append(a[2].size(0)) or real(*a))
+    monkeypatch.setattr(compiled, "infer_short",
+                        lambda *a, **k: taken.append((a[1].size(0), k.get("eager"))) or real(*a, **k))
     module = _build(Config("gru"))
     module(torch.randn(1, 2, 5))[0].sum().backward()
     assert all(p.grad is not None for p in module.parameters()) and taken == []
     with torch.no_grad():
         module(torch.randn(compiled.SHORT_STEPS, 2, 5))
         module(torch.randn(compiled.SHORT_STEPS - 1, 2, 5))
-    assert taken == [compiled.SHORT_STEPS - 1]
+        module(torch.randn(1, 1, 5))
+    assert taken == [(compiled.SHORT_STEPS - 1, False), (1, True)]  # batch 1 runs the step eagerly
