@@ -36,8 +36,9 @@ Design (measured; see docs/compiled-and-triton.md):
   gradient and contributes exactly nothing to the weight gradients.
 
 * Calls of fewer than SHORT_STEPS steps under no_grad / inference_mode (generation: one token
-  per call, batch 1) skip all of the above (`infer_short`): one compiled inference step per time
-  step, the input projection inside it, W^T cached per weight version, nothing saved.
+  per call, batch 1) skip all of the above (`infer_short`): one inference step per time
+  step (compiled, or eager at batch 1), the input projection inside it, W^T cached per weight
+  version, nothing saved.
 
 The same `Recurrence` backward is reused by the `triton` backend, whose forward is a
 persistent Triton kernel (cells/kernels/triton_gpu.py).
@@ -669,9 +670,10 @@ def compiled_steps(variant: str) -> Steps:
 # product), the autograd Function and the gates it saves for a backward that never comes,
 # padding batch 1 to 2 rows, the front-padded copy of xw, the chunk bookkeeping, and the
 # duck-sizing config patch around each layer's first step (~35 us; every step is a first step
-# when T = 1). This path calls one compiled step per time step that takes x_t and both weights
-# (the input projection inside the graph), saves nothing, and patches the config only on the
-# first call per kind, dtype and device. The weights go in as contiguous W^T, cached per weight
+# when T = 1). This path runs one step per time step that takes x_t and both weights (the
+# input projection inside the step) and saves nothing: eagerly at batch 1 (a matrix-vector step,
+# where the fused kernel saves less than Dynamo's call costs), else compiled, with the config
+# patched only on its first call per kind, dtype and device. The weights go in as contiguous W^T, cached per weight
 # tensor and version: at batch 1 a GEMM against the transposed view (W stored (G*H, K)) took
 # 1.4x (recurrent, K = 256) to 10x (input, K = 28) the time of one against contiguous W^T here.
 
