@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -183,13 +184,19 @@ def read_test_results(xml_path: Path) -> Optional[list[dict]]:
     return results
 
 
+def _dtype_of(test_name: str) -> Optional[str]:
+    """The dtype a parametrised test id ends with (`...-bfloat16]`, `...-torch.float16]`)."""
+    found = re.search(r"[-.\[](b?float(?:16|32))\]$", test_name)
+    return found.group(1) if found else None
+
+
 def pytest_section(outcome: Optional[Outcome], xml_path: Path) -> list[str]:
     lines = ["## CUDA tests", ""]
     results = read_test_results(xml_path)
     if results is None:
         why = outcome.verdict() if outcome else "not run"
         return lines + [f"No test results ({why}; no readable {xml_path.name}).", ""]
-    groups = {d: [r for r in results if f"torch.{d}" in r["name"] or f"-{d}" in r["name"]] for d in DTYPES}
+    groups = {d: [r for r in results if _dtype_of(r["name"]) == d] for d in DTYPES}
     grouped = {id(r) for rs in groups.values() for r in rs}
     groups["other (Triton on the GPU, ...)"] = [r for r in results if id(r) not in grouped]
     lines += ["| dtype | passed | failed | errors | skipped |", "|---|---|---|---|---|"]
