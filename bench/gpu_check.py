@@ -126,14 +126,21 @@ def run_step(argv: list, timeout_s: float, log: Path) -> tuple[Optional[int], bo
             proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(proc.pid, signal.SIGINT)
+            _signal_group(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
     tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
     return proc.returncode, timed_out, tail
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # it ended in the meantime
+        pass
 
 
 def run_all(plan: list[Step], out: Path, budget_s: float,
