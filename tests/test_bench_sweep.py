@@ -83,7 +83,7 @@ def test_presets_and_overrides():
     (["--kinds", "lstm,tree"], "unknown kind 'tree'; valid: rnn, gru, lstm"),
     (["--kinds", "lstm", "--backends", "native,nope"], "unknown backend 'nope'; valid:"),
     (["--modes", "sing"], "unknown mode 'sing'; valid: train, infer, generate"),
-    (["--preset", "huge"], "unknown preset 'huge'; expected one of quick, d2l, fastrnns, deepbench"),
+    (["--preset", "huge"], "unknown preset 'huge'; expected one of quick, scaling, d2l, fastrnns, deepbench"),
     (["--dtype", "float8"], "unknown dtype 'float8'; valid: float32"),
     (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda"),
     (["--import", "no_such_module_xyz"], "--import no_such_module_xyz: ModuleNotFoundError"),
