@@ -212,6 +212,10 @@ def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
     skip = done_keys(out, args.retry_failed) if args.resume else set()
     pending = [c for c in cases if c.key() not in skip]
     counts = {status: 0 for status in STATUSES}
+    if not pending:
+        print(f"bench run --executor ray: {len(cases)} cases, all already recorded, 0 to measure "
+              f"-> {out / RECORDS_FILE}", file=sys.stderr)
+        return counts
     started = ray.is_initialized()
     if not started:
         ray.init()  # RAY_ADDRESS or the cluster of `ray start` on this machine, else a local one
@@ -229,9 +233,8 @@ def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
         print(f"bench run --executor ray: {len(cases)} cases, {len(cases) - len(pending)} already recorded, "
               f"{len(pending)} to measure in {len(shards)} shards of {count}, {what} -> {out / RECORDS_FILE}",
               file=sys.stderr)
-        if shards:
-            _drive(ray, shards, options, args, preset, request, out, counts,
-                   NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+        _drive(ray, shards, options, args, preset, request, out, counts,
+               NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
     finally:
         if not started:
             ray.shutdown()

@@ -98,7 +98,7 @@ def test_four_shards_give_the_planned_cases_unsplit_and_resume_measures_nothing(
     assert {r["shard"] for r in runs} == {r["shard"] for r in records}  # each node's environment kept
     capsys.readouterr()
     assert run(*grid, "--executor", "ray", "--shard-count", "4", "--out", str(out), "--resume") == 0
-    assert "0 to measure" in capsys.readouterr().err
+    assert "all already recorded, 0 to measure" in capsys.readouterr().err
     assert len(case_records(out)) == len(records)  # nothing measured again
     assert cli.main(["report", str(out), "--no-plots"]) == 0
     text = (out / "report.md").read_text()
