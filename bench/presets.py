@@ -54,8 +54,8 @@ PRESETS: dict[str, Preset] = {
                batch=(8, 128)),
          Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
                hidden_size=(128, 512))),
-        settings={"min_run_time": 0.03, "min_repeats": 2, "warmup": 1, "min_rounds": 4,
-                  "max_rounds": 20, "group_time_cap": 4.0, "time_limit": 120.0, "budget": 240.0}),
+        settings={"min_run_time": 0.02, "min_repeats": 2, "warmup": 1, "min_rounds": 3,
+                  "max_rounds": 20, "group_time_cap": 3.0, "time_limit": 120.0, "budget": 240.0}),
     "scaling": Preset(
         "scaling",
         "LSTM and GRU, train and infer, native / fused / numba, one axis at a time around the d2l size: "
