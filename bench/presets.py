@@ -47,12 +47,11 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
         "all kinds x available backends (but compiled and the peers) x all modes at the d2l size "
-        "(I28 H256 B32 T35), plus a small LSTM batch / hidden grid for the fast backends; the sweep "
+        "(I28 H256 B32 T35), plus a small LSTM train batch / hidden grid for the fast backends; the sweep "
         "of `nox -s bench`, sized to finish in about two minutes on a cold 2-core machine",
         (Block(exclude=QUICK_EXCLUDE),
-         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
-               batch=(8, 128)),
-         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train", "infer"),
+         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train",), batch=(8, 128)),
+         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train",),
                hidden_size=(128, 512))),
         settings={"min_run_time": 0.02, "min_repeats": 2, "warmup": 1, "min_rounds": 3,
                   "max_rounds": 20, "group_time_cap": 3.0, "time_limit": 120.0, "budget": 240.0}),
