@@ -78,6 +78,10 @@ def collect() -> dict:
         "gpu_count": 0,
         "cudnn": None,
         "git_commit": git_commit(),
+        # BLAS kernel overrides change the speed of every BLAS call (numba's and numpy's GEMMs):
+        # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU, say, makes numba's kernels several times slower
+        "blas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MKL_DEBUG_CPU_TYPE",
+                                                "MKL_ENABLE_INSTRUCTIONS") if k in os.environ} or None,
     }
     try:
         import numba

@@ -273,6 +273,8 @@ def environment_section(runs: pd.DataFrame) -> str:
                      "threads (torch/numba)": f"{env.get('torch_threads')}/{env.get('numba_threads')}",
                      "torch": env.get("torch"), "numba": env.get("numba"), "numpy": env.get("numpy"),
                      "cuDNN": env.get("cudnn") or "–", "git": (env.get("git_commit") or "–")[:12],
+                     "BLAS overrides": ", ".join(f"{k}={v}" for k, v in (env.get("blas_env") or {}).items())
+                     or "none",
                      "float32 GEMM peak (GFLOP/s by library)": peak_text})
     return _markdown(pd.DataFrame(rows)) + "\n"
 
