@@ -97,7 +97,10 @@ def test_killing_the_sweep_while_a_case_hangs_leaves_no_process(tmp_path, marker
     env.pop("CELLBENCH_FAULTY_HANG_AT", None)  # the default: in timing round 2
     argv = [sys.executable, "-m", "bench", "run", "--import", "candidates.faulty", "--kinds", "lstm",
             "--backends", "native,hangs", *TINY, *FAST, "--time-limit", "600", "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # a shell's background job (CI may start this suite as one) inherits SIGINT ignored, and
+    # Python then keeps ignoring it: restore the default so the sweep sees Ctrl-C as a user's would
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not flag.exists():
