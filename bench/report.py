@@ -160,11 +160,15 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
             noisy = "~" if bool(r.get("noisy")) else ""
             row[label] = f"{noisy}{human(tps)}" + (f" ({', '.join(parts)})" if parts else "")
         if not ok.empty and ok["tokens_per_s"].notna().any():
-            best = ok.loc[ok["tokens_per_s"].astype(float).idxmax()]
+            # rank by the paired ratio to native where the group has one (the statistic with an
+            # interval); by tokens/s otherwise (no native in the group)
+            paired = ok["ratio_to_native"].notna().any()
+            best = ok.loc[(ok["ratio_to_native"] if paired else ok["tokens_per_s"]).astype(float).idxmax()]
             row["fastest"] = best["label"]
             fastest.append({**{SHORT.get(c, c): str(best[c]) for c in SHAPE + [c for c in shape_cols if c not in SHAPE]},
                             "fastest": best["label"], "tokens/s": human(_num(best["tokens_per_s"])),
-                            "× native (95% CI)": ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–",
+                            "× native (95% CI)": "reference" if best["backend"] == "native" else
+                            (ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–"),
                             "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
                             "% of peak": f"{_num(best['pct_of_peak']):.1f}" if _num(best.get("pct_of_peak")) else "–"})
         else:
