@@ -296,14 +296,7 @@ def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = No
             payload = _download_bytes(src, timeout)
         except DataError as exc:
             raise DataError(f"{exc}. {_how_to_provide(r)}") from exc
-        spec = r.files[0]
-        got = hashlib.new(spec.algorithm, payload).hexdigest()
-        if got != spec.digest:
-            raise DataError(f"downloaded {src} has {spec.algorithm.upper()} {got}, expected "
-                            f"{spec.digest}: the download is corrupted or the source changed; "
-                            f"nothing was kept. Retry, or: {_how_to_provide(r)}")
-        _write_atomic(dest / r.name, payload)
-        return dest / r.name
+        return _store_verified(r, payload, dest, f"downloaded {src}", "the download is")
     if r is NAMES:
         src = url or os.environ.get(ENV_NAMES_URL) or NAMES_ZIP_URL
         try:
@@ -347,15 +340,20 @@ def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = No
         from bench.tasks.poems_corpus import download_corpus
         base = url or os.environ.get(ENV_POEMS_URL) or POEMS_BASE_URL
         payload = download_corpus(base, POEMS_JSON_FILES, timeout)
-        spec = r.files[0]
-        got = hashlib.new(spec.algorithm, payload).hexdigest()
-        if got != spec.digest:
-            raise DataError(f"the corpus converted from {base} has {spec.algorithm.upper()} {got}, "
-                            f"expected {spec.digest}: a file is corrupted or the source changed; "
-                            f"nothing was kept. Retry, or: {_how_to_provide(r)}")
-        _write_atomic(dest / r.name, payload)
-        return dest / r.name
+        return _store_verified(r, payload, dest, f"the corpus converted from {base}", "a file is")
     raise DataError(f"{r.name} cannot be downloaded. " + _how_to_provide(r))
+
+
+def _store_verified(r: Resource, payload: bytes, dest: Path, what: str, culprit: str) -> Path:
+    """Write a single-file resource's bytes to dest only if they match its checksum."""
+    spec = r.files[0]
+    got = hashlib.new(spec.algorithm, payload).hexdigest()
+    if got != spec.digest:
+        raise DataError(f"{what} has {spec.algorithm.upper()} {got}, expected {spec.digest}: "
+                        f"{culprit} corrupted or the source changed; nothing was kept. "
+                        f"Retry, or: {_how_to_provide(r)}")
+    _write_atomic(dest / r.name, payload)
+    return dest / r.name
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:

@@ -23,9 +23,8 @@ batch 1. The optimizer step is not counted.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
 
 MODES: tuple[str, ...] = ("train", "infer", "generate")
@@ -149,7 +148,6 @@ def measure_peak(device: str = "cpu", size: int = 2048, repeats: int = 3) -> dic
         results["torch"] = None
     if dev.type == "cpu":
         try:
-            import numpy as np
             an, bn = a.numpy(), b.numpy()
             results["numpy"] = best_of(lambda: an @ bn, lambda: None)
         except Exception:

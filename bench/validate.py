@@ -46,7 +46,7 @@ from torch import nn
 
 import cells
 from cells.equivalence import Config, Result, compare
-from cells.kinds import KINDS, spec
+from cells.kinds import KINDS
 from cells.tolerances import tolerance
 
 from bench import contract
