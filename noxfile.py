@@ -9,6 +9,7 @@ with an NVIDIA driver and no torch, PyPI's default CUDA build is installed: what
 The `isolated` session sees no system site-packages, so a dependency the package forgot to
 declare shows up there.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,18 +34,32 @@ def _python(session: nox.Session) -> str:
 
 def _local_torch_wheel() -> bool:
     """True if pip's find-links hold a torch wheel (this project's CPU machines do)."""
-    links = os.environ.get("PIP_FIND_LINKS") or subprocess.run(
-        [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
-        capture_output=True, text=True).stdout
+    links = (
+        os.environ.get("PIP_FIND_LINKS")
+        or subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     return any(Path(p).is_dir() and any(Path(p).glob("torch-*.whl")) for p in links.split())
 
 
 def install(session: nox.Session, *extras: str) -> None:
-    if subprocess.run([_python(session), "-c", "import torch"], capture_output=True).returncode != 0:
+    if (
+        subprocess.run([_python(session), "-c", "import torch"], capture_output=True).returncode
+        != 0
+    ):
         args = [TORCH]
-        if sys.platform.startswith("linux") and not shutil.which("nvidia-smi") and not _local_torch_wheel():
+        if (
+            sys.platform.startswith("linux")
+            and not shutil.which("nvidia-smi")
+            and not _local_torch_wheel()
+        ):
             args += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-        session.install("--no-compile", *args)  # no .pyc for all of torch: a third of the install time
+        session.install(
+            "--no-compile", *args
+        )  # no .pyc for all of torch: a third of the install time
     spec = "." + (f"[{','.join(extras)}]" if extras else "")
     session.install("--no-compile", "-e", spec)
 
@@ -80,7 +95,9 @@ def bench(session: nox.Session) -> None:
         code = subprocess.run(argv, env={**os.environ, **_data_env()}).returncode
         if code:
             problems.append(f"the {what} exited {code}")
-    session.run("python", "-m", "bench", "report", out, "--output", str(HERE / "reports" / "latest.md"))
+    session.run(
+        "python", "-m", "bench", "report", out, "--output", str(HERE / "reports" / "latest.md")
+    )
     if problems:
         session.error("; ".join(problems) + " (see reports/latest.md for what failed and why)")
 
@@ -96,11 +113,16 @@ def isolated(session: nox.Session) -> None:
     CPU backend and every command (nox's other sessions see the system's packages, which can
     hide an undeclared dependency)."""
     install(session)
-    session.run("python", "-c", (
-        "import cells, sys\n"
-        f"missing = {{n: r for n, r in cells.unavailable().items() if n not in {GPU_OR_EXTRA!r}}}\n"
-        "print('unavailable here:', cells.unavailable())\n"
-        "sys.exit(f'CPU backends unavailable after a clean install: {missing}' if missing else 0)"))
+    session.run(
+        "python",
+        "-c",
+        (
+            "import cells, sys\n"
+            f"missing = {{n: r for n, r in cells.unavailable().items() if n not in {GPU_OR_EXTRA!r}}}\n"
+            "print('unavailable here:', cells.unavailable())\n"
+            "sys.exit(f'CPU backends unavailable after a clean install: {missing}' if missing else 0)"
+        ),
+    )
     for command in ("run", "report", "train", "tasks", "validate", "compare"):
         session.run("python", "-m", "bench", command, "--help", silent=True)
 
@@ -110,17 +132,38 @@ def textbook(session: nox.Session) -> None:
     """The four textbook labs at their full settings (long: hours on 2 CPU cores)."""
     install(session)
     out = os.environ.get("CELLBENCH_OUT", str(HERE / "runs" / "textbook"))
-    session.run("python", "-m", "bench", "tasks", "--full", "--out", out, "--resume", *session.posargs,
-                env=_data_env())
-    session.run("python", "-m", "bench", "report", out, "--output", str(HERE / "reports" / "textbook.md"))
+    session.run(
+        "python",
+        "-m",
+        "bench",
+        "tasks",
+        "--full",
+        "--out",
+        out,
+        "--resume",
+        *session.posargs,
+        env=_data_env(),
+    )
+    session.run(
+        "python", "-m", "bench", "report", out, "--output", str(HERE / "reports" / "textbook.md")
+    )
 
 
 @nox.session(**VENV)
 def regress(session: nox.Session) -> None:
     """pytest-benchmark speed suite at fixed shapes, autosaved; add --benchmark-compare-fail on stable machines."""
     install(session, "test")
-    session.run("python", "-m", "pytest", "benchmarks", "--benchmark-enable", "--benchmark-autosave",
-                "-p", "no:cacheprovider", *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "benchmarks",
+        "--benchmark-enable",
+        "--benchmark-autosave",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
 
 
 @nox.session(**VENV)
@@ -134,5 +177,12 @@ def peers(session: nox.Session) -> None:
 def cluster(session: nox.Session) -> None:
     """`bench run --executor ray` on a local Ray cluster: the optional extra (minutes on 2 cores)."""
     install(session, "test", "cluster")
-    session.run("python", "-m", "pytest", "tests/test_cluster.py", "tests/test_bench_report.py",
-                *session.posargs, env={**_data_env(), "CELLBENCH_CLUSTER_TESTS": "1"})
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/test_cluster.py",
+        "tests/test_bench_report.py",
+        *session.posargs,
+        env={**_data_env(), "CELLBENCH_CLUSTER_TESTS": "1"},
+    )

@@ -3,4 +3,5 @@
 Data flows one way: cell spec -> backend module -> workload -> measurement -> record (JSON
 lines) -> report. See `python -m bench --help`.
 """
+
 __version__ = "0.1.0"

@@ -3,13 +3,14 @@
 A command module defines `configure(parser)`, which adds its arguments and sets
 `func=main` via parser.set_defaults; `main(args)` returns the exit status.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.sweep", "measure a grid of kinds x backends x modes x shapes"),
@@ -34,8 +35,9 @@ class Parser(argparse.ArgumentParser):
 
 
 # --- option types shared by every command ------------------------------------------------------
-def number(kind: type = float, low: Optional[float] = None, high: Optional[float] = None,
-           low_open: bool = False) -> Callable[[str], float]:
+def number(
+    kind: type = float, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[str], float]:
     """An argparse type: a number of `kind` within [low, high] (low excluded if low_open)."""
     bound = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
     if high is not None:
@@ -47,15 +49,20 @@ def number(kind: type = float, low: Optional[float] = None, high: Optional[float
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value != value or (low is not None and (value <= low if low_open else value < low)) \
-                or (high is not None and value > high):
+        if (
+            value != value
+            or (low is not None and (value <= low if low_open else value < low))
+            or (high is not None and value > high)
+        ):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     return parse
 
 
-def csv(kind: type = str, low: Optional[int] = 1) -> Callable[[str], list]:
+def csv(kind: type = str, low: int | None = 1) -> Callable[[str], list]:
     """An argparse type: a comma-separated list (of integers >= low when kind is int)."""
+
     def parse(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
@@ -64,6 +71,7 @@ def csv(kind: type = str, low: Optional[int] = 1) -> Callable[[str], list]:
             check = number(int, low)
             return [check(t) for t in items]
         return items
+
     return parse
 
 
@@ -76,12 +84,20 @@ def import_modules(names: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as exc:
-            raise UsageError(f"--import {name}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+            raise UsageError(
+                f"--import {name}: {type(exc).__name__}: {exc}".splitlines()[0]
+            ) from None
 
 
 def add_import_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="import MODULE first (it registers third-party backends); repeatable")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it registers third-party backends); repeatable",
+    )
 
 
 def check_names(values, valid, what: str) -> None:
@@ -97,14 +113,18 @@ def warn_threads(threads: list[int]) -> None:
     cores = os.cpu_count() or 1
     too_many = [t for t in threads if t > cores]
     if too_many:
-        print(f"warning: --threads {max(too_many)} exceeds this machine's {cores} cores: threads will "
-              "compete for cores and the timings will not mean much", file=sys.stderr)
+        print(
+            f"warning: --threads {max(too_many)} exceeds this machine's {cores} cores: threads will "
+            "compete for cores and the timings will not mean much",
+            file=sys.stderr,
+        )
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -113,7 +133,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser(argv).parse_args(argv)

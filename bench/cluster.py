@@ -15,6 +15,7 @@ group the driver has not received, so the group in flight when it died is measur
 A shard that fails twice leaves its undelivered cases as `failed` records. `--resume` works as for
 a local sweep: the driver hands the shards only the cases without a record in `--out`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,15 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from . import presets
 from .cli import UsageError
 from .measure import Case, Options
 from .records import RECORDS_FILE, STATUSES, CaseRecord, append
 
-NODE_RESOURCE = "cellbench_node"  # `ray start --resources='{"cellbench_node": 1}'`: one timing shard per node
+NODE_RESOURCE = (
+    "cellbench_node"  # `ray start --resources='{"cellbench_node": 1}'`: one timing shard per node
+)
 POLL_S = 0.5
 # Fault injection for the tests: a directory; each file in it makes one shard task exit hard right
 # after delivering a group (it deletes the file first), so the group in flight dies with it.
@@ -51,8 +53,10 @@ def _import_ray():
 def check_args(args: argparse.Namespace) -> None:
     """UsageError for option combinations the Ray executor cannot honour."""
     if getattr(args, "shard", None):
-        raise UsageError("--shard K/N and --executor ray exclude each other: the Ray executor splits "
-                         "the cases itself (--shard-count N)")
+        raise UsageError(
+            "--shard K/N and --executor ray exclude each other: the Ray executor splits "
+            "the cases itself (--shard-count N)"
+        )
     if args.shard_count is not None and args.shard_count < 1:
         raise UsageError(f"--shard-count must be an integer >= 1, got {args.shard_count}")
 
@@ -63,8 +67,10 @@ def task_resources(ray, device: str) -> tuple[dict, str]:
         return {"num_cpus": 1, "num_gpus": 1}, "one whole GPU per shard"
     total = ray.cluster_resources()
     if total.get(NODE_RESOURCE):
-        return ({"num_cpus": 0, "resources": {NODE_RESOURCE: 1}},
-                f"one whole node per shard (resource {NODE_RESOURCE!r})")
+        return (
+            {"num_cpus": 0, "resources": {NODE_RESOURCE: 1}},
+            f"one whole node per shard (resource {NODE_RESOURCE!r})",
+        )
     cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     if cpus < 1:
         raise UsageError("the Ray cluster has no node with CPUs to run a shard on")
@@ -78,7 +84,9 @@ def slots(ray, device: str) -> int:
         return max(1, int(total.get("GPU", 0)))
     if total.get(NODE_RESOURCE):
         return max(1, int(total[NODE_RESOURCE]))
-    return max(1, sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1))
+    return max(
+        1, sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1)
+    )
 
 
 # --- on the nodes --------------------------------------------------------------------------------
@@ -89,13 +97,14 @@ class _Forwarder(threading.Thread):
     def __init__(self, path: Path, cases: list[Case], send) -> None:
         super().__init__(daemon=True, name="cellbench-forwarder")
         from .sweep import group_key
+
         self.path, self.send, self.group_key = path, send, group_key
         self.expected: dict[tuple, set] = {}
         for case in cases:
             self.expected.setdefault(group_key(case), set()).add(case.key())
         self.waiting: dict[tuple, list[dict]] = {}
         self.offset, self.stopping = 0, threading.Event()
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -107,12 +116,15 @@ class _Forwarder(threading.Thread):
 
     def poll(self) -> None:
         import json
+
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
-        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        complete = data[
+            : data.rfind(b"\n") + 1
+        ]  # a line still being written waits for the next poll
         self.offset += len(complete)
         for line in complete.splitlines():
             if not line.strip():
@@ -138,8 +150,14 @@ class _Forwarder(threading.Thread):
         self.waiting.clear()
 
 
-def run_shard(label: str, cases: list[Case], options: Options, args: argparse.Namespace,
-              preset: Optional[presets.Preset], collector) -> tuple[str, list]:
+def run_shard(
+    label: str,
+    cases: list[Case],
+    options: Options,
+    args: argparse.Namespace,
+    preset: presets.Preset | None,
+    collector,
+) -> tuple[str, list]:
     """Body of one shard task: measure `cases`; returns the worker log and the refs of the sends.
 
     Nothing here waits on Ray: a task blocked in ray.get or ray.wait lends its CPUs to other tasks
@@ -149,10 +167,19 @@ def run_shard(label: str, cases: list[Case], options: Options, args: argparse.Na
     from .cli import import_modules
     from .sweep import run_sweep
 
-    import_modules(args.imports)  # backends registered by --import must be known in this process too
+    import_modules(
+        args.imports
+    )  # backends registered by --import must be known in this process too
     local = Path(tempfile.mkdtemp(prefix="cellbench-shard-"))
-    shard_args = argparse.Namespace(**{**vars(args), "out": str(local), "resume": False,
-                                       "shard_label": label, "started": time.monotonic()})
+    shard_args = argparse.Namespace(
+        **{
+            **vars(args),
+            "out": str(local),
+            "resume": False,
+            "shard_label": label,
+            "started": time.monotonic(),
+        }
+    )
     die = os.environ.get(DIE_ENV)
     sent: list = []
 
@@ -195,17 +222,24 @@ def _collector_class(ray):
         def take(self) -> list[list[dict]]:
             batches, self.batches = self.batches, []
             return batches
+
     return Collector
 
 
-def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
-               preset: Optional[presets.Preset] = None) -> dict[str, int]:
+def run_on_ray(
+    cases: list[Case],
+    options: Options,
+    args: argparse.Namespace,
+    preset: presets.Preset | None = None,
+) -> dict[str, int]:
     """Measure `cases` as Ray tasks, one per shard; records are appended to args.out as groups end.
     Returns the count of records per status, as bench.sweep.run_sweep does."""
     from .sweep import comparison_groups, done_keys, repair_torn_tail, shard_of
+
     check_args(args)
     ray = _import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(out)
@@ -213,8 +247,11 @@ def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
     pending = [c for c in cases if c.key() not in skip]
     counts = {status: 0 for status in STATUSES}
     if not pending:
-        print(f"bench run --executor ray: {len(cases)} cases, all already recorded, 0 to measure "
-              f"-> {out / RECORDS_FILE}", file=sys.stderr)
+        print(
+            f"bench run --executor ray: {len(cases)} cases, all already recorded, 0 to measure "
+            f"-> {out / RECORDS_FILE}",
+            file=sys.stderr,
+        )
         return counts
     started = ray.is_initialized()
     if not started:
@@ -228,23 +265,50 @@ def run_on_ray(cases: list[Case], options: Options, args: argparse.Namespace,
         request, what = task_resources(ray, device)
         threads = max((c.threads for c in pending), default=0)
         if device == "cpu" and request.get("num_cpus", 0) and threads > request["num_cpus"]:
-            print(f"warning: cases ask for {threads} threads but a shard gets {request['num_cpus']:g} CPUs "
-                  "(set --threads to the nodes' core count)", file=sys.stderr)
-        print(f"bench run --executor ray: {len(cases)} cases, {len(cases) - len(pending)} already recorded, "
-              f"{len(pending)} to measure in {len(shards)} shards of {count}, {what} -> {out / RECORDS_FILE}",
-              file=sys.stderr)
-        _drive(ray, shards, options, args, preset, request, out, counts,
-               NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+            print(
+                f"warning: cases ask for {threads} threads but a shard gets {request['num_cpus']:g} CPUs "
+                "(set --threads to the nodes' core count)",
+                file=sys.stderr,
+            )
+        print(
+            f"bench run --executor ray: {len(cases)} cases, {len(cases) - len(pending)} already recorded, "
+            f"{len(pending)} to measure in {len(shards)} shards of {count}, {what} -> {out / RECORDS_FILE}",
+            file=sys.stderr,
+        )
+        _drive(
+            ray,
+            shards,
+            options,
+            args,
+            preset,
+            request,
+            out,
+            counts,
+            NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        )
     finally:
         if not started:
             ray.shutdown()
-    print("bench run --executor ray: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")
-          + f"; records in {out / RECORDS_FILE}", file=sys.stderr)
+    print(
+        "bench run --executor ray: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")
+        + f"; records in {out / RECORDS_FILE}",
+        file=sys.stderr,
+    )
     return counts
 
 
-def _drive(ray, shards: dict[str, list[Case]], options: Options, args: argparse.Namespace,
-           preset: Optional[presets.Preset], request: dict, out: Path, counts: dict, here) -> None:
+def _drive(
+    ray,
+    shards: dict[str, list[Case]],
+    options: Options,
+    args: argparse.Namespace,
+    preset: presets.Preset | None,
+    request: dict,
+    out: Path,
+    counts: dict,
+    here,
+) -> None:
     """Submit the shards, append what they send, submit a shard again once when its task fails
     (with the cases not yet received), and record the cases of a shard that failed twice."""
     collector = _collector_class(ray).options(scheduling_strategy=here).remote()
@@ -301,11 +365,21 @@ def _drive(ray, shards: dict[str, list[Case]], options: Options, args: argparse.
         for ref in refs:
             ray.cancel(ref, force=True)
         drain()
-        print("interrupted: the records received so far are kept; run again with --resume", file=sys.stderr)
+        print(
+            "interrupted: the records received so far are kept; run again with --resume",
+            file=sys.stderr,
+        )
         raise
     drain()
     for label, error in errors.items():
         for case in left(label):
-            append(out, CaseRecord(**asdict(case), status="failed", shard=label,
-                                   error=f"the Ray task of shard {label} failed twice: {error}"))
+            append(
+                out,
+                CaseRecord(
+                    **asdict(case),
+                    status="failed",
+                    shard=label,
+                    error=f"the Ray task of shard {label} failed twice: {error}",
+                ),
+            )
             counts["failed"] += 1

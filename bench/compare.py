@@ -25,6 +25,7 @@ into a printed warning. A missing, unreadable or malformed file is an error (exi
 pass. `--record DIR` (an existing directory) writes DIR/<machine key>.json; `compare DIR NEW`
 picks the file of NEW's key from DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -58,8 +59,15 @@ class CompareError(Exception):
 # --- machine identity --------------------------------------------------------------------
 def machine_info() -> dict:
     import torch
-    info = dict(cpu=cpu_model() or platform.machine(), cores=os.cpu_count(), arch=platform.machine(),
-                system=platform.system(), node=platform.node(), python=platform.python_version())
+
+    info = dict(
+        cpu=cpu_model() or platform.machine(),
+        cores=os.cpu_count(),
+        arch=platform.machine(),
+        system=platform.system(),
+        node=platform.node(),
+        python=platform.python_version(),
+    )
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -78,33 +86,65 @@ def machine_key(machine: str, torch_version: str) -> str:
 
 
 # --- measuring ---------------------------------------------------------------------------
-def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Sequence[str],
-           shape: Sequence[int], rounds: int = 10, block_s: float = 0.05, threads: int = 1,
-           device: str = "cpu", machine: Optional[str] = None, progress=print) -> dict:
+def record(
+    kinds: Sequence[str],
+    backends: Sequence[str] | None,
+    modes: Sequence[str],
+    shape: Sequence[int],
+    rounds: int = 10,
+    block_s: float = 0.05,
+    threads: int = 1,
+    device: str = "cpu",
+    machine: str | None = None,
+    progress=print,
+) -> dict:
     """Measure every backend against native through the timing engine (bench.timing): each
     module passes the correctness gate, then `rounds` interleaved rounds (a fixed number, so
     that two files have samples of the same size); ratio = backend time / native time."""
-    import torch
-    import cells
     from dataclasses import asdict
+
+    import torch
+
+    import cells
+
     from .measure import Case, Options
     from .records import CaseRecord
     from .timing import GroupTimer
     from .worker import InProcess
+
     if rounds < MIN_ROUNDS:
-        raise CompareError(f"--rounds must be at least {MIN_ROUNDS} (fewer rounds can never show a "
-                           f"significant change), got {rounds}")
+        raise CompareError(
+            f"--rounds must be at least {MIN_ROUNDS} (fewer rounds can never show a "
+            f"significant change), got {rounds}"
+        )
     check_names(kinds, cells.KINDS, "kind")
     check_names(modes, MODES, "mode")
     info = machine_info()
-    data = dict(format=FORMAT, machine=machine or machine_name(info), machine_info=info,
-                torch=torch.__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-                settings=dict(rounds=rounds, block_s=block_s, threads=threads, device=device,
-                              shape=list(shape), modes=list(modes)),
-                results=[])
+    data = dict(
+        format=FORMAT,
+        machine=machine or machine_name(info),
+        machine_info=info,
+        torch=torch.__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+        settings=dict(
+            rounds=rounds,
+            block_s=block_s,
+            threads=threads,
+            device=device,
+            shape=list(shape),
+            modes=list(modes),
+        ),
+        results=[],
+    )
     data["key"] = machine_key(data["machine"], data["torch"])
-    options = Options(min_run_time=block_s, min_repeats=1, min_rounds=rounds, max_rounds=rounds,
-                      group_time_cap=1e9, memory=False)
+    options = Options(
+        min_run_time=block_s,
+        min_repeats=1,
+        min_rounds=rounds,
+        max_rounds=rounds,
+        group_time_cap=1e9,
+        memory=False,
+    )
     worker = InProcess(threads, [])
     input_size, hidden_size, batch, seq_len = shape
     for kind in kinds:
@@ -112,29 +152,58 @@ def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Seque
         wanted = [b for b in available if b != "native"] if not backends else list(backends)
         for name in wanted:
             if name not in available:
-                raise CompareError(f"backend {name!r} is not available for {kind!r}; available: "
-                                   f"{', '.join(available)}")
+                raise CompareError(
+                    f"backend {name!r} is not available for {kind!r}; available: "
+                    f"{', '.join(available)}"
+                )
         for mode in modes:
-            group = [Case(kind, b, mode, input_size, hidden_size, 1, 1 if mode == "generate" else batch,
-                          seq_len, device, "float32", threads) for b in ["native", *wanted]]
-            records = GroupTimer(group, worker, options, {}, lambda c: CaseRecord(**asdict(c))).run()
+            group = [
+                Case(
+                    kind,
+                    b,
+                    mode,
+                    input_size,
+                    hidden_size,
+                    1,
+                    1 if mode == "generate" else batch,
+                    seq_len,
+                    device,
+                    "float32",
+                    threads,
+                )
+                for b in ["native", *wanted]
+            ]
+            records = GroupTimer(
+                group, worker, options, {}, lambda c: CaseRecord(**asdict(c))
+            ).run()
             worker.call(("forget",), None)
             native, others = records[0], records[1:]
             for r in records:
                 if r.status != "ok":
                     raise CompareError(f"{kind}/{r.backend}/{mode} is {r.status}: {r.error}")
             for r in others:
-                entry = dict(kind=kind, backend=r.backend, reference="native", mode=mode,
-                             shape=dict(input_size=input_size, hidden_size=hidden_size, batch=batch,
-                                        seq_len=seq_len),
-                             ratios=[b / a for a, b in zip(native.round_times, r.round_times)],
-                             backend_s=r.round_times, native_s=native.round_times)
+                entry = dict(
+                    kind=kind,
+                    backend=r.backend,
+                    reference="native",
+                    mode=mode,
+                    shape=dict(
+                        input_size=input_size, hidden_size=hidden_size, batch=batch, seq_len=seq_len
+                    ),
+                    ratios=[b / a for a, b in zip(native.round_times, r.round_times)],
+                    backend_s=r.round_times,
+                    native_s=native.round_times,
+                )
                 data["results"].append(entry)
-                progress(f"  {kind}/{r.backend}/{mode}: median ratio to native "
-                         f"{float(np.median(entry['ratios'])):.3f} over {len(entry['ratios'])} rounds")
+                progress(
+                    f"  {kind}/{r.backend}/{mode}: median ratio to native "
+                    f"{float(np.median(entry['ratios'])):.3f} over {len(entry['ratios'])} rounds"
+                )
     if not data["results"]:
-        raise CompareError("nothing was measured: no backend other than native for "
-                           f"{', '.join(kinds)} (pass --import and --backends)")
+        raise CompareError(
+            "nothing was measured: no backend other than native for "
+            f"{', '.join(kinds)} (pass --import and --backends)"
+        )
     return data
 
 
@@ -142,7 +211,11 @@ def record(kinds: Sequence[str], backends: Optional[Sequence[str]], modes: Seque
 def load(path: str | os.PathLike, role: str = "file") -> dict:
     path = Path(path)
     if not path.exists():
-        hint = " Record one with `python -m bench compare --record PATH`." if role == "baseline" else ""
+        hint = (
+            " Record one with `python -m bench compare --record PATH`."
+            if role == "baseline"
+            else ""
+        )
         raise CompareError(f"{role} {path} does not exist.{hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -168,17 +241,26 @@ def _malformed(data) -> str:
         if not isinstance(r, dict) or not {"kind", "backend", "mode", "shape", "ratios"} <= set(r):
             return f"result {i} lacks kind/backend/mode/shape/ratios"
         shape = r["shape"]
-        if not (isinstance(shape, dict) and set(SHAPE_KEYS) <= set(shape)
-                and all(_positive_int(shape[k]) for k in SHAPE_KEYS)):
-            return (f"result {i} has shape {shape!r}; expected an object with positive integers "
-                    f"{', '.join(SHAPE_KEYS)}")
+        if not (
+            isinstance(shape, dict)
+            and set(SHAPE_KEYS) <= set(shape)
+            and all(_positive_int(shape[k]) for k in SHAPE_KEYS)
+        ):
+            return (
+                f"result {i} has shape {shape!r}; expected an object with positive integers "
+                f"{', '.join(SHAPE_KEYS)}"
+            )
         ratios = r["ratios"]
-        if not isinstance(ratios, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                   and math.isfinite(x) and x > 0 for x in ratios):
+        if not isinstance(ratios, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+            for x in ratios
+        ):
             return f"result {i} ({r.get('kind')}/{r.get('backend')}/{r.get('mode')}) has invalid ratios"
         if len(ratios) < MIN_ROUNDS:
-            return (f"result {i} ({r['kind']}/{r['backend']}/{r['mode']}) has {len(ratios)} rounds; "
-                    f"at least {MIN_ROUNDS} are needed for a significance test")
+            return (
+                f"result {i} ({r['kind']}/{r['backend']}/{r['mode']}) has {len(ratios)} rounds; "
+                f"at least {MIN_ROUNDS} are needed for a significance test"
+            )
     return ""
 
 
@@ -195,9 +277,11 @@ def resolve_baseline(path: str | os.PathLike, new: dict) -> Path:
     candidate = path / f"{key}.json"
     if not candidate.exists():
         found = sorted(p.name for p in path.glob("*.json"))
-        raise CompareError(f"no baseline for this machine and torch version ({key}) in {path}; "
-                           f"found: {', '.join(found) or 'none'}. Record one with "
-                           f"`python -m bench compare --record {path}` on this machine.")
+        raise CompareError(
+            f"no baseline for this machine and torch version ({key}) in {path}; "
+            f"found: {', '.join(found) or 'none'}. Record one with "
+            f"`python -m bench compare --record {path}` on this machine."
+        )
     return candidate
 
 
@@ -222,7 +306,9 @@ def _key(r: dict) -> tuple:
     return r["kind"], r["backend"], r["mode"], tuple(r["shape"][k] for k in SHAPE_KEYS)
 
 
-def compare_records(base: dict, new: dict, threshold: float = 0.10, confidence: float = 0.95) -> list[dict]:
+def compare_records(
+    base: dict, new: dict, threshold: float = 0.10, confidence: float = 0.95
+) -> list[dict]:
     rows = []
     base_by, new_by = {_key(r): r for r in base["results"]}, {_key(r): r for r in new["results"]}
     alpha = 1 - confidence
@@ -247,32 +333,60 @@ def compare_records(base: dict, new: dict, threshold: float = 0.10, confidence: 
             status = "not significant"
         else:
             status = "unchanged"
-        rows.append(dict(row, status=status, base=float(np.median(b)), new=float(np.median(n)),
-                         change=change, low=low, high=high, p=p, rounds=(len(b), len(n))))
+        rows.append(
+            dict(
+                row,
+                status=status,
+                base=float(np.median(b)),
+                new=float(np.median(n)),
+                change=change,
+                low=low,
+                high=high,
+                p=p,
+                rounds=(len(b), len(n)),
+            )
+        )
     return rows
 
 
-def render(rows: list[dict], base: dict, new: dict, threshold: float, confidence: float,
-           warnings: Sequence[str] = ()) -> str:
-    lines = [f"## Speed comparison (threshold {threshold:.0%}, {confidence:.0%} confidence)", "",
-             f"Baseline: {base['machine']}, torch {base['torch']}, {base.get('created', '?')}; "
-             f"new: {new['machine']}, torch {new['torch']}, {new.get('created', '?')}.",
-             "Ratio = time of the backend / time of torch.nn (native) in the same round (> 1: "
-             "slower than native); change = median new ratio / median baseline ratio (> 1: the "
-             "backend got slower).", ""]
+def render(
+    rows: list[dict],
+    base: dict,
+    new: dict,
+    threshold: float,
+    confidence: float,
+    warnings: Sequence[str] = (),
+) -> str:
+    lines = [
+        f"## Speed comparison (threshold {threshold:.0%}, {confidence:.0%} confidence)",
+        "",
+        f"Baseline: {base['machine']}, torch {base['torch']}, {base.get('created', '?')}; "
+        f"new: {new['machine']}, torch {new['torch']}, {new.get('created', '?')}.",
+        "Ratio = time of the backend / time of torch.nn (native) in the same round (> 1: "
+        "slower than native); change = median new ratio / median baseline ratio (> 1: the "
+        "backend got slower).",
+        "",
+    ]
     lines += [f"> warning: {w}" for w in warnings] + ([""] if warnings else [])
-    lines += ["| kind | backend | mode | shape (I,H,B,T) | baseline ratio | new ratio | change | "
-              f"{confidence:.0%} CI | Mann-Whitney p | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| kind | backend | mode | shape (I,H,B,T) | baseline ratio | new ratio | change | "
+        f"{confidence:.0%} CI | Mann-Whitney p | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         shape = ",".join(str(x) for x in r["shape"])
         if "change" in r:
-            lines.append(f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | {r['base']:.3f} | "
-                         f"{r['new']:.3f} | {r['change']:.3f}x | {r['low']:.3f}–{r['high']:.3f} | "
-                         f"{r['p']:.3g} | {'**' + r['status'] + '**' if r['status'] == 'regressed' else r['status']} |")
+            lines.append(
+                f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | {r['base']:.3f} | "
+                f"{r['new']:.3f} | {r['change']:.3f}x | {r['low']:.3f}–{r['high']:.3f} | "
+                f"{r['p']:.3g} | {'**' + r['status'] + '**' if r['status'] == 'regressed' else r['status']} |"
+            )
         else:
             new_ratio = f"{r['new']:.3f}" if "new" in r else "—"
-            lines.append(f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | — | {new_ratio} | — | — | — | "
-                         f"{'**missing**' if r['status'] == 'missing' else r['status']} |")
+            lines.append(
+                f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | — | {new_ratio} | — | — | — | "
+                f"{'**missing**' if r['status'] == 'missing' else r['status']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -286,8 +400,10 @@ def gate(rows: list[dict]) -> str:
     if r["status"] == "missing":
         reason = f"{what} is in the baseline but was not measured in the new file"
     else:
-        reason = (f"{what} is {r['change']:.2f}x slower relative to native (95% CI "
-                  f"{r['low']:.2f}–{r['high']:.2f}x, Mann-Whitney p={r['p']:.2g})")
+        reason = (
+            f"{what} is {r['change']:.2f}x slower relative to native (95% CI "
+            f"{r['low']:.2f}–{r['high']:.2f}x, Mann-Whitney p={r['p']:.2g})"
+        )
     return reason + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
 
 
@@ -297,7 +413,9 @@ def _percent(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage like 10% or a fraction like 0.1, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage like 10% or a fraction like 0.1, got {text!r}"
+        ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a threshold > 0, got {text!r}")
     return value
@@ -311,28 +429,62 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", metavar="BASELINE NEW",
-                        help="compare two record files (BASELINE may be a directory of keyed baselines)")
-    parser.add_argument("--record", metavar="OUT", help="measure and write a record file (or DIR/<key>.json)")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="BASELINE NEW",
+        help="compare two record files (BASELINE may be a directory of keyed baselines)",
+    )
+    parser.add_argument(
+        "--record", metavar="OUT", help="measure and write a record file (or DIR/<key>.json)"
+    )
     add_import_option(parser)
     parser.add_argument("--kinds", type=csv(str), default=["lstm", "gru", "rnn"])
-    parser.add_argument("--backends", type=csv(str), default=None,
-                        help="backends to measure against native (default: every available one)")
+    parser.add_argument(
+        "--backends",
+        type=csv(str),
+        default=None,
+        help="backends to measure against native (default: every available one)",
+    )
     parser.add_argument("--modes", type=csv(str), default=["train", "infer", "generate"])
-    parser.add_argument("--shape", type=_shape, default=DEFAULT_SHAPE, metavar="I,H,B,T",
-                        help="input, hidden, batch, seq_len (default: d2l's 28,256,32,35)")
-    parser.add_argument("--rounds", type=number(int, MIN_ROUNDS), default=10,
-                        help=f"interleaved rounds (>= {MIN_ROUNDS})")
-    parser.add_argument("--block-time", type=number(float, 0, low_open=True), default=0.05,
-                        help="seconds of timed calls per backend and round")
+    parser.add_argument(
+        "--shape",
+        type=_shape,
+        default=DEFAULT_SHAPE,
+        metavar="I,H,B,T",
+        help="input, hidden, batch, seq_len (default: d2l's 28,256,32,35)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=number(int, MIN_ROUNDS),
+        default=10,
+        help=f"interleaved rounds (>= {MIN_ROUNDS})",
+    )
+    parser.add_argument(
+        "--block-time",
+        type=number(float, 0, low_open=True),
+        default=0.05,
+        help="seconds of timed calls per backend and round",
+    )
     parser.add_argument("--threads", type=number(int, 1), default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--machine", default=None, help="machine name for the key (default: from the hardware)")
-    parser.add_argument("--threshold", type=_percent, default=0.10, help="slowdown that fails (default 10%%)")
-    parser.add_argument("--confidence", type=number(float, 0, 1, low_open=True), default=0.95,
-                        help="confidence of the interval and the test, in (0, 1) (default 0.95)")
-    parser.add_argument("--allow-mismatch", action="store_true",
-                        help="compare files from another machine or torch version (a warning, not an error)")
+    parser.add_argument(
+        "--machine", default=None, help="machine name for the key (default: from the hardware)"
+    )
+    parser.add_argument(
+        "--threshold", type=_percent, default=0.10, help="slowdown that fails (default 10%%)"
+    )
+    parser.add_argument(
+        "--confidence",
+        type=number(float, 0, 1, low_open=True),
+        default=0.95,
+        help="confidence of the interval and the test, in (0, 1) (default 0.95)",
+    )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare files from another machine or torch version (a warning, not an error)",
+    )
     parser.add_argument("--output", default=None, help="also write the markdown table here")
     parser.set_defaults(func=main)
 
@@ -342,8 +494,17 @@ def _record(args) -> int:
         import_modules(args.imports)
     except UsageError as exc:
         raise CompareError(str(exc)) from None
-    data = record(args.kinds, args.backends, args.modes, args.shape, args.rounds, args.block_time,
-                  args.threads, args.device, args.machine)
+    data = record(
+        args.kinds,
+        args.backends,
+        args.modes,
+        args.shape,
+        args.rounds,
+        args.block_time,
+        args.threads,
+        args.device,
+        args.machine,
+    )
     out = Path(args.record)
     if out.is_dir():
         out = out / f"{data['key']}.json"
@@ -367,8 +528,11 @@ def main(args) -> int:
         base = load(resolve_baseline(args.files[0], new), "baseline")
         problems = mismatches(base, new)
         if problems and not args.allow_mismatch:
-            raise CompareError("the files are not comparable: " + "; ".join(problems)
-                               + " (record a baseline on this machine, or pass --allow-mismatch)")
+            raise CompareError(
+                "the files are not comparable: "
+                + "; ".join(problems)
+                + " (record a baseline on this machine, or pass --allow-mismatch)"
+            )
         for p in problems:
             print(f"compare: warning: {p}", file=sys.stderr)
         rows = compare_records(base, new, args.threshold, args.confidence)
@@ -383,7 +547,9 @@ def main(args) -> int:
     if reason:
         print(f"compare: FAIL: {reason}")
         return 1
-    print(f"compare: PASS ({sum(r['status'] == 'unchanged' for r in rows)} unchanged, "
-          f"{sum(r['status'] == 'improved' for r in rows)} improved, "
-          f"{sum(r['status'] == 'not significant' for r in rows)} not significant)")
+    print(
+        f"compare: PASS ({sum(r['status'] == 'unchanged' for r in rows)} unchanged, "
+        f"{sum(r['status'] == 'improved' for r in rows)} improved, "
+        f"{sum(r['status'] == 'not significant' for r in rows)} not significant)"
+    )
     return 0

@@ -1,12 +1,13 @@
 """Helpers of the contract checks (bench/contract.py): the candidate's construction, thread
 settings, random data, one forward-and-backward run, and comparison with torch.nn in float64."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -38,14 +39,18 @@ class Context:
     def config(self, **kw) -> Config:
         return Config(self.kind, **kw)
 
-    def build(self, config: Config, dtype: torch.dtype = torch.float64, seed: int = 0,
-              **extra) -> nn.Module:
+    def build(
+        self, config: Config, dtype: torch.dtype = torch.float64, seed: int = 0, **extra
+    ) -> nn.Module:
         """The candidate for `config` (torch.nn's arguments plus `extra`), moved to `dtype`."""
-        options = ({"multilayer"} if config.num_layers > 1 else set()) | \
-            ({"dropout"} if extra.get("dropout") else set())
+        options = ({"multilayer"} if config.num_layers > 1 else set()) | (
+            {"dropout"} if extra.get("dropout") else set()
+        )
         torch.manual_seed(seed)
         try:
-            module = self.factory(config.input_size, config.hidden_size, **config.nn_kwargs(), **extra)
+            module = self.factory(
+                config.input_size, config.hidden_size, **config.nn_kwargs(), **extra
+            )
         except Exception as exc:
             message = f"construction raised {type(exc).__name__}: {exc}".splitlines()[0]
             if not options:
@@ -58,10 +63,14 @@ class Context:
                     pass
             needed = sorted(options & self.required)
             if needed:
-                raise ContractFailure(f"required option {', '.join(needed)} is unsupported ({message})")
+                raise ContractFailure(
+                    f"required option {', '.join(needed)} is unsupported ({message})"
+                ) from exc
             raise Unsupported(f"{', '.join(sorted(options))}: {message}") from exc
         if not isinstance(module, nn.Module):
-            raise ContractFailure(f"the factory returned a {type(module).__name__}, not an nn.Module")
+            raise ContractFailure(
+                f"the factory returned a {type(module).__name__}, not an nn.Module"
+            )
         return module.to(dtype)
 
 
@@ -121,7 +130,11 @@ def call(module: nn.Module, x: Tensor, hx, upstream, grads: bool = True):
     wrt = {"grad_input": x} if x.requires_grad else {}
     wrt.update({f"grad_hx[{i}]": s for i, s in enumerate(hx or ()) if s.requires_grad})
     wrt.update({f"grad_{n}": p for n, p in module.named_parameters() if p.requires_grad})
-    got = torch.autograd.grad(loss(outs, upstream), list(wrt.values()), allow_unused=True) if wrt else ()
+    got = (
+        torch.autograd.grad(loss(outs, upstream), list(wrt.values()), allow_unused=True)
+        if wrt
+        else ()
+    )
     return outs, dict(zip(wrt, got))
 
 
@@ -131,11 +144,13 @@ def reference(module: nn.Module, config: Config) -> nn.Module:
     ref = reference_module(config)
     params = dict(module.named_parameters())
     try:
-        ref.load_state_dict({n: p.detach().to("cpu", torch.float64) for n, p in params.items()},
-                            strict=True)
+        ref.load_state_dict(
+            {n: p.detach().to("cpu", torch.float64) for n, p in params.items()}, strict=True
+        )
     except RuntimeError as exc:
-        raise ContractFailure("parameters do not match torch.nn's names and shapes: "
-                              + str(exc).splitlines()[0]) from exc
+        raise ContractFailure(
+            "parameters do not match torch.nn's names and shapes: " + str(exc).splitlines()[0]
+        ) from exc
     for n, p in ref.named_parameters():
         p.requires_grad_(params[n].requires_grad)
     return ref
@@ -150,12 +165,21 @@ def mismatches(label: str, cand: dict, ref: dict, tol: float, most: int = 3) -> 
         if c is None:
             off.append((float("inf"), f"no {name.replace('grad_', 'gradient for ', 1)}"))
         elif tuple(c.shape) != tuple(r.shape):
-            off.append((float("inf"), f"{name} has shape {tuple(c.shape)}, torch.nn gives {tuple(r.shape)}"))
+            off.append(
+                (
+                    float("inf"),
+                    f"{name} has shape {tuple(c.shape)}, torch.nn gives {tuple(r.shape)}",
+                )
+            )
         else:
             e = _relative(c, r, name, tol)
             if not e.passed:
-                off.append((e.rel_error if e.rel_error == e.rel_error else float("inf"),
-                            f"{name} rel. error {e.rel_error:.2e} > {tol:.0e}"))
+                off.append(
+                    (
+                        e.rel_error if e.rel_error == e.rel_error else float("inf"),
+                        f"{name} rel. error {e.rel_error:.2e} > {tol:.0e}",
+                    )
+                )
     if not off:
         return []
     off.sort(key=lambda o: -o[0])
@@ -163,8 +187,17 @@ def mismatches(label: str, cand: dict, ref: dict, tol: float, most: int = 3) -> 
     return [f"{label}: " + ", ".join(text for _, text in off[:most]) + more]
 
 
-def expect(module: nn.Module, config: Config, label: str, *, x: Tensor, hx, upstream,
-           grads: bool = True, mode: Callable = contextlib.nullcontext) -> list[str]:
+def expect(
+    module: nn.Module,
+    config: Config,
+    label: str,
+    *,
+    x: Tensor,
+    hx,
+    upstream,
+    grads: bool = True,
+    mode: Callable = contextlib.nullcontext,
+) -> list[str]:
     """Run the candidate on exactly these tensors (inside `mode()`, e.g. torch.no_grad) and
     torch.nn in float64 on copies; what is off. grads=False: outputs only."""
     ref = reference(module, config)
@@ -178,9 +211,16 @@ def expect(module: nn.Module, config: Config, label: str, *, x: Tensor, hx, upst
     return mismatches(label, outs, ref_outs, tol) + mismatches(label, got, ref_grads, tol)
 
 
-def expect_fresh(module: nn.Module, config: Config, label: str, seed: int = 0,
-                 dtype: torch.dtype = F64, device="cpu", grads: bool = True,
-                 mode: Callable = contextlib.nullcontext) -> list[str]:
+def expect_fresh(
+    module: nn.Module,
+    config: Config,
+    label: str,
+    seed: int = 0,
+    dtype: torch.dtype = F64,
+    device="cpu",
+    grads: bool = True,
+    mode: Callable = contextlib.nullcontext,
+) -> list[str]:
     """`expect` on new random data for `config`, every input requiring grad (if grads)."""
     x, hx, up = leaves(config, dtype, grads, seed, device)
     return expect(module, config, label, x=x, hx=hx, upstream=up, grads=grads, mode=mode)
@@ -196,8 +236,10 @@ def fail_if(found: list[str], most: int = 3) -> None:
 def results(module: nn.Module, x: Tensor, hx, upstream) -> dict:
     """Outputs and gradients of one call, detached copies by name."""
     outs, grads = call(module, x, hx, upstream)
-    return {**{k: v.detach().clone() for k, v in outs.items()},
-            **{k: v.clone() for k, v in grads.items() if v is not None}}
+    return {
+        **{k: v.detach().clone() for k, v in outs.items()},
+        **{k: v.clone() for k, v in grads.items() if v is not None},
+    }
 
 
 def loss(outs: dict, upstream) -> Tensor:
@@ -208,8 +250,11 @@ def loss(outs: dict, upstream) -> Tensor:
 def leaves(config: Config, dtype=F64, grad: bool = True, seed: int = 0, device="cpu"):
     """(input, hx or None, upstream): new leaves of `dtype` on `device`."""
     x, hx, up = data(config, seed)
-    return leaf(x, dtype, grad, device), \
-        None if hx is None else tuple(leaf(s, dtype, grad, device) for s in hx), up
+    return (
+        leaf(x, dtype, grad, device),
+        None if hx is None else tuple(leaf(s, dtype, grad, device) for s in hx),
+        up,
+    )
 
 
 def use(module: nn.Module, config: Config, dtype=F64) -> None:

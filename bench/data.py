@@ -17,6 +17,7 @@ Downloads are written to a temporary file (or directory) beside the target and m
 with `os.replace`, so an interrupted or corrupted download never leaves a half file behind.
 A file that is found but has the wrong checksum is an error that says what to do.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,14 +31,13 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 ENV_DATA = "CELLBENCH_DATA"
 ENV_CACHE = "CELLBENCH_CACHE"
-ENV_D2L_URL = "CELLBENCH_D2L_URL"        # overrides d2l's DATA_URL (a base URL, ending in '/')
-ENV_NAMES_URL = "CELLBENCH_NAMES_URL"    # overrides the PyTorch tutorial's data.zip URL
-ENV_OFFLINE = "CELLBENCH_OFFLINE"        # "1": never download
-ENV_POEMS_URL = "CELLBENCH_POEMS_URL"    # overrides the chinese-poetry base URL (ending in '/')
+ENV_D2L_URL = "CELLBENCH_D2L_URL"  # overrides d2l's DATA_URL (a base URL, ending in '/')
+ENV_NAMES_URL = "CELLBENCH_NAMES_URL"  # overrides the PyTorch tutorial's data.zip URL
+ENV_OFFLINE = "CELLBENCH_OFFLINE"  # "1": never download
+ENV_POEMS_URL = "CELLBENCH_POEMS_URL"  # overrides the chinese-poetry base URL (ending in '/')
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
 SOURCES = ("local", "embedded", "downloaded")
@@ -46,8 +46,10 @@ D2L_DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
 NAMES_ZIP_URL = "https://download.pytorch.org/tutorial/data.zip"
 # chinese-poetry pinned to the commit whose 全唐诗/poet.tang.*.json convert to poems_tang.txt
 POEMS_COMMIT = "fa1814a8044db4fb0c7a9e0a0449974e8c3463b7"
-POEMS_BASE_URL = ("https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/"
-                  f"{POEMS_COMMIT}/%E5%85%A8%E5%94%90%E8%AF%97/")  # .../全唐诗/
+POEMS_BASE_URL = (
+    "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/"
+    f"{POEMS_COMMIT}/%E5%85%A8%E5%94%90%E8%AF%97/"
+)  # .../全唐诗/
 POEMS_JSON_FILES = tuple(f"poet.tang.{i}.json" for i in range(0, 58000, 1000))
 
 # Per-file SHA-256 of the tutorial's data/names/*.txt (computed from the reference copy; the
@@ -86,6 +88,7 @@ class DataNotFound(DataError):
 class FileSpec:
     """One checksummed file: `name` relative to a data directory. For a `.xz` file the digest
     is of the decompressed content, which does not depend on the compressor's version."""
+
     name: str
     algorithm: str
     digest: str
@@ -93,42 +96,69 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class Resource:
-    name: str                   # the name in a data directory (file, or directory for names)
-    what: str                   # human description
+    name: str  # the name in a data directory (file, or directory for names)
+    what: str  # human description
     files: tuple[FileSpec, ...]
-    source: Optional[str] = None  # where it comes from, for messages
+    source: str | None = None  # where it comes from, for messages
     downloadable: bool = True
     notes: str = ""
-    embedded: bool = False        # a verified copy ships in EMBEDDED_DIR
+    embedded: bool = False  # a verified copy ships in EMBEDDED_DIR
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 TIME_MACHINE = Resource(
-    "timemachine.txt", "H. G. Wells, The Time Machine (d2l's copy)",
+    "timemachine.txt",
+    "H. G. Wells, The Time Machine (d2l's copy)",
     (FileSpec("timemachine.txt", "sha1", "090b5e7e70c295757f55df93cb0a180b9691891a"),),
-    source="d2l's DATA_URL + 'timemachine.txt'", embedded=True)
+    source="d2l's DATA_URL + 'timemachine.txt'",
+    embedded=True,
+)
 NAMES = Resource(
-    "names", "the PyTorch names tutorial's data/names/*.txt (18 files)",
+    "names",
+    "the PyTorch names tutorial's data/names/*.txt (18 files)",
     tuple(FileSpec(f"names/{n}", "sha256", d) for n, d in sorted(NAMES_SHA256.items())),
-    source=NAMES_ZIP_URL + " (data/names/*.txt inside)", embedded=True)
+    source=NAMES_ZIP_URL + " (data/names/*.txt inside)",
+    embedded=True,
+)
 # The SHA-256 of the converted corpus: the JSON files' own hashes are not published, so the
 # download is verified after conversion (bench.tasks.poems_corpus).
 POEMS = Resource(
-    "poems_tang.txt", "57,435 Tang poems as 'title:content' lines",
-    (FileSpec("poems_tang.txt", "sha256",
-              "c7f002e6ed71f3f0a6d5c471ab4813b4e581b90adb48ae81ea53062435e548b2"),),
+    "poems_tang.txt",
+    "57,435 Tang poems as 'title:content' lines",
+    (
+        FileSpec(
+            "poems_tang.txt",
+            "sha256",
+            "c7f002e6ed71f3f0a6d5c471ab4813b4e581b90adb48ae81ea53062435e548b2",
+        ),
+    ),
     source=f"chinese-poetry/chinese-poetry at {POEMS_COMMIT[:8]}, 全唐诗/poet.tang.*.json "
-           "(58 files, converted to one 'title:content' line per poem)",
-    notes="a 3,000-poem sample ships with cellbench (python -m bench train poems --corpus sample)")
+    "(58 files, converted to one 'title:content' line per poem)",
+    notes="a 3,000-poem sample ships with cellbench (python -m bench train poems --corpus sample)",
+)
 # 3,000 lines drawn with random.Random(0).sample from poems_tang.txt, in file order, xz-compressed.
 POEMS_SAMPLE = Resource(
-    "poems_tang_sample.txt.xz", "a 3,000-poem sample of poems_tang.txt (shipped with cellbench)",
-    (FileSpec("poems_tang_sample.txt.xz", "sha256",
-              "e3447fba61c6dc371948729e7199b041565944c988aa5faf026a087a194fbd68"),),
-    downloadable=False, embedded=True)
+    "poems_tang_sample.txt.xz",
+    "a 3,000-poem sample of poems_tang.txt (shipped with cellbench)",
+    (
+        FileSpec(
+            "poems_tang_sample.txt.xz",
+            "sha256",
+            "e3447fba61c6dc371948729e7199b041565944c988aa5faf026a087a194fbd68",
+        ),
+    ),
+    downloadable=False,
+    embedded=True,
+)
 RESOURCES = {r.name: r for r in (TIME_MACHINE, NAMES, POEMS, POEMS_SAMPLE)}
-ALIASES = {"timemachine": TIME_MACHINE, "time_machine": TIME_MACHINE, "names": NAMES,
-           "poems": POEMS, "poems_tang": POEMS, "poems_sample": POEMS_SAMPLE}
+ALIASES = {
+    "timemachine": TIME_MACHINE,
+    "time_machine": TIME_MACHINE,
+    "names": NAMES,
+    "poems": POEMS,
+    "poems_tang": POEMS,
+    "poems_sample": POEMS_SAMPLE,
+}
 
 
 def resource(name: str) -> Resource:
@@ -163,9 +193,11 @@ def content_digest(path: str | os.PathLike, algorithm: str) -> str:
 
 def _how_to_provide(r: Resource) -> str:
     target = r.name + ("/ (the 18 names/*.txt files)" if r is NAMES else "")
-    s = (f"Provide {target} in one of these ways: pass --data PATH (the file, or a directory "
-         f"holding it); or put it in the directory named by ${ENV_DATA}; or put it in the cache "
-         f"directory {cache_dir()} (set ${ENV_CACHE} to move it)")
+    s = (
+        f"Provide {target} in one of these ways: pass --data PATH (the file, or a directory "
+        f"holding it); or put it in the directory named by ${ENV_DATA}; or put it in the cache "
+        f"directory {cache_dir()} (set ${ENV_CACHE} to move it)"
+    )
     if r.downloadable:
         s += f"; or allow the download from {r.source}"
     if r.notes:
@@ -173,7 +205,7 @@ def _how_to_provide(r: Resource) -> str:
     return s + "."
 
 
-def _root_of(r: Resource, path: Path) -> Optional[Path]:
+def _root_of(r: Resource, path: Path) -> Path | None:
     """The data directory in which `path` provides resource r, or None."""
     if r is NAMES:
         if path.is_dir() and path.name == "names" and (path / "Arabic.txt").exists():
@@ -205,18 +237,26 @@ def verify(r: Resource, root: Path) -> None:
                 f"{path} has {spec.algorithm.upper()} {got}, expected {spec.digest}: the file is "
                 f"corrupted, truncated or a different version of {r.what}. Delete it"
                 + (" (it will be downloaded again)" if r.downloadable else "")
-                + f" or replace it with the right copy. {_how_to_provide(r)}")
+                + f" or replace it with the right copy. {_how_to_provide(r)}"
+            )
 
 
 @dataclass(frozen=True)
 class Found:
     """Where a resource was found: its verified path, and which copy (one of SOURCES)."""
+
     path: Path
     source: str
 
 
-def find(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
-         url: Optional[str] = None, timeout: float = 30.0) -> Found:
+def find(
+    name: str,
+    data: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    url: str | None = None,
+    timeout: float = 30.0,
+) -> Found:
     """The verified path of resource `name` (a file, or for 'names' the names/ directory) and
     its source: `local`, `embedded` or `downloaded`.
 
@@ -228,12 +268,14 @@ def find(name: str, data: str | os.PathLike | None = None, *, download: Optional
     if data is not None:
         p = Path(data).expanduser()
         if not p.exists():
-            raise DataError(f"--data {p}: no such file or directory (expected {r.what}). "
-                            + _how_to_provide(r))
+            raise DataError(
+                f"--data {p}: no such file or directory (expected {r.what}). " + _how_to_provide(r)
+            )
         root = _root_of(r, p)
         if root is None:
-            raise DataError(f"--data {p}: does not hold {r.name} (expected {r.what}). "
-                            + _how_to_provide(r))
+            raise DataError(
+                f"--data {p}: does not hold {r.name} (expected {r.what}). " + _how_to_provide(r)
+            )
         verify(r, root)
         return Found(_result(r, root), "local")
     env = os.environ.get(ENV_DATA)
@@ -254,16 +296,25 @@ def find(name: str, data: str | os.PathLike | None = None, *, download: Optional
         download = os.environ.get(ENV_OFFLINE, "") not in ("1", "true", "yes")
     where = f"not found in ${ENV_DATA} ({env or 'unset'}) nor in the cache {cache}"
     if not r.downloadable:
-        raise DataNotFound(f"{r.name} {where}, and {r.what} cannot be downloaded. "
-                           + _how_to_provide(r))
+        raise DataNotFound(
+            f"{r.name} {where}, and {r.what} cannot be downloaded. " + _how_to_provide(r)
+        )
     if not download:
-        raise DataNotFound(f"{r.name} {where}, and downloads are off (${ENV_OFFLINE}). " + _how_to_provide(r))
+        raise DataNotFound(
+            f"{r.name} {where}, and downloads are off (${ENV_OFFLINE}). " + _how_to_provide(r)
+        )
     fetch(r, cache, url=url, timeout=timeout)
     return Found(_result(r, cache), "downloaded")
 
 
-def locate(name: str, data: str | os.PathLike | None = None, *, download: Optional[bool] = None,
-           url: Optional[str] = None, timeout: float = 30.0) -> Path:
+def locate(
+    name: str,
+    data: str | os.PathLike | None = None,
+    *,
+    download: bool | None = None,
+    url: str | None = None,
+    timeout: float = 30.0,
+) -> Path:
     """find(...).path: the verified path of resource `name`."""
     return find(name, data, download=download, url=url, timeout=timeout).path
 
@@ -283,8 +334,9 @@ def _download_bytes(url: str, timeout: float) -> bytes:
         raise DataError(f"cannot download {url}: {reason}") from exc
 
 
-def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = None,
-          timeout: float = 30.0) -> Path:
+def fetch(
+    r: Resource | str, dest: str | os.PathLike, *, url: str | None = None, timeout: float = 30.0
+) -> Path:
     """Download resource r into directory dest, verify it, and move it in place atomically."""
     r = resource(r) if isinstance(r, str) else r
     dest = Path(dest)
@@ -308,20 +360,28 @@ def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = No
             try:
                 archive = zipfile.ZipFile(io.BytesIO(payload))
             except zipfile.BadZipFile as exc:
-                raise DataError(f"downloaded {src} is not a valid zip archive ({exc}); nothing was "
-                                f"kept. Retry, or {_how_to_provide(r)}") from exc
-            members = {Path(m).name: m for m in archive.namelist()
-                       if Path(m).parent.name == "names" and m.endswith(".txt")}
+                raise DataError(
+                    f"downloaded {src} is not a valid zip archive ({exc}); nothing was "
+                    f"kept. Retry, or {_how_to_provide(r)}"
+                ) from exc
+            members = {
+                Path(m).name: m
+                for m in archive.namelist()
+                if Path(m).parent.name == "names" and m.endswith(".txt")
+            }
             for name, digest in NAMES_SHA256.items():
                 if name not in members:
-                    raise DataError(f"downloaded {src} has no names/{name}; nothing was kept. "
-                                    + _how_to_provide(r))
+                    raise DataError(
+                        f"downloaded {src} has no names/{name}; nothing was kept. "
+                        + _how_to_provide(r)
+                    )
                 content = archive.read(members[name])
                 got = hashlib.sha256(content).hexdigest()
                 if got != digest:
-                    raise DataError(f"names/{name} in {src} has SHA-256 {got}, expected {digest}: "
-                                    f"corrupted or a different version; nothing was kept. "
-                                    + _how_to_provide(r))
+                    raise DataError(
+                        f"names/{name} in {src} has SHA-256 {got}, expected {digest}: "
+                        f"corrupted or a different version; nothing was kept. " + _how_to_provide(r)
+                    )
                 (tmp / name).write_bytes(content)
             target = dest / "names"
             if target.exists() and not target.is_dir():
@@ -338,6 +398,7 @@ def fetch(r: Resource | str, dest: str | os.PathLike, *, url: Optional[str] = No
         return dest / "names"
     if r is POEMS:
         from bench.tasks.poems_corpus import download_corpus
+
         base = url or os.environ.get(ENV_POEMS_URL) or POEMS_BASE_URL
         payload = download_corpus(base, POEMS_JSON_FILES, timeout)
         return _store_verified(r, payload, dest, f"the corpus converted from {base}", "a file is")
@@ -349,9 +410,11 @@ def _store_verified(r: Resource, payload: bytes, dest: Path, what: str, culprit:
     spec = r.files[0]
     got = hashlib.new(spec.algorithm, payload).hexdigest()
     if got != spec.digest:
-        raise DataError(f"{what} has {spec.algorithm.upper()} {got}, expected {spec.digest}: "
-                        f"{culprit} corrupted or the source changed; nothing was kept. "
-                        f"Retry, or: {_how_to_provide(r)}")
+        raise DataError(
+            f"{what} has {spec.algorithm.upper()} {got}, expected {spec.digest}: "
+            f"{culprit} corrupted or the source changed; nothing was kept. "
+            f"Retry, or: {_how_to_provide(r)}"
+        )
     _write_atomic(dest / r.name, payload)
     return dest / r.name
 

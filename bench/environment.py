@@ -1,4 +1,5 @@
 """What a run record says about the machine: versions, CPU, GPU, threads, git commit, time."""
+
 from __future__ import annotations
 
 import os
@@ -7,10 +8,9 @@ import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 
-def cpu_model() -> Optional[str]:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -28,16 +28,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def git_commit(path: Optional[Path] = None) -> Optional[str]:
+def git_commit(path: Path | None = None) -> str | None:
     """HEAD's hash, with '-dirty' if the tree has changes (read-only git commands)."""
     cwd = path or Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -47,7 +53,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _version(module_name: str) -> Optional[str]:
+def _version(module_name: str) -> str | None:
     try:
         module = __import__(module_name)
         return getattr(module, "__version__", "unknown")
@@ -58,6 +64,7 @@ def _version(module_name: str) -> Optional[str]:
 def collect() -> dict:
     """The environment of this process (call it where the cases run, after threads are set)."""
     import torch
+
     env = {
         "time": now(),
         "host": socket.gethostname(),
@@ -80,19 +87,32 @@ def collect() -> dict:
         "git_commit": git_commit(),
         # BLAS kernel overrides change the speed of every BLAS call (numba's and numpy's GEMMs):
         # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU, say, makes numba's kernels several times slower
-        "blas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MKL_DEBUG_CPU_TYPE",
-                                                "MKL_ENABLE_INSTRUCTIONS") if k in os.environ} or None,
+        "blas_env": {
+            k: os.environ[k]
+            for k in (
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+                "MKL_DEBUG_CPU_TYPE",
+                "MKL_ENABLE_INSTRUCTIONS",
+            )
+            if k in os.environ
+        }
+        or None,
     }
     try:
         import numba
+
         env["numba_threads"] = numba.get_num_threads()
     except Exception:
         env["numba_threads"] = None
     try:
         import numpy as np
+
         info = np.show_config(mode="dicts") if hasattr(np, "show_config") else None
         blas = (info or {}).get("Build Dependencies", {}).get("blas", {})
-        env["numpy_blas"] = " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or None
+        env["numpy_blas"] = (
+            " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or None
+        )
     except Exception:
         env["numpy_blas"] = None
     if torch.cuda.is_available():

@@ -1,4 +1,5 @@
 """Saving matplotlib figures the same way everywhere (PNG, 100 dpi)."""
+
 from __future__ import annotations
 
 from pathlib import Path

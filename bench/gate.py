@@ -10,11 +10,11 @@ cells/tolerances.py's tolerance for its dtype:
   generate  the outputs of the step-by-step loop the workload times (batch 1, state carried)
 It runs once per module, never per round; its cost goes into the record as `check_s`.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -27,23 +27,34 @@ from cells.errors import Unsupported
 class Verdict:
     passed: bool
     reason: str  # '' when passed
-    worst: Optional[float]  # worst relative error / tolerance
+    worst: float | None  # worst relative error / tolerance
     seconds: float
 
 
 def _reference(module: nn.Module, kind: str) -> nn.Module:
     from cells.equivalence import Config, reference_module
-    ref = reference_module(Config(kind, module.input_size, module.hidden_size,
-                                  num_layers=module.num_layers, bias=module.bias,
-                                  bidirectional=module.bidirectional,
-                                  nonlinearity=getattr(module, "nonlinearity", None) or "tanh"))
-    ref.load_state_dict({k: v.detach().to(torch.float64).cpu() for k, v in module.state_dict().items()})
+
+    ref = reference_module(
+        Config(
+            kind,
+            module.input_size,
+            module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            bidirectional=module.bidirectional,
+            nonlinearity=getattr(module, "nonlinearity", None) or "tanh",
+        )
+    )
+    ref.load_state_dict(
+        {k: v.detach().to(torch.float64).cpu() for k, v in module.state_dict().items()}
+    )
     return ref.eval()
 
 
 def _forward_errors(module: nn.Module, case, tol: float) -> list:
     """(name, rel error) of the forward pass of `case`'s mode against float64 torch.nn."""
     from cells.equivalence import _relative, _states, forward_pair
+
     ref = _reference(module, case.kind)
     param = next(module.parameters())
     gen = torch.Generator().manual_seed(1)
@@ -55,7 +66,7 @@ def _forward_errors(module: nn.Module, case, tol: float) -> list:
         if case.mode == "generate":
             state, steps = None, []
             for t in range(case.seq_len):
-                y, state = forward_pair(module, xc[t:t + 1], state)
+                y, state = forward_pair(module, xc[t : t + 1], state)
                 steps.append(y)
             out, final = torch.cat(steps), state
         else:
@@ -65,7 +76,9 @@ def _forward_errors(module: nn.Module, case, tol: float) -> list:
     errors = []
     for name, got, want in pairs:
         if tuple(got.shape) != tuple(want.shape):
-            raise ShapeMismatch(f"{name} has shape {tuple(got.shape)}, torch.nn gives {tuple(want.shape)}")
+            raise ShapeMismatch(
+                f"{name} has shape {tuple(got.shape)}, torch.nn gives {tuple(want.shape)}"
+            )
         errors.append(_relative(got, want, name, tol))
     return errors
 
@@ -74,6 +87,7 @@ def check(module: nn.Module, case) -> Verdict:
     """Check `module` (built for `case`) in `case.mode`; never raises for the module's sake."""
     from cells.equivalence import Config, compare
     from cells.tolerances import tolerance
+
     start = time.perf_counter()
     param = next(module.parameters(), None)
     if param is None:
@@ -82,13 +96,21 @@ def check(module: nn.Module, case) -> Verdict:
     was_training = module.training
     try:
         if case.mode == "train":
-            config = Config(case.kind, case.input_size, case.hidden_size, num_layers=case.num_layers,
-                            batch=case.batch, seq_len=case.seq_len,
-                            nonlinearity=getattr(module, "nonlinearity", None) or "tanh")
+            config = Config(
+                case.kind,
+                case.input_size,
+                case.hidden_size,
+                num_layers=case.num_layers,
+                batch=case.batch,
+                seq_len=case.seq_len,
+                nonlinearity=getattr(module, "nonlinearity", None) or "tanh",
+            )
             result = compare(module, config, seed=1)
             if result.problem or result.missing_gradients:
                 reason = result.problem or f"no gradient for {', '.join(result.missing_gradients)}"
-                return Verdict(False, f"train check failed: {reason}", None, time.perf_counter() - start)
+                return Verdict(
+                    False, f"train check failed: {reason}", None, time.perf_counter() - start
+                )
             errors = result.errors
         else:
             module.eval()
@@ -99,16 +121,27 @@ def check(module: nn.Module, case) -> Verdict:
         raise  # a declared limit, not a wrong result: the caller records it as unsupported
     except Exception as exc:  # noqa: BLE001 - whatever the module raises is its verdict
         text = str(exc).strip().splitlines()
-        return Verdict(False, f"{case.mode} check failed: {type(exc).__name__}: {text[0] if text else ''}",
-                       None, time.perf_counter() - start)
+        return Verdict(
+            False,
+            f"{case.mode} check failed: {type(exc).__name__}: {text[0] if text else ''}",
+            None,
+            time.perf_counter() - start,
+        )
     finally:
         module.train(was_training)
         module.zero_grad(set_to_none=True)
     worst = max(errors, key=lambda e: (e.rel_error != e.rel_error, e.rel_error / e.tolerance))
     ratio = worst.rel_error / worst.tolerance
     if not worst.passed:
-        what = "is not finite" if ratio != ratio else \
-            f"differs from float64 torch.nn by {worst.rel_error:.2e} (tolerance {worst.tolerance:.0e})"
-        return Verdict(False, f"{case.mode} check failed: {worst.name} {what}", ratio if ratio == ratio else None,
-                       time.perf_counter() - start)
+        what = (
+            "is not finite"
+            if ratio != ratio
+            else f"differs from float64 torch.nn by {worst.rel_error:.2e} (tolerance {worst.tolerance:.0e})"
+        )
+        return Verdict(
+            False,
+            f"{case.mode} check failed: {worst.name} {what}",
+            ratio if ratio == ratio else None,
+            time.perf_counter() - start,
+        )
     return Verdict(True, "", ratio, time.perf_counter() - start)

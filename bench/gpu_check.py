@@ -14,6 +14,7 @@ the test results per dtype, and each sweep rendered by `bench.report.render`. A 
 or runs out of time is listed with its reason; the exit status is 1 then (2 for usage errors,
 including a machine without CUDA), after the report is written. `--dry-run` prints the plan.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from .cli import Parser, number
 
@@ -36,14 +37,27 @@ PROG = "python -m bench.gpu_check"
 GRACE_S = 20.0  # after SIGINT at the deadline: pytest writes its XML, a sweep its records
 DTYPES = ("float32", "float16", "bfloat16")
 # quick rounds: enough for ratios with intervals on a GPU, small enough for the 8 minutes
-SWEEP_SETTINGS = ["--min-run-time", "0.02", "--min-repeats", "2", "--warmup", "2", "--min-rounds", "3",
-                  "--max-rounds", "10", "--group-time-cap", "4"]
+SWEEP_SETTINGS = [
+    "--min-run-time",
+    "0.02",
+    "--min-repeats",
+    "2",
+    "--warmup",
+    "2",
+    "--min-rounds",
+    "3",
+    "--max-rounds",
+    "10",
+    "--group-time-cap",
+    "4",
+]
 
 
 @dataclass
 class Step:
     """One subprocess of the check. `share`: its part of the time budget; `sweep`: its records
     go to OUT/name (rendered in the report); otherwise it is the test run (JUnit XML in OUT)."""
+
     name: str
     title: str
     args: list  # after `python -m`
@@ -56,7 +70,7 @@ class Outcome:
     step: Step
     allowance_s: float
     command: list
-    returncode: Optional[int] = None
+    returncode: int | None = None
     seconds: float = 0.0
     timed_out: bool = False
     tail: list = field(default_factory=list)  # last lines of its output, kept when it failed
@@ -77,30 +91,123 @@ class Outcome:
         return f"exit {self.returncode}"
 
 
-def sweep(name: str, title: str, share: float, kinds: str, backends: str, modes: str, input_size: int,
-          hidden: int, batch: str, seq_len: int, dtype: str = "float32") -> Step:
-    return Step(name, title, ["bench", "run", "--device", "cuda", "--kinds", kinds, "--backends", backends,
-                              "--modes", modes, "--input-size", str(input_size), "--hidden-size", str(hidden),
-                              "--batch", batch, "--seq-len", str(seq_len), "--dtype", dtype, "--threads", "1",
-                              *SWEEP_SETTINGS], share)
+def sweep(
+    name: str,
+    title: str,
+    share: float,
+    kinds: str,
+    backends: str,
+    modes: str,
+    input_size: int,
+    hidden: int,
+    batch: str,
+    seq_len: int,
+    dtype: str = "float32",
+) -> Step:
+    return Step(
+        name,
+        title,
+        [
+            "bench",
+            "run",
+            "--device",
+            "cuda",
+            "--kinds",
+            kinds,
+            "--backends",
+            backends,
+            "--modes",
+            modes,
+            "--input-size",
+            str(input_size),
+            "--hidden-size",
+            str(hidden),
+            "--batch",
+            batch,
+            "--seq-len",
+            str(seq_len),
+            "--dtype",
+            dtype,
+            "--threads",
+            "1",
+            *SWEEP_SETTINGS,
+        ],
+        share,
+    )
 
 
 def steps() -> list[Step]:
     """The plan; shares add up to 1."""
     return [
-        Step("cuda-tests", "CUDA equivalence tests (float32, float16, bfloat16) and Triton on the GPU",
-             ["pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"], 0.25, sweep=False),
-        sweep("d2l", "d2l size (I28 H256 B32 T35): cuDNN vs triton vs fused", 0.13,
-              "lstm,gru,rnn", "native,triton,fused", "train,infer", 28, 256, "32", 35),
+        Step(
+            "cuda-tests",
+            "CUDA equivalence tests (float32, float16, bfloat16) and Triton on the GPU",
+            ["pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"],
+            0.25,
+            sweep=False,
+        ),
+        sweep(
+            "d2l",
+            "d2l size (I28 H256 B32 T35): cuDNN vs triton vs fused",
+            0.13,
+            "lstm,gru,rnn",
+            "native,triton,fused",
+            "train,infer",
+            28,
+            256,
+            "32",
+            35,
+        ),
         # compiled: Inductor generates and compiles its kernels in the first call (cold cache)
-        sweep("d2l-compiled", "d2l size: cuDNN vs compiled (torch.compile, Inductor's Triton)", 0.22,
-              "lstm", "native,compiled", "train,infer,generate", 28, 256, "32", 35),
-        sweep("fastrnns", "fastrnns size (I512 H512 B64 T100)", 0.12,
-              "lstm,gru", "native,triton,fused", "train,infer", 512, 512, "64", 100),
-        sweep("flashrnn-bf16", "FlashRNN's shape in bfloat16 (I768 H768 B16 T1024)", 0.13,
-              "lstm", "native,triton", "train,infer", 768, 768, "16", 1024, "bfloat16"),
-        sweep("small-batch", "batch 1-16 at hidden 64 (I64 T100): persistent kernel vs cuDNN", 0.15,
-              "lstm,gru", "native,triton", "infer,train", 64, 64, "1,2,4,8,16", 100),
+        sweep(
+            "d2l-compiled",
+            "d2l size: cuDNN vs compiled (torch.compile, Inductor's Triton)",
+            0.22,
+            "lstm",
+            "native,compiled",
+            "train,infer,generate",
+            28,
+            256,
+            "32",
+            35,
+        ),
+        sweep(
+            "fastrnns",
+            "fastrnns size (I512 H512 B64 T100)",
+            0.12,
+            "lstm,gru",
+            "native,triton,fused",
+            "train,infer",
+            512,
+            512,
+            "64",
+            100,
+        ),
+        sweep(
+            "flashrnn-bf16",
+            "FlashRNN's shape in bfloat16 (I768 H768 B16 T1024)",
+            0.13,
+            "lstm",
+            "native,triton",
+            "train,infer",
+            768,
+            768,
+            "16",
+            1024,
+            "bfloat16",
+        ),
+        sweep(
+            "small-batch",
+            "batch 1-16 at hidden 64 (I64 T100): persistent kernel vs cuDNN",
+            0.15,
+            "lstm,gru",
+            "native,triton",
+            "infer,train",
+            64,
+            64,
+            "1,2,4,8,16",
+            100,
+        ),
     ]
 
 
@@ -114,7 +221,7 @@ def command(step: Step, out: Path, allowance_s: float) -> list:
     return argv + [f"--junitxml={out / (step.name + '.xml')}"]
 
 
-def run_step(argv: list, timeout_s: float, log: Path) -> tuple[Optional[int], bool, list]:
+def run_step(argv: list, timeout_s: float, log: Path) -> tuple[int | None, bool, list]:
     """Run argv in its own process group, output to `log`. At the deadline: SIGINT (pytest and
     `bench run` both stop cleanly and keep what they have), then SIGKILL after GRACE_S.
     Returns (exit status, timed out, last lines of the output)."""
@@ -143,8 +250,12 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def run_all(plan: list[Step], out: Path, budget_s: float,
-            runner: Optional[Callable[[list, float, Path], tuple]] = None) -> list[Outcome]:
+def run_all(
+    plan: list[Step],
+    out: Path,
+    budget_s: float,
+    runner: Callable[[list, float, Path], tuple] | None = None,
+) -> list[Outcome]:
     """Run the steps in order. Each gets its share of the time still left (time a step leaves
     unused goes to the later ones); a step's failure never stops the others."""
     runner = runner or run_step
@@ -158,19 +269,29 @@ def run_all(plan: list[Step], out: Path, budget_s: float,
         argv = command(step, out, allowance)
         outcome = Outcome(step, allowance, argv)
         start = time.monotonic()
-        print(f"[{i + 1}/{len(plan)}] {step.name}: up to {allowance:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"[{i + 1}/{len(plan)}] {step.name}: up to {allowance:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
-            outcome.returncode, outcome.timed_out, outcome.tail = runner(argv, allowance, out / f"{step.name}.log")
+            outcome.returncode, outcome.timed_out, outcome.tail = runner(
+                argv, allowance, out / f"{step.name}.log"
+            )
         except OSError as exc:  # the command could not start
             outcome.returncode, outcome.tail = -1, [f"{type(exc).__name__}: {exc}"]
         outcome.seconds = time.monotonic() - start
-        print(f"    {step.name}: {outcome.verdict()} in {outcome.seconds:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"    {step.name}: {outcome.verdict()} in {outcome.seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         outcomes.append(outcome)
     return outcomes
 
 
 # --- the report ---------------------------------------------------------------------------------
-def read_test_results(xml_path: Path) -> Optional[list[dict]]:
+def read_test_results(xml_path: Path) -> list[dict] | None:
     """One dict per test case of a JUnit XML file (name, outcome, message); None if unreadable."""
     try:
         root = ET.parse(xml_path).getroot()
@@ -191,13 +312,13 @@ def read_test_results(xml_path: Path) -> Optional[list[dict]]:
     return results
 
 
-def _dtype_of(test_name: str) -> Optional[str]:
+def _dtype_of(test_name: str) -> str | None:
     """The dtype a parametrised test id ends with (`...-bfloat16]`, `...-torch.float16]`)."""
     found = re.search(r"[-.\[](b?float(?:16|32))\]$", test_name)
     return found.group(1) if found else None
 
 
-def pytest_section(outcome: Optional[Outcome], xml_path: Path) -> list[str]:
+def pytest_section(outcome: Outcome | None, xml_path: Path) -> list[str]:
     lines = ["## CUDA tests", ""]
     results = read_test_results(xml_path)
     if results is None:
@@ -208,8 +329,12 @@ def pytest_section(outcome: Optional[Outcome], xml_path: Path) -> list[str]:
     groups["other (Triton on the GPU, ...)"] = [r for r in results if id(r) not in grouped]
     lines += ["| dtype | passed | failed | errors | skipped |", "|---|---|---|---|---|"]
     for name, rs in groups.items():
-        count = {o: sum(r["outcome"] == o for r in rs) for o in ("passed", "failed", "error", "skipped")}
-        lines.append(f"| {name} | {count['passed']} | {count['failed']} | {count['error']} | {count['skipped']} |")
+        count = {
+            o: sum(r["outcome"] == o for r in rs) for o in ("passed", "failed", "error", "skipped")
+        }
+        lines.append(
+            f"| {name} | {count['passed']} | {count['failed']} | {count['error']} | {count['skipped']} |"
+        )
     bad = [r for r in results if r["outcome"] in ("failed", "error")]
     if bad:
         lines += ["", "Failed:", ""] + [f"- `{r['name']}`: {r['message']}" for r in bad[:50]]
@@ -224,24 +349,44 @@ def _demoted(markdown: str, title: str, where: str) -> list[str]:
     its legend (given once at the top) cut to the record directory, up to its Method section
     (given once for all sweeps)."""
     body = markdown.split("\n## Method", 1)[0].splitlines()[1:]
-    return [f"## {title}"] + [f"Records: `{where}`." if line.startswith("Records: ") else
-                              ("#" + line) if line.startswith("#") else line for line in body] + [""]
+    return (
+        [f"## {title}"]
+        + [
+            f"Records: `{where}`."
+            if line.startswith("Records: ")
+            else ("#" + line)
+            if line.startswith("#")
+            else line
+            for line in body
+        ]
+        + [""]
+    )
 
 
 def render(outcomes: list[Outcome], out: Path, report: Path, plots: bool = True) -> str:
     """The report: steps, tests, one section per sweep, method and environment. Never raises for
     a missing or broken step output: that is reported in its place."""
     from . import report as bench_report
-    lines = ["# GPU check", "",
-             f"Written by `{PROG}` (docs/gpu.md): what each step ran, how it ended, then its results. "
-             "In the sweep tables each cell reads tokens/s (ratio to `native`, i.e. cuDNN, of the same "
-             "shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
-             "*undecided* marks a ratio whose interval contains 1.0, `~` a noisy case. Backends of one "
-             "shape are timed in interleaved rounds in one process, after passing the correctness gate "
-             "(float64 torch.nn on the same weights).", "",
-             "## Steps", "", "| step | what | allowance | took | outcome |", "|---|---|---|---|---|"]
+
+    lines = [
+        "# GPU check",
+        "",
+        f"Written by `{PROG}` (docs/gpu.md): what each step ran, how it ended, then its results. "
+        "In the sweep tables each cell reads tokens/s (ratio to `native`, i.e. cuDNN, of the same "
+        "shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
+        "*undecided* marks a ratio whose interval contains 1.0, `~` a noisy case. Backends of one "
+        "shape are timed in interleaved rounds in one process, after passing the correctness gate "
+        "(float64 torch.nn on the same weights).",
+        "",
+        "## Steps",
+        "",
+        "| step | what | allowance | took | outcome |",
+        "|---|---|---|---|---|",
+    ]
     for o in outcomes:
-        lines.append(f"| {o.step.name} | {o.step.title} | {o.allowance_s:.0f} s | {o.seconds:.0f} s | {o.verdict()} |")
+        lines.append(
+            f"| {o.step.name} | {o.step.title} | {o.allowance_s:.0f} s | {o.seconds:.0f} s | {o.verdict()} |"
+        )
     lines.append("")
     failed = [o for o in outcomes if not o.ok]
     if failed:
@@ -259,17 +404,34 @@ def render(outcomes: list[Outcome], out: Path, report: Path, plots: bool = True)
             lines += [f"## {o.step.title}", "", f"_No records ({o.verdict()})._", ""]
             continue
         try:
-            text = bench_report.render([_shown(where)], report.parent / f"{report.stem}-{o.step.name}.md", plots)
+            text = bench_report.render(
+                [_shown(where)], report.parent / f"{report.stem}-{o.step.name}.md", plots
+            )
             lines += _demoted(text, o.step.title, _shown(where))
             dirs.append(_shown(where))
         except Exception as exc:  # the report is always written; say what could not be rendered
-            lines += [f"## {o.step.title}", "", f"_Could not render: {type(exc).__name__}: {exc}_", ""]
-    lines += ["## Method", "", f"- **Timing**: {bench_report.TIMING_METHOD}",
-              f"- **FLOP convention**: {bench_report.FLOP_CONVENTION}",
-              f"- **Peak memory**: {bench_report.MEMORY_METHOD_CUDA}.", "", "## Environment and peak", ""]
+            lines += [
+                f"## {o.step.title}",
+                "",
+                f"_Could not render: {type(exc).__name__}: {exc}_",
+                "",
+            ]
+    lines += [
+        "## Method",
+        "",
+        f"- **Timing**: {bench_report.TIMING_METHOD}",
+        f"- **FLOP convention**: {bench_report.FLOP_CONVENTION}",
+        f"- **Peak memory**: {bench_report.MEMORY_METHOD_CUDA}.",
+        "",
+        "## Environment and peak",
+        "",
+    ]
     try:
-        lines.append(bench_report.environment_section(bench_report.load(dirs)[1]) if dirs
-                     else "_No run records._\n")
+        lines.append(
+            bench_report.environment_section(bench_report.load(dirs)[1])
+            if dirs
+            else "_No run records._\n"
+        )
     except Exception as exc:
         lines.append(f"_Could not render: {type(exc).__name__}: {exc}_\n")
     return "\n".join(lines).rstrip() + "\n"
@@ -286,24 +448,37 @@ def _shown(path: Path) -> str:
 # --- command line -------------------------------------------------------------------------------
 def parse(argv: list) -> argparse.Namespace:
     p = Parser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/gpu", help="records and logs of every step (default runs/gpu)")
-    p.add_argument("--report", default="reports/gpu.md", help="markdown report (default reports/gpu.md)")
-    p.add_argument("--budget-s", type=number(float, 60, 3600), default=420.0,
-                   help="seconds for all steps together (default 420; the report takes a few more)")
+    p.add_argument(
+        "--out", default="runs/gpu", help="records and logs of every step (default runs/gpu)"
+    )
+    p.add_argument(
+        "--report", default="reports/gpu.md", help="markdown report (default reports/gpu.md)"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=number(float, 60, 3600),
+        default=420.0,
+        help="seconds for all steps together (default 420; the report takes a few more)",
+    )
     p.add_argument("--no-plots", action="store_true", help="tables only")
-    p.add_argument("--dry-run", action="store_true", help="print the commands and their time allowances")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the commands and their time allowances"
+    )
     return p.parse_args(argv)
 
 
-def cuda_refusal() -> Optional[str]:
+def cuda_refusal() -> str | None:
     import torch
+
     if not torch.cuda.is_available():
-        return (f"{PROG}: error: expected a CUDA GPU, got none (torch {torch.__version__}: "
-                "torch.cuda.is_available() is False); --dry-run prints the plan")
+        return (
+            f"{PROG}: error: expected a CUDA GPU, got none (torch {torch.__version__}: "
+            "torch.cuda.is_available() is False); --dry-run prints the plan"
+        )
     return None
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:

@@ -7,10 +7,10 @@ from that default (quick drops torch.compile, whose first call on a cold machine
 30 s per case, and the optional peers; naming backends on the command line clears `exclude`).
 An `input_size` of None means "equal to hidden_size" (DeepBench's convention).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 from cells.kinds import KINDS
 
@@ -20,10 +20,10 @@ ALL_MODES = ("train", "infer", "generate")
 @dataclass(frozen=True)
 class Block:
     kinds: tuple[str, ...] = KINDS
-    backends: Optional[tuple[str, ...]] = None  # None: all available for the kind
+    backends: tuple[str, ...] | None = None  # None: all available for the kind
     exclude: tuple[str, ...] = ()
     modes: tuple[str, ...] = ALL_MODES
-    input_size: tuple[Optional[int], ...] = (28,)
+    input_size: tuple[int | None, ...] = (28,)
     hidden_size: tuple[int, ...] = (256,)
     num_layers: tuple[int, ...] = (1,)
     batch: tuple[int, ...] = (32,)
@@ -49,38 +49,92 @@ PRESETS: dict[str, Preset] = {
         "all kinds x available backends (but compiled and the peers) x all modes at the d2l size "
         "(I28 H256 B32 T35), plus a small LSTM train batch / hidden grid for the fast backends; the sweep "
         "of `nox -s bench`, sized to finish in about two minutes on a cold 2-core machine",
-        (Block(exclude=QUICK_EXCLUDE),
-         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train",), batch=(8, 128)),
-         Block(kinds=("lstm",), backends=("native", "fused", "numba"), modes=("train",),
-               hidden_size=(128, 512))),
-        settings={"min_run_time": 0.02, "min_repeats": 2, "warmup": 1, "min_rounds": 3,
-                  "max_rounds": 20, "group_time_cap": 3.0, "time_limit": 120.0, "budget": 240.0}),
+        (
+            Block(exclude=QUICK_EXCLUDE),
+            Block(
+                kinds=("lstm",),
+                backends=("native", "fused", "numba"),
+                modes=("train",),
+                batch=(8, 128),
+            ),
+            Block(
+                kinds=("lstm",),
+                backends=("native", "fused", "numba"),
+                modes=("train",),
+                hidden_size=(128, 512),
+            ),
+        ),
+        settings={
+            "min_run_time": 0.02,
+            "min_repeats": 2,
+            "warmup": 1,
+            "min_rounds": 3,
+            "max_rounds": 20,
+            "group_time_cap": 3.0,
+            "time_limit": 120.0,
+            "budget": 240.0,
+        },
+    ),
     "scaling": Preset(
         "scaling",
         "LSTM and GRU, train and infer, native / fused / numba, one axis at a time around the d2l size: "
         "hidden 64-1024 (B32 T35), batch 1-256 (H256 T35), sequence length 10-1000 (H256 B32); "
         "the report plots tokens/s and % of peak against each axis with CI bars",
-        tuple(Block(kinds=("lstm", "gru"), backends=("native", "fused", "numba"), modes=("train", "infer"),
-                    **axis) for axis in (
-            dict(hidden_size=(64, 128, 256, 512, 1024)),
-            dict(batch=(1, 4, 16, 64, 256)),
-            dict(seq_len=(10, 35, 100, 300, 1000)))),
-        settings={"min_run_time": 0.03, "min_repeats": 2, "warmup": 1, "min_rounds": 4,
-                  "max_rounds": 20, "group_time_cap": 6.0, "time_limit": 300.0}),
-    "d2l": Preset("d2l", "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
-                  (D2L,)),
+        tuple(
+            Block(
+                kinds=("lstm", "gru"),
+                backends=("native", "fused", "numba"),
+                modes=("train", "infer"),
+                **axis,
+            )
+            for axis in (
+                dict(hidden_size=(64, 128, 256, 512, 1024)),
+                dict(batch=(1, 4, 16, 64, 256)),
+                dict(seq_len=(10, 35, 100, 300, 1000)),
+            )
+        ),
+        settings={
+            "min_run_time": 0.03,
+            "min_repeats": 2,
+            "warmup": 1,
+            "min_rounds": 4,
+            "max_rounds": 20,
+            "group_time_cap": 6.0,
+            "time_limit": 300.0,
+        },
+    ),
+    "d2l": Preset(
+        "d2l",
+        "d2l's language-model size: input 28 (one-hot), hidden 256, batch 32, 35 steps",
+        (D2L,),
+    ),
     "fastrnns": Preset(
-        "fastrnns", "PyTorch's benchmarks/fastrnns defaults: input 512, hidden 512, batch 64, 100 steps",
-        (Block(input_size=(512,), hidden_size=(512,), batch=(64,), seq_len=(100,)),)),
+        "fastrnns",
+        "PyTorch's benchmarks/fastrnns defaults: input 512, hidden 512, batch 64, 100 steps",
+        (Block(input_size=(512,), hidden_size=(512,), batch=(64,), seq_len=(100,)),),
+    ),
     "deepbench": Preset(
         "deepbench",
         "DeepBench-like GPU grid: hidden 512-2048 (input = hidden), batch 16-128, 25 and 50 steps; "
         "train and infer, plus generate at each hidden size",
-        (Block(modes=("train", "infer"), input_size=(None,), hidden_size=(512, 1024, 2048),
-               batch=(16, 32, 64, 128), seq_len=(25, 50)),
-         Block(modes=("generate",), input_size=(None,), hidden_size=(512, 1024, 2048), batch=(1,),
-               seq_len=(50,))),
-        device="cuda"),
+        (
+            Block(
+                modes=("train", "infer"),
+                input_size=(None,),
+                hidden_size=(512, 1024, 2048),
+                batch=(16, 32, 64, 128),
+                seq_len=(25, 50),
+            ),
+            Block(
+                modes=("generate",),
+                input_size=(None,),
+                hidden_size=(512, 1024, 2048),
+                batch=(1,),
+                seq_len=(50,),
+            ),
+        ),
+        device="cuda",
+    ),
 }
 
 

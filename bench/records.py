@@ -7,15 +7,17 @@ them. Every command reads them with `iter_records` / `read_cases`, which survive
 that is not a JSON object, or a case record with a missing or mistyped field, is skipped with a
 warning naming the file and line, never a traceback.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -26,7 +28,15 @@ RECORDS_FILE = "records.jsonl"
 STATUSES = ("ok", "incorrect", "failed", "skipped", "unmeasured", "unsupported")
 # why the rounds of a case stopped: its ratio CI was narrow enough, the group's time cap, the
 # round cap, the run's budget, a fault in another case of its group, or an interruption
-STOP_REASONS = ("ci", "time_cap", "max_rounds", "budget", "group_fault", "interrupted", "no_reference")
+STOP_REASONS = (
+    "ci",
+    "time_cap",
+    "max_rounds",
+    "budget",
+    "group_fault",
+    "interrupted",
+    "no_reference",
+)
 
 
 @dataclass
@@ -38,49 +48,50 @@ class CaseRecord(Case):
     native's round time / this backend's round time (> 1: faster than torch.nn), with
     `ratio_ci95` a percentile-bootstrap 95% interval over rounds (bench.stats).
     """
+
     # --- outcome
     type: str = "case"
-    run_id: Optional[str] = None
+    run_id: str | None = None
     status: str = "ok"  # one of STATUSES
-    error: Optional[str] = None  # why it is not ok (one line)
-    failed_round: Optional[int] = None  # 1-based timing round in which a fault happened
+    error: str | None = None  # why it is not ok (one line)
+    failed_round: int | None = None  # 1-based timing round in which a fault happened
     # --- correctness gate (bench.gate), run once per module before any timing
-    check_s: Optional[float] = None
-    check_error: Optional[float] = None  # worst relative error / tolerance (<= 1 passes)
+    check_s: float | None = None
+    check_error: float | None = None  # worst relative error / tolerance (<= 1 passes)
     # --- per-round times and how the rounds stopped
     round_times: list = field(default_factory=list)  # median seconds per call, one per round
     rounds: int = 0
     repeats: int = 0  # timed blocks over all rounds
-    stop_reason: Optional[str] = None  # one of STOP_REASONS
+    stop_reason: str | None = None  # one of STOP_REASONS
     # --- derived figures
-    median_s: Optional[float] = None  # median of round_times
-    iqr_s: Optional[float] = None
-    iqr_rel: Optional[float] = None
+    median_s: float | None = None  # median of round_times
+    iqr_s: float | None = None
+    iqr_rel: float | None = None
     noisy: bool = False
-    tokens_per_s: Optional[float] = None
-    flops: Optional[float] = None
-    gflops: Optional[float] = None
-    pct_of_peak: Optional[float] = None
-    ratio_to_native: Optional[float] = None
-    ratio_ci95: Optional[list] = None  # [low, high]
-    ratio_rounds: Optional[int] = None  # rounds paired with native's
-    flop_convention: Optional[str] = None  # bench.measure.FLOP_CONVENTIONS key
-    first_call_s: Optional[float] = None
-    peak_mem_bytes: Optional[int] = None
-    mem_method: Optional[str] = None
-    param_count: Optional[int] = None
-    peak_gflops: Optional[float] = None
-    peak_source: Optional[str] = None
-    wall_s: Optional[float] = None
-    time: Optional[str] = None
-    machine: Optional[str] = None
-    shard: Optional[str] = None
+    tokens_per_s: float | None = None
+    flops: float | None = None
+    gflops: float | None = None
+    pct_of_peak: float | None = None
+    ratio_to_native: float | None = None
+    ratio_ci95: list | None = None  # [low, high]
+    ratio_rounds: int | None = None  # rounds paired with native's
+    flop_convention: str | None = None  # bench.measure.FLOP_CONVENTIONS key
+    first_call_s: float | None = None
+    peak_mem_bytes: int | None = None
+    mem_method: str | None = None
+    param_count: int | None = None
+    peak_gflops: float | None = None
+    peak_source: str | None = None
+    wall_s: float | None = None
+    time: str | None = None
+    machine: str | None = None
+    shard: str | None = None
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CaseRecord":
+    def from_dict(cls, data: dict) -> CaseRecord:
         """A record from its JSON object; raises RecordError naming the first bad field."""
         known = {f.name: f for f in fields(cls)}
         for name in REQUIRED:
@@ -107,7 +118,10 @@ SPEC_FIELDS = CASE_FIELDS
 REQUIRED = ("kind", "backend", "mode", "input_size", "hidden_size", "status")
 _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool, "list": list}[
-        str(f.type).replace("Optional[", "").rstrip("]")] for f in fields(CaseRecord)}
+        str(f.type).removesuffix(" | None")
+    ]
+    for f in fields(CaseRecord)
+}
 
 
 class RecordError(ValueError):
@@ -127,7 +141,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def append(out_dir: str | os.PathLike, record: dict | CaseRecord, filename: str = RECORDS_FILE) -> None:
+def append(
+    out_dir: str | os.PathLike, record: dict | CaseRecord, filename: str = RECORDS_FILE
+) -> None:
     """Append one record to out_dir/filename and push it to disk before returning."""
     if isinstance(record, CaseRecord):
         record = record.to_dict()
@@ -156,16 +172,19 @@ def _lines(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, bytes
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise FileNotFoundError(f"no records at {p}: expected a directory written by "
-                                    "`python -m bench run/train` or a .jsonl file")
-        for file in (sorted(p.glob("*.jsonl")) if p.is_dir() else [p]):
+            raise FileNotFoundError(
+                f"no records at {p}: expected a directory written by "
+                "`python -m bench run/train` or a .jsonl file"
+            )
+        for file in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
             with open(file, "rb") as f:
                 for number, line in enumerate(f, 1):
                     yield str(file), number, line
 
 
-def iter_records(paths: Iterable[str | os.PathLike],
-                 on_bad: Callable[[str], None] = warn) -> Iterator[dict]:
+def iter_records(
+    paths: Iterable[str | os.PathLike], on_bad: Callable[[str], None] = warn
+) -> Iterator[dict]:
     """Every record (a JSON object with a string `type`) of directories (their *.jsonl files) or
     files. Any other line is skipped with one call of `on_bad` naming its file and line; a line
     cut off by an interruption is skipped the same way. Each record gets `source` = its file."""
@@ -178,16 +197,19 @@ def iter_records(paths: Iterable[str | os.PathLike],
             on_bad(f"{file}:{number}: skipped, not a JSON record ({type(exc).__name__})")
             continue
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
-            on_bad(f"{file}:{number}: skipped, expected a JSON object with a 'type', got "
-                   f"{type(record).__name__ if not isinstance(record, dict) else 'an object without type'}")
+            on_bad(
+                f"{file}:{number}: skipped, expected a JSON object with a 'type', got "
+                f"{type(record).__name__ if not isinstance(record, dict) else 'an object without type'}"
+            )
             continue
         record.setdefault("source", file)
         record["_line"] = number
         yield record
 
 
-def read_cases(paths: Iterable[str | os.PathLike],
-               on_bad: Callable[[str], None] = warn) -> list[CaseRecord]:
+def read_cases(
+    paths: Iterable[str | os.PathLike], on_bad: Callable[[str], None] = warn
+) -> list[CaseRecord]:
     """The valid case records of `paths`; each invalid one is skipped with a warning."""
     cases = []
     for record in iter_records(paths, on_bad):

@@ -8,6 +8,7 @@ and against hidden size, one line per backend, log axes) are written beside the 
 STEM-figures/ and linked relatively. Task records (training runs) are rendered by
 bench.tasks.report_section when that module is present.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -26,8 +26,17 @@ from .stats import undecided
 
 SHAPE = ["input_size", "hidden_size", "num_layers", "batch", "seq_len"]
 CONTEXT = ["device", "dtype", "threads", "optimizer_step"]
-SHORT = {"input_size": "I", "hidden_size": "H", "num_layers": "L", "batch": "B", "seq_len": "T",
-         "device": "device", "dtype": "dtype", "threads": "threads", "optimizer_step": "opt. step"}
+SHORT = {
+    "input_size": "I",
+    "hidden_size": "H",
+    "num_layers": "L",
+    "batch": "B",
+    "seq_len": "T",
+    "device": "device",
+    "dtype": "dtype",
+    "threads": "threads",
+    "optimizer_step": "opt. step",
+}
 TIMING_METHOD = (
     "before any timing, each module passes the correctness gate at its case's shape (outputs, states "
     "and, for train, every gradient against float64 torch.nn on the same weights; a case that fails "
@@ -44,18 +53,21 @@ TIMING_METHOD = (
     "is timed separately as `first call`. One call processes one sequence: train = forward + "
     "backward of y.sum() (optimizer step excluded unless the run says otherwise), infer = forward "
     "under no_grad, generate = batch 1, one step at a time carrying the state. tokens/s = batch "
-    "x seq_len / median (generate: seq_len / median).")
+    "x seq_len / median (generate: seq_len / median)."
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dirs", nargs="+", metavar="DIR", help="record directories (or .jsonl files)")
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="record directories (or .jsonl files)"
+    )
     parser.add_argument("--output", help="markdown file to write (default: FIRST_DIR/report.md)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.set_defaults(func=main)
 
 
 # --- formatting --------------------------------------------------------------------------------
-def human(value: Optional[float], unit: str = "") -> str:
+def human(value: float | None, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -68,7 +80,7 @@ def human_bytes(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     value = float(value)
-    for factor, suffix in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+    for factor, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if value >= factor:
             return f"{value / factor:.1f} {suffix}"
     return f"{value:.0f} B"
@@ -83,13 +95,18 @@ def ratio_text(ratio, ci) -> str:
     point = _num(ratio)
     if point is None:
         return ""
-    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or _num(ci[0]) is None or _num(ci[1]) is None:
+    if (
+        not isinstance(ci, (list, tuple))
+        or len(ci) != 2
+        or _num(ci[0]) is None
+        or _num(ci[1]) is None
+    ):
         return f"×{point:.2f}"
     text = f"×{point:.2f} ({ci[0]:.2f}–{ci[1]:.2f})"
     return text + " *undecided*" if undecided(ci[0], ci[1]) and point != 1.0 else text
 
 
-def _num(value) -> Optional[float]:
+def _num(value) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -113,7 +130,9 @@ def load(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not df.empty:
         # records of different machines are never pooled: each machine's are columns of their own
         df["machine"] = df["machine"].fillna("?")
-        df = df.drop_duplicates(subset=["dir", "machine", *SPEC_FIELDS], keep="last").reset_index(drop=True)
+        df = df.drop_duplicates(subset=["dir", "machine", *SPEC_FIELDS], keep="last").reset_index(
+            drop=True
+        )
         df["label"] = df["backend"]
         if df["dir"].nunique() > 1 or df["machine"].nunique() > 1:
             df["label"] = df["backend"] + " [" + df["dir"] + "]"
@@ -152,8 +171,11 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
                 row[label] = r["status"]
                 continue
             tps = _num(r["tokens_per_s"])
-            parts = ["reference"] if r["backend"] == "native" else \
-                [p for p in (ratio_text(r.get("ratio_to_native"), r.get("ratio_ci95")),) if p]
+            parts = (
+                ["reference"]
+                if r["backend"] == "native"
+                else [p for p in (ratio_text(r.get("ratio_to_native"), r.get("ratio_ci95")),) if p]
+            )
             pct = _num(r.get("pct_of_peak"))
             if pct is not None:
                 parts.append(f"{pct:.1f}%")
@@ -163,21 +185,34 @@ def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, 
             # rank by the paired ratio to native where the group has one (the statistic with an
             # interval); by tokens/s otherwise (no native in the group)
             paired = ok["ratio_to_native"].notna().any()
-            best = ok.loc[(ok["ratio_to_native"] if paired else ok["tokens_per_s"]).astype(float).idxmax()]
+            best = ok.loc[
+                (ok["ratio_to_native"] if paired else ok["tokens_per_s"]).astype(float).idxmax()
+            ]
             row["fastest"] = best["label"]
-            fastest.append({**{SHORT.get(c, c): str(best[c]) for c in SHAPE + [c for c in shape_cols if c not in SHAPE]},
-                            "fastest": best["label"], "tokens/s": human(_num(best["tokens_per_s"])),
-                            "× native (95% CI)": "reference" if best["backend"] == "native" else
-                            (ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–"),
-                            "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
-                            "% of peak": f"{_num(best['pct_of_peak']):.1f}" if _num(best.get("pct_of_peak")) else "–"})
+            fastest.append(
+                {
+                    **{
+                        SHORT.get(c, c): str(best[c])
+                        for c in SHAPE + [c for c in shape_cols if c not in SHAPE]
+                    },
+                    "fastest": best["label"],
+                    "tokens/s": human(_num(best["tokens_per_s"])),
+                    "× native (95% CI)": "reference"
+                    if best["backend"] == "native"
+                    else (ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–"),
+                    "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
+                    "% of peak": f"{_num(best['pct_of_peak']):.1f}"
+                    if _num(best.get("pct_of_peak"))
+                    else "–",
+                }
+            )
         else:
             row["fastest"] = "–"
         rows.append(row)
     return pd.DataFrame(rows), fastest
 
 
-def _int(value) -> Optional[int]:
+def _int(value) -> int | None:
     v = _num(value)
     return None if v is None else int(v)
 
@@ -189,20 +224,31 @@ def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
     for _, r in ok.sort_values(shape_cols + ["label"]).iterrows():
         row = {SHORT.get(c, c): str(r[c]) for c in shape_cols}
         med, iqr = _num(r["median_s"]), _num(r["iqr_s"])
-        row.update({
-            "backend": r["label"],
-            "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
-            "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else "")) if med and iqr is not None else "–",
-            "blocks (rounds)": f"{_int(r.get('repeats'))} ({_int(r.get('rounds')) or 1})",
-            "stop": str(r.get("stop_reason") or "–"),
-            "check": (f"{_num(r.get('check_error')):.2g} of tol." if _num(r.get("check_error")) is not None
-                      else "not run"),
-            "tokens/s": human(_num(r["tokens_per_s"])),
-            "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
-            "% peak": f"{_num(r.get('pct_of_peak')):.1f}" if _num(r.get("pct_of_peak")) is not None else "–",
-            "first call": f"{_num(r['first_call_s']):.3g} s" if _num(r["first_call_s"]) is not None else "–",
-            "peak memory": human_bytes(_num(r.get("peak_mem_bytes"))),
-        })
+        row.update(
+            {
+                "backend": r["label"],
+                "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
+                "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else ""))
+                if med and iqr is not None
+                else "–",
+                "blocks (rounds)": f"{_int(r.get('repeats'))} ({_int(r.get('rounds')) or 1})",
+                "stop": str(r.get("stop_reason") or "–"),
+                "check": (
+                    f"{_num(r.get('check_error')):.2g} of tol."
+                    if _num(r.get("check_error")) is not None
+                    else "not run"
+                ),
+                "tokens/s": human(_num(r["tokens_per_s"])),
+                "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
+                "% peak": f"{_num(r.get('pct_of_peak')):.1f}"
+                if _num(r.get("pct_of_peak")) is not None
+                else "–",
+                "first call": f"{_num(r['first_call_s']):.3g} s"
+                if _num(r["first_call_s"]) is not None
+                else "–",
+                "peak memory": human_bytes(_num(r.get("peak_mem_bytes"))),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -211,6 +257,7 @@ def _interval(row, tokens: bool) -> tuple[float, float, float]:
     """(value, low, high) of tokens/s or % of peak: the 95% bootstrap interval of the median
     round time (bench.stats), turned into throughput; the point itself when rounds are missing."""
     from .stats import median_ci
+
     value = _num(row["tokens_per_s"] if tokens else row.get("pct_of_peak"))
     times = row.get("round_times")
     if value is None or not isinstance(times, list) or len(times) < 2:
@@ -230,10 +277,14 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
         return False
     key, group = max(groups, key=lambda kg: (kg[1][x].nunique(), len(kg[1])))
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     with_peak = group["pct_of_peak"].notna().any()
-    fig, axes = plt.subplots(1, 2 if with_peak else 1, figsize=(11 if with_peak else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if with_peak else 1, figsize=(11 if with_peak else 6, 4), squeeze=False
+    )
     ticks = sorted(group[x].astype(float).unique())
     for ax, tokens in zip(axes[0], (True, False)):
         for label in _order(group["label"].unique()):
@@ -252,8 +303,13 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
         ax.set_ylabel("tokens/s" if tokens else "% of the measured GEMM peak")
         ax.grid(True, which="both", alpha=0.3)
     key = key if isinstance(key, tuple) else (key,)
-    fig.suptitle(title + "  (" + " ".join(f"{SHORT.get(c, c)}={v}" for c, v in zip(fixed, key) if c in SHAPE)
-                 + "; bars: 95% CI of the median round)", fontsize=9)
+    fig.suptitle(
+        title
+        + "  ("
+        + " ".join(f"{SHORT.get(c, c)}={v}" for c, v in zip(fixed, key) if c in SHAPE)
+        + "; bars: 95% CI of the median round)",
+        fontsize=9,
+    )
     axes[0][0].legend(fontsize=8)
     save_figure(fig, path)
     return True
@@ -266,20 +322,40 @@ def environment_section(runs: pd.DataFrame) -> str:
     for _, r in runs.iterrows():
         env = r.get("environment") if isinstance(r.get("environment"), dict) else {}
         peaks = r.get("peaks") if isinstance(r.get("peaks"), list) else []
-        peak_text = "; ".join(
-            f"{human((p.get('peak_gflops') or 0) * 1e9)}FLOP/s ({p.get('peak_source')}, {p.get('device')}, "
-            f"{p.get('threads')} threads; " + ", ".join(f"{k} {v:.0f}" for k, v in (p.get("peak_by_library") or {}).items() if v)
-            + ")" for p in peaks if p.get("peak_gflops")) or "not measured"
-        rows.append({"dir": r.get("dir"), "run": r.get("run_id"), "time": env.get("time"),
-                     "cases": f"{r.get('pending')}/{r.get('cases')}",
-                     "CPU": f"{env.get('cpu_model')} ({env.get('cpu_cores')} cores)",
-                     "GPU": env.get("gpu_name") or "–",
-                     "threads (torch/numba)": f"{env.get('torch_threads')}/{env.get('numba_threads')}",
-                     "torch": env.get("torch"), "numba": env.get("numba"), "numpy": env.get("numpy"),
-                     "cuDNN": env.get("cudnn") or "–", "git": (env.get("git_commit") or "–")[:12],
-                     "BLAS overrides": ", ".join(f"{k}={v}" for k, v in (env.get("blas_env") or {}).items())
-                     or "none",
-                     "float32 GEMM peak (GFLOP/s by library)": peak_text})
+        peak_text = (
+            "; ".join(
+                f"{human((p.get('peak_gflops') or 0) * 1e9)}FLOP/s ({p.get('peak_source')}, {p.get('device')}, "
+                f"{p.get('threads')} threads; "
+                + ", ".join(
+                    f"{k} {v:.0f}" for k, v in (p.get("peak_by_library") or {}).items() if v
+                )
+                + ")"
+                for p in peaks
+                if p.get("peak_gflops")
+            )
+            or "not measured"
+        )
+        rows.append(
+            {
+                "dir": r.get("dir"),
+                "run": r.get("run_id"),
+                "time": env.get("time"),
+                "cases": f"{r.get('pending')}/{r.get('cases')}",
+                "CPU": f"{env.get('cpu_model')} ({env.get('cpu_cores')} cores)",
+                "GPU": env.get("gpu_name") or "–",
+                "threads (torch/numba)": f"{env.get('torch_threads')}/{env.get('numba_threads')}",
+                "torch": env.get("torch"),
+                "numba": env.get("numba"),
+                "numpy": env.get("numpy"),
+                "cuDNN": env.get("cudnn") or "–",
+                "git": (env.get("git_commit") or "–")[:12],
+                "BLAS overrides": ", ".join(
+                    f"{k}={v}" for k, v in (env.get("blas_env") or {}).items()
+                )
+                or "none",
+                "float32 GEMM peak (GFLOP/s by library)": peak_text,
+            }
+        )
     return _markdown(pd.DataFrame(rows)) + "\n"
 
 
@@ -287,11 +363,19 @@ def failures_section(df: pd.DataFrame) -> str:
     bad = df[df["status"] != "ok"]
     if bad.empty:
         return "No failed, incorrect, skipped or unmeasured cases.\n"
-    rows = [{"kind": r["kind"], "backend": r["label"], "mode": r["mode"],
-             "shape": " ".join(f"{SHORT[c]}{r[c]}" for c in SHAPE), "device": r["device"],
-             "dtype": r["dtype"], "status": r["status"],
-             "reason": str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]}
-            for _, r in bad.sort_values(["status", "kind", "backend", "mode"]).iterrows()]
+    rows = [
+        {
+            "kind": r["kind"],
+            "backend": r["label"],
+            "mode": r["mode"],
+            "shape": " ".join(f"{SHORT[c]}{r[c]}" for c in SHAPE),
+            "device": r["device"],
+            "dtype": r["dtype"],
+            "status": r["status"],
+            "reason": str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300],
+        }
+        for _, r in bad.sort_values(["status", "kind", "backend", "mode"]).iterrows()
+    ]
     return _markdown(pd.DataFrame(rows)) + "\n"
 
 
@@ -323,57 +407,100 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
     df, runs = load(paths)
     out_dir = output.parent
     fig_dir_name = f"{output.stem}-figures"
-    lines = ["# cellbench report", "",
-             f"Records: {', '.join(_shown(p, out_dir) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
-             "the same shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
-             "*undecided* marks a ratio whose interval contains 1.0; `~` marks a noisy case (IQR/median "
-             f"of its round times above the run's threshold, default {Options().noise_threshold:.0%}). "
-             "Only cases that passed the correctness gate are timed and ranked.", ""]
+    lines = [
+        "# cellbench report",
+        "",
+        f"Records: {', '.join(_shown(p, out_dir) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
+        "the same shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
+        "*undecided* marks a ratio whose interval contains 1.0; `~` marks a noisy case (IQR/median "
+        f"of its round times above the run's threshold, default {Options().noise_threshold:.0%}). "
+        "Only cases that passed the correctness gate are timed and ranked.",
+        "",
+    ]
     if df.empty:
         lines += ["_No sweep records found._", ""]
     else:
         context = _varying(df, CONTEXT)
         fixed = {c: df[c].iloc[0] for c in CONTEXT if c not in context}
-        lines += ["Common to all cases: " + ", ".join(f"{SHORT[c]} {v}" for c, v in fixed.items()) + ".", ""]
+        lines += [
+            "Common to all cases: " + ", ".join(f"{SHORT[c]} {v}" for c, v in fixed.items()) + ".",
+            "",
+        ]
         counts = df["status"].value_counts().to_dict()
         lines += ["Cases: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + ".", ""]
         all_fastest = []
-        for kind in [k for k in ("rnn", "gru", "lstm") if k in set(df["kind"])] + \
-                sorted(set(df["kind"]) - {"rnn", "gru", "lstm"}):
-            for mode in [m for m in ("train", "infer", "generate") if m in set(df[df["kind"] == kind]["mode"])]:
+        for kind in [k for k in ("rnn", "gru", "lstm") if k in set(df["kind"])] + sorted(
+            set(df["kind"]) - {"rnn", "gru", "lstm"}
+        ):
+            for mode in [
+                m
+                for m in ("train", "infer", "generate")
+                if m in set(df[df["kind"] == kind]["mode"])
+            ]:
                 part = df[(df["kind"] == kind) & (df["mode"] == mode)]
-                shape_cols = [c for c in SHAPE if not (mode == "generate" and c == "batch")] + context
+                shape_cols = [
+                    c for c in SHAPE if not (mode == "generate" and c == "batch")
+                ] + context
                 lines += [f"## {kind} — {mode}", ""]
                 table, fastest = speed_table(part, shape_cols)
                 lines += [_markdown(table), ""]
                 all_fastest += [{"kind": kind, "mode": mode, **f} for f in fastest]
                 detail = detail_table(part, shape_cols)
                 if not detail.empty:
-                    lines += ["<details><summary>raw figures</summary>", "", _markdown(detail), "",
-                              "</details>", ""]
+                    lines += [
+                        "<details><summary>raw figures</summary>",
+                        "",
+                        _markdown(detail),
+                        "",
+                        "</details>",
+                        "",
+                    ]
                 if plots:
                     others = [c for c in SHAPE + context]
-                    for x, fixed_cols in (("batch", [c for c in others if c != "batch"]),
-                                          ("hidden_size", [c for c in others if c not in ("hidden_size", "input_size")]),
-                                          ("seq_len", [c for c in others if c != "seq_len"])):
+                    for x, fixed_cols in (
+                        ("batch", [c for c in others if c != "batch"]),
+                        (
+                            "hidden_size",
+                            [c for c in others if c not in ("hidden_size", "input_size")],
+                        ),
+                        ("seq_len", [c for c in others if c != "seq_len"]),
+                    ):
                         name = f"{kind}-{mode}-{x.split('_')[0]}.png"
                         if mode == "generate" and x == "batch":
                             continue
-                        if _plot(part, x, fixed_cols, f"{kind} {mode} vs {x.replace('_', ' ')}",
-                                 out_dir / fig_dir_name / name):
-                            lines += [f"![{kind} {mode} tokens/s vs {x.replace('_', ' ')}]"
-                                      f"({fig_dir_name}/{name})", ""]
+                        if _plot(
+                            part,
+                            x,
+                            fixed_cols,
+                            f"{kind} {mode} vs {x.replace('_', ' ')}",
+                            out_dir / fig_dir_name / name,
+                        ):
+                            lines += [
+                                f"![{kind} {mode} tokens/s vs {x.replace('_', ' ')}]"
+                                f"({fig_dir_name}/{name})",
+                                "",
+                            ]
         if all_fastest:
             lines += ["## Fastest backend per shape", "", _markdown(pd.DataFrame(all_fastest)), ""]
         lines += ["## Failed, incorrect, skipped and unmeasured cases", "", failures_section(df)]
-    methods = sorted({str(m) for m in df.get("mem_method", pd.Series(dtype=object)).dropna()}) if not df.empty else []
-    lines += ["## Method", "",
-              f"- **Timing**: {TIMING_METHOD}",
-              f"- **FLOP convention**: {FLOP_CONVENTION}",
-              f"- **Peak memory**: CPU: {MEMORY_METHOD_CPU} (allocations outside torch, e.g. inside a "
-              f"numba kernel, are not seen); CUDA: {MEMORY_METHOD_CUDA}."
-              + (f" Methods in these records: {'; '.join(methods)}." if methods else ""),
-              "", "## Environment and peak", "", environment_section(runs)]
+    methods = (
+        sorted({str(m) for m in df.get("mem_method", pd.Series(dtype=object)).dropna()})
+        if not df.empty
+        else []
+    )
+    lines += [
+        "## Method",
+        "",
+        f"- **Timing**: {TIMING_METHOD}",
+        f"- **FLOP convention**: {FLOP_CONVENTION}",
+        f"- **Peak memory**: CPU: {MEMORY_METHOD_CPU} (allocations outside torch, e.g. inside a "
+        f"numba kernel, are not seen); CUDA: {MEMORY_METHOD_CUDA}."
+        + (f" Methods in these records: {'; '.join(methods)}." if methods else ""),
+        "",
+        "## Environment and peak",
+        "",
+        environment_section(runs),
+    ]
     tasks = tasks_section(paths, out_dir, out_dir / fig_dir_name)
     if tasks:
         lines += ["", tasks.strip(), ""]
@@ -383,8 +510,10 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
 def main(args: argparse.Namespace) -> int:
     for d in args.dirs:
         if not Path(d).exists():
-            print(f"error: no records at {d}: expected a directory written by `python -m bench run`",
-                  file=sys.stderr)
+            print(
+                f"error: no records at {d}: expected a directory written by `python -m bench run`",
+                file=sys.stderr,
+            )
             return 2
     output = Path(args.output) if args.output else Path(args.dirs[0]) / "report.md"
     output.parent.mkdir(parents=True, exist_ok=True)

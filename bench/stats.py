@@ -5,11 +5,12 @@ to back, so a slow spell of a shared machine hits both sides of a ratio alike. T
 a median ratio is a percentile bootstrap over rounds (scipy.stats.bootstrap, fixed seed, so the
 same rounds always give the same interval).
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,13 +28,18 @@ def round_ratios(reference: Sequence[float], candidate: Sequence[float]) -> list
     return [r / c for r, c in zip(reference, candidate) if r and c and r > 0 and c > 0]
 
 
-def median_ci(values: Sequence[float], confidence: float = CONFIDENCE,
-              resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def median_ci(
+    values: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(median, low, high): the median of `values` and its percentile-bootstrap interval.
 
     With one value the interval is that value (nothing is known about its spread: callers
     require a minimum number of rounds before trusting it)."""
     from scipy.stats import bootstrap
+
     data = np.asarray(values, float)
     if data.size == 0:
         return math.nan, math.nan, math.nan
@@ -42,9 +48,16 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE,
         return point, point, point
     with warnings.catch_warnings():  # scipy warns on degenerate resamples of tiny samples
         warnings.simplefilter("ignore")
-        res = bootstrap((data,), np.median, confidence_level=confidence, n_resamples=resamples,
-                        method="percentile", random_state=np.random.default_rng(seed), vectorized=True,
-                        axis=-1)
+        res = bootstrap(
+            (data,),
+            np.median,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+            vectorized=True,
+            axis=-1,
+        )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return point, min(low, point), max(high, point)
 
@@ -56,16 +69,22 @@ def relative_half_width(point: float, low: float, high: float) -> float:
     return (high - low) / 2 / abs(point)
 
 
-def undecided(low: Optional[float], high: Optional[float]) -> bool:
+def undecided(low: float | None, high: float | None) -> bool:
     """True when an interval of a ratio contains 1.0: faster or slower is not shown."""
     return low is not None and high is not None and low <= 1.0 <= high
 
 
-def ratio_change_ci(base: Sequence[float], new: Sequence[float], confidence: float = CONFIDENCE,
-                    resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def ratio_change_ci(
+    base: Sequence[float],
+    new: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """median(new) / median(base) and its percentile-bootstrap interval (the two samples
     resampled independently)."""
     from scipy.stats import bootstrap
+
     b, n = np.log(np.asarray(base, float)), np.log(np.asarray(new, float))
     point = float(np.exp(np.median(n) - np.median(b)))
 
@@ -74,13 +93,25 @@ def ratio_change_ci(base: Sequence[float], new: Sequence[float], confidence: flo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bootstrap((b, n), statistic, confidence_level=confidence, n_resamples=resamples,
-                        method="percentile", random_state=np.random.default_rng(seed), vectorized=True,
-                        paired=False)
-    return point, float(np.exp(res.confidence_interval.low)), float(np.exp(res.confidence_interval.high))
+        res = bootstrap(
+            (b, n),
+            statistic,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+            vectorized=True,
+            paired=False,
+        )
+    return (
+        point,
+        float(np.exp(res.confidence_interval.low)),
+        float(np.exp(res.confidence_interval.high)),
+    )
 
 
 def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value of two samples of ratios."""
     from scipy.stats import mannwhitneyu
+
     return float(mannwhitneyu(new, base, alternative="two-sided").pvalue)

@@ -19,11 +19,12 @@ Rounds stop, for the whole group, at the first of (the record's `stop_reason`):
   interrupted the run was interrupted: the rounds already timed are kept.
 A case that raises, hangs or kills the worker in a round is `failed`, naming the round.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from . import stats
 from .measure import Case, Options, derived
@@ -53,9 +54,16 @@ def _died(worker) -> bool:
 class GroupTimer:
     """Measure one comparison group in `worker` (bench.worker.Worker or InProcess)."""
 
-    def __init__(self, group: list[Case], worker, options: Options, peaks: dict,
-                 base: Callable[[Case], CaseRecord], out_of_budget: Callable[[], bool] = lambda: False,
-                 describe: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(
+        self,
+        group: list[Case],
+        worker,
+        options: Options,
+        peaks: dict,
+        base: Callable[[Case], CaseRecord],
+        out_of_budget: Callable[[], bool] = lambda: False,
+        describe: Callable[[str], None] = lambda text: None,
+    ) -> None:
         self.worker, self.options, self.peaks = worker, options, peaks
         self.out_of_budget, self.describe = out_of_budget, describe
         self.entries = [_Entry(c, base(c)) for c in group]
@@ -65,13 +73,22 @@ class GroupTimer:
         """Build, check, first-call, warm up and time round 1 of one case in the worker."""
         t0 = time.monotonic()
         peak = (self.peaks.get((entry.case.device, entry.case.threads)) or {}).get("peak_gflops")
-        reply = self.worker.call(("case", entry.case, self.options, peak, True), self.options.time_limit)
+        reply = self.worker.call(
+            ("case", entry.case, self.options, peak, True), self.options.time_limit
+        )
         entry.record.wall_s = (entry.record.wall_s or 0.0) + time.monotonic() - t0
         if reply[0] != "ok":
             entry.record.status, entry.record.error = "failed", reply[1]
             return
         result = reply[1]
-        for name in ("first_call_s", "check_s", "check_error", "peak_mem_bytes", "mem_method", "param_count"):
+        for name in (
+            "first_call_s",
+            "check_s",
+            "check_error",
+            "peak_mem_bytes",
+            "mem_method",
+            "param_count",
+        ):
             setattr(entry.record, name, result.get(name))
         if result.get("status") in ("incorrect", "unsupported"):
             entry.record.status, entry.record.error = result["status"], result["error"]
@@ -85,8 +102,14 @@ class GroupTimer:
 
     def _ratios(self) -> dict[int, tuple[float, float, float, int]]:
         """index -> (median ratio, low, high, paired rounds) for every active non-reference case."""
-        ref = next((e for e in self.entries if e.case.backend == REFERENCE and e.times
-                    and e.record.status == "ok"), None)
+        ref = next(
+            (
+                e
+                for e in self.entries
+                if e.case.backend == REFERENCE and e.times and e.record.status == "ok"
+            ),
+            None,
+        )
         out = {}
         if ref is None:
             return out
@@ -98,7 +121,7 @@ class GroupTimer:
                 out[i] = (*stats.median_ci(ratios), len(ratios))
         return out
 
-    def _stop_reason(self, started: float) -> Optional[str]:
+    def _stop_reason(self, started: float) -> str | None:
         active = self._active()
         if not active:
             return None
@@ -112,7 +135,10 @@ class GroupTimer:
             ratios = self._ratios()
             if not ratios:
                 return "no_reference"
-            if all(stats.relative_half_width(p, lo, hi) <= o.ci_target for p, lo, hi, _ in ratios.values()):
+            if all(
+                stats.relative_half_width(p, lo, hi) <= o.ci_target
+                for p, lo, hi, _ in ratios.values()
+            ):
                 return "ci"
         if time.monotonic() - started >= o.group_time_cap:
             return "time_cap"
@@ -121,7 +147,7 @@ class GroupTimer:
     def _round(self, number: int) -> bool:
         """Time round `number` (1-based) of every active case; False if the worker died."""
         active = self._active()
-        for e in (active if number % 2 else active[::-1]):
+        for e in active if number % 2 else active[::-1]:
             self.describe(f"{e.case.label()} round {number}")
             t0 = time.monotonic()
             reply = self.worker.call(("retime", e.case, self.options), self.options.time_limit)
@@ -137,8 +163,10 @@ class GroupTimer:
                 for other in self._active():
                     other.active = False
                     other.record.stop_reason = "group_fault"
-                    other.record.error = (f"rounds stopped in round {number}: {e.case.backend} "
-                                          "ended the shared worker")
+                    other.record.error = (
+                        f"rounds stopped in round {number}: {e.case.backend} "
+                        "ended the shared worker"
+                    )
                 return False
         return True
 
@@ -189,4 +217,3 @@ class GroupTimer:
                 point, low, high, paired = ratios[i]
                 r.ratio_to_native, r.ratio_ci95, r.ratio_rounds = point, [low, high], paired
         return [e.record for e in self.entries]
-

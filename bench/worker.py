@@ -20,6 +20,7 @@ group of every live worker.
 
 This module imports nothing heavy at the top: the child sets its environment first.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -34,13 +35,13 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 WATCH_INTERVAL_S = 0.5  # how often the watchdog thread and the reaper look for a dead parent
 
 
-def _redirect_output(log_path: Optional[str]) -> None:
+def _redirect_output(log_path: str | None) -> None:
     if not log_path:
         return
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,7 @@ def handle(message: tuple, state: dict) -> tuple:
     Case, Options) | ('forget',) | ('peak', device) | ('env',). A case measured with keep=True
     stays built in `state` for 'retime' rounds until 'forget'."""
     from . import environment, measure
+
     what = message[0]
     try:
         if what == "case":
@@ -85,9 +87,11 @@ def handle(message: tuple, state: dict) -> tuple:
 
 def _cleanup() -> None:
     import gc
+
     gc.collect()
     try:
         import torch
+
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:
@@ -97,6 +101,7 @@ def _cleanup() -> None:
 def prepare(threads: int, imports: list[str]) -> dict:
     """Set threads and import plug-in modules in this process; returns the threads in effect."""
     from . import measure
+
     got = measure.set_threads(threads)
     for name in imports:
         importlib.import_module(name)
@@ -135,8 +140,9 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody will signal
         _kill_group(os.getpid())
-    threading.Thread(target=watch_parent, args=(parent_pid,), daemon=True,
-                     name="cellbench-parent-watchdog").start()
+    threading.Thread(
+        target=watch_parent, args=(parent_pid,), daemon=True, name="cellbench-parent-watchdog"
+    ).start()
 
 
 def start_reaper() -> None:
@@ -167,8 +173,14 @@ def start_reaper() -> None:
     os.close(read_fd)  # the worker keeps write_fd open until it exits
 
 
-def _serve(conn, threads: int, imports: list[str], env: dict, log_path: Optional[str],
-           parent_pid: Optional[int] = None) -> None:
+def _serve(
+    conn,
+    threads: int,
+    imports: list[str],
+    env: dict,
+    log_path: str | None,
+    parent_pid: int | None = None,
+) -> None:
     os.environ.update(env)
     try:
         os.setsid()  # own process group: killing it also ends helpers it spawned (compile workers)
@@ -180,6 +192,7 @@ def _serve(conn, threads: int, imports: list[str], env: dict, log_path: Optional
         die_with_parent(parent_pid)
     _redirect_output(log_path)
     import faulthandler
+
     faulthandler.enable(all_threads=False)  # a fatal signal leaves the Python stack in the log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
@@ -201,7 +214,7 @@ def _serve(conn, threads: int, imports: list[str], env: dict, log_path: Optional
         conn.send(handle(message, state))
 
 
-def describe_exit(code: Optional[int]) -> str:
+def describe_exit(code: int | None) -> str:
     if code is None:
         return "no exit code"
     if code < 0:
@@ -214,14 +227,14 @@ def describe_exit(code: Optional[int]) -> str:
     return f"exit code {code}"
 
 
-def _log_size(path: Optional[str]) -> int:
+def _log_size(path: str | None) -> int:
     try:
         return os.path.getsize(path) if path else 0
     except OSError:
         return 0
 
 
-def log_tail(path: Optional[str], since: int = 0, lines: int = 3) -> str:
+def log_tail(path: str | None, since: int = 0, lines: int = 3) -> str:
     """What the worker wrote to its log after byte `since`, as one line: faulthandler's fatal
     error and innermost frame when there is one, else the last `lines` non-empty lines."""
     if not path or not os.path.exists(path):
@@ -236,7 +249,7 @@ def log_tail(path: Optional[str], since: int = 0, lines: int = 3) -> str:
     text = [t.strip() for t in text if t.strip() and not t.startswith("Extension modules:")]
     fatal = [i for i, t in enumerate(text) if t.startswith("Fatal Python error:")]
     if fatal:
-        frames = [t for t in text[fatal[-1]:] if t.startswith("File ")]
+        frames = [t for t in text[fatal[-1] :] if t.startswith("File ")]
         return " | ".join([text[fatal[-1]]] + frames[:1])
     return " | ".join(text[-lines:])
 
@@ -297,8 +310,13 @@ class Worker:
     docstring); start workers from the main thread (the parent-death signal is tied to the
     thread that starts the child)."""
 
-    def __init__(self, threads: int, imports: list[str], log_path: Optional[str] = None,
-                 startup_timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        threads: int,
+        imports: list[str],
+        log_path: str | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
         self.threads, self.imports, self.log_path = threads, list(imports), log_path
         self.startup_timeout = startup_timeout
         self.process = None
@@ -307,14 +325,25 @@ class Worker:
         self.starts = 0
         self._log_mark = 0  # log size when the current request was sent: quote only what follows
 
-    def _start(self) -> Optional[str]:
+    def _start(self) -> str | None:
         from .measure import thread_env
+
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self._log_mark = _log_size(self.log_path)
-        self.process = ctx.Process(target=_serve, daemon=True, name="cellbench-worker",
-                                   args=(child, self.threads, self.imports, thread_env(self.threads),
-                                         self.log_path, os.getpid()))
+        self.process = ctx.Process(
+            target=_serve,
+            daemon=True,
+            name="cellbench-worker",
+            args=(
+                child,
+                self.threads,
+                self.imports,
+                thread_env(self.threads),
+                self.log_path,
+                os.getpid(),
+            ),
+        )
         _install_exit_handlers()
         self.process.start()
         _live[self.process.pid] = self
@@ -341,7 +370,7 @@ class Worker:
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
 
-    def _reap(self) -> Optional[int]:
+    def _reap(self) -> int | None:
         if self.process is None:
             return None
         self.process.join(timeout=5)
@@ -376,7 +405,7 @@ class Worker:
             _kill_group(self.process.pid)
         self._reap()
 
-    def call(self, message: tuple, timeout: Optional[float]) -> tuple:
+    def call(self, message: tuple, timeout: float | None) -> tuple:
         """('ok', result) or ('failed', message[, detail]); never raises for the case's sake.
         A worker that dies is named with its signal (SIGSEGV, SIGKILL...) and the lines it logged
         during this request."""
@@ -392,8 +421,11 @@ class Worker:
             return ("failed", f"could not reach the worker: {exc}")
         if not self.conn.poll(timeout):
             self.kill()
-            return ("failed", f"exceeded the time limit of {timeout:g} s (worker killed and restarted) "
-                              f"{self._tail()}".strip())
+            return (
+                "failed",
+                f"exceeded the time limit of {timeout:g} s (worker killed and restarted) "
+                f"{self._tail()}".strip(),
+            )
         try:
             return self.conn.recv()
         except (EOFError, OSError):
@@ -409,7 +441,7 @@ class InProcess:
         self.threads = threads
         self.state: dict[str, Any] = {}
 
-    def call(self, message: tuple, timeout: Optional[float]) -> tuple:
+    def call(self, message: tuple, timeout: float | None) -> tuple:
         return handle(message, self.state)
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ runs once as a smoke test and nothing is timed. Options added here:
 On shared, noisy machines use `python -m bench compare` (interleaved ratios) as the gate instead;
 see docs/validate.md.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,6 +42,7 @@ def pytest_addoption(parser):
 
 def _cases(config):
     import cells
+
     for module in config.getoption("--cellbench-import"):
         importlib.import_module(module)
     wanted = [b for b in config.getoption("--cellbench-backends").split(",") if b]
@@ -62,8 +64,9 @@ def _cases(config):
 def pytest_generate_tests(metafunc):
     if {"kind", "backend", "mode", "shape"} <= set(metafunc.fixturenames):
         cases = list(_cases(metafunc.config))
-        metafunc.parametrize("kind, backend, mode, shape", cases,
-                             ids=[f"{k}-{b}-{m}-{s}" for k, b, m, s in cases])
+        metafunc.parametrize(
+            "kind, backend, mode, shape", cases, ids=[f"{k}-{b}-{m}-{s}" for k, b, m, s in cases]
+        )
 
 
 @pytest.fixture
@@ -74,7 +77,10 @@ def dims(shape):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     import torch
-    from bench.compare import machine_info as info, machine_name
+
+    from bench.compare import machine_info as info
+    from bench.compare import machine_name
+
     machine_info["torch"] = torch.__version__
     machine_info["cellbench_machine"] = machine_name(info())
     machine_info["cellbench_threads"] = config.getoption("--cellbench-threads")

@@ -1,4 +1,5 @@
 """Every backend x mode at fixed shapes, timed by pytest-benchmark (see conftest.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,10 +17,18 @@ def threads(request):
 
 def test_speed(benchmark, threads, kind, backend, mode, shape, dims):
     from bench.measure import Case, build_workload, tokens_per_call
+
     input_size, hidden_size, batch, seq_len = dims
-    case = Case(kind=kind, backend=backend, mode=mode, input_size=input_size,
-                hidden_size=hidden_size, batch=1 if mode == "generate" else batch,
-                seq_len=seq_len, threads=threads)
+    case = Case(
+        kind=kind,
+        backend=backend,
+        mode=mode,
+        input_size=input_size,
+        hidden_size=hidden_size,
+        batch=1 if mode == "generate" else batch,
+        seq_len=seq_len,
+        threads=threads,
+    )
     torch.manual_seed(0)
     call, _ = build_workload(case)
     call()  # first call (TorchScript / numba compilation) stays out of the timing

@@ -9,12 +9,13 @@ direction, time-major. A backend that fuses the whole stack may override `run_st
 
 `for_kind(Backend)` turns such a class into drop-in replacements for torch.nn.RNN / GRU / LSTM.
 """
+
 from __future__ import annotations
 
 import math
 import sys
 import warnings
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ from .kinds import spec
 
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, H)
 # w_ih, w_hh, b_ih, b_hh; with proj_size > 0 (LSTM only) a fifth entry, w_hr (P, H)
-LayerWeights = tuple[Optional[Tensor], ...]
+LayerWeights = tuple[Tensor | None, ...]
 
 
 class RecurrentBase(nn.Module):
@@ -36,31 +37,59 @@ class RecurrentBase(nn.Module):
     backend: ClassVar[str] = ""  # the registry name, for messages
     capabilities: ClassVar[Capabilities] = BASE  # what the shared base gives a run_layer backend
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, nonlinearity: str = "tanh") -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        nonlinearity: str = "tanh",
+    ) -> None:
         super().__init__()
         if not self.kind:
-            raise TypeError(f"{type(self).__name__} has no cell kind; build it with cells.for_kind()")
+            raise TypeError(
+                f"{type(self).__name__} has no cell kind; build it with cells.for_kind()"
+            )
         reason = self.unavailable_reason()
         if reason:
-            raise RuntimeError(f"backend {self.backend or type(self).__name__!r} is unavailable: {reason}")
-        check_constructor(self.kind, input_size, hidden_size, num_layers, dropout,
-                          nonlinearity, proj_size)
+            raise RuntimeError(
+                f"backend {self.backend or type(self).__name__!r} is unavailable: {reason}"
+            )
+        check_constructor(
+            self.kind, input_size, hidden_size, num_layers, dropout, nonlinearity, proj_size
+        )
         if proj_size and not self.caps().proj_size:
-            raise ValueError(f"proj_size={proj_size} is not supported by backend {self._name()!r}; "
-                             f"backends with proj_size: {', '.join(backends_with('proj_size'))}")
+            raise ValueError(
+                f"proj_size={proj_size} is not supported by backend {self._name()!r}; "
+                f"backends with proj_size: {', '.join(backends_with('proj_size'))}"
+            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.bias, self.batch_first, self.bidirectional = (
+            bool(bias),
+            bool(batch_first),
+            bool(bidirectional),
+        )
         self.dropout, self.proj_size = float(dropout), int(proj_size)
         self.nonlinearity = nonlinearity if self.kind == "rnn" else None
         if dropout > 0 and num_layers == 1:
-            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
-                          f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                          f"num_layers={num_layers}")
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=2,
+            )
         rows = spec(self.kind).gates * hidden_size
         factory = {"device": device, "dtype": dtype}
-        self._weight_names: list[list[list[str]]] = []  # [layer][direction] -> names, torch.nn order
+        self._weight_names: list[
+            list[list[str]]
+        ] = []  # [layer][direction] -> names, torch.nn order
         out = proj_size or hidden_size  # width of h
         for layer in range(num_layers):
             width = input_size if layer == 0 else out * self.num_directions
@@ -74,7 +103,9 @@ class RecurrentBase(nn.Module):
                     shapes.append(("weight_hr", (proj_size, hidden_size)))
                 names = []
                 for stem, shape in shapes:
-                    self.register_parameter(stem + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    self.register_parameter(
+                        stem + suffix, nn.Parameter(torch.empty(shape, **factory))
+                    )
                     names.append(stem + suffix)
                 per_direction.append(names)
             self._weight_names.append(per_direction)
@@ -110,7 +141,7 @@ class RecurrentBase(nn.Module):
         """torch.nn compacts weights for cuDNN here; the parameters are used as they are."""
 
     @staticmethod
-    def unavailable_reason() -> Optional[str]:
+    def unavailable_reason() -> str | None:
         """Why this backend cannot run here, or None; a backend with optional dependencies
         (a compiler, CUDA, a library) overrides it, and construction refuses with the reason."""
         return None
@@ -130,7 +161,9 @@ class RecurrentBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
-    def layer_weights(self, layer: int, direction: int, dtype: Optional[torch.dtype] = None) -> LayerWeights:
+    def layer_weights(
+        self, layer: int, direction: int, dtype: torch.dtype | None = None
+    ) -> LayerWeights:
         """(w_ih, w_hh, b_ih, b_hh[, w_hr]) of one layer and direction, cast to `dtype` (autocast)."""
         tensors = [getattr(self, n) for n in self._weight_names[layer][direction]]
         if dtype is not None:
@@ -141,9 +174,15 @@ class RecurrentBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("nonlinearity", None), ("bias", True),
-                              ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("proj_size", 0)):
+        for name, default in (
+            ("num_layers", 1),
+            ("nonlinearity", None),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("proj_size", 0),
+        ):
             value = getattr(self, name)
             if value != default and not (name == "nonlinearity" and value == "tanh"):
                 s += f", {name}={value!r}"
@@ -158,7 +197,9 @@ class RecurrentBase(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement run_layer or run_stack")
 
-    def run_stack(self, x: Tensor, states: State, lengths: Optional[list[int]] = None) -> tuple[Tensor, State]:
+    def run_stack(
+        self, x: Tensor, states: State, lengths: list[int] | None = None
+    ) -> tuple[Tensor, State]:
         """All layers and directions. x: (T, B, I); states: each (L * D, B, H).
 
         `lengths` (packed input, sorted descending, lengths[0] == T): each sequence's final state
@@ -188,21 +229,25 @@ class RecurrentBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         return layer_input, tuple(torch.stack(store) for store in finals)
 
-    def _run_ragged(self, x: Tensor, state: State, weights: LayerWeights,
-                    lengths: list[int]) -> tuple[Tensor, State]:
+    def _run_ragged(
+        self, x: Tensor, state: State, weights: LayerWeights, lengths: list[int]
+    ) -> tuple[Tensor, State]:
         """run_layer over sequences sorted by length, one call per distinct length: the batch
         shrinks as sequences end (as torch.nn does), so each final state is exact, c included."""
         batch = x.size(1)
         pieces, done = [], []  # outputs per segment; finished states, last-finishing first
         start, active = 0, batch
         for end in sorted(set(lengths)):
-            y, final = self.run_layer(x[start:end, :active].contiguous(),
-                                      tuple(s[:active] for s in state), weights)
+            y, final = self.run_layer(
+                x[start:end, :active].contiguous(), tuple(s[:active] for s in state), weights
+            )
             pieces.append(nn.functional.pad(y, (0, 0, 0, batch - active)))
             still = sum(1 for n in lengths if n > end)
             done.append(tuple(f[still:active] for f in final))
             state, start, active = final, end, still
-        return torch.cat(pieces), tuple(torch.cat([d[i] for d in reversed(done)]) for i in range(len(state)))
+        return torch.cat(pieces), tuple(
+            torch.cat([d[i] for d in reversed(done)]) for i in range(len(state))
+        )
 
     # --- torch.nn's forward contract ----------------------------------------------------
     def forward(self, input: Any, hx=None):
@@ -228,8 +273,10 @@ class RecurrentBase(nn.Module):
 
     def _forward_packed(self, input: PackedSequence, hx):
         if not self.caps().packed:
-            raise TypeError(f"backend {self._name()!r} does not accept PackedSequence input; backends "
-                            f"that do: {', '.join(backends_with('packed', self.kind))}")
+            raise TypeError(
+                f"backend {self._name()!r} does not accept PackedSequence input; backends "
+                f"that do: {', '.join(backends_with('packed', self.kind))}"
+            )
         data, batch_sizes, sorted_indices, unsorted_indices = input
         check_packed(self, data, int(batch_sizes[0]), hx)
         padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # sorted order
@@ -240,21 +287,33 @@ class RecurrentBase(nn.Module):
             if sorted_indices is not None:  # hx is in the caller's order, as torch.nn takes it
                 states = tuple(s.index_select(1, sorted_indices) for s in states)
         output, finals = self._run(padded, states, lengths.tolist())
-        out = PackedSequence(pack_padded_sequence(output, lengths).data, batch_sizes,
-                             sorted_indices, unsorted_indices)
+        out = PackedSequence(
+            pack_padded_sequence(output, lengths).data,
+            batch_sizes,
+            sorted_indices,
+            unsorted_indices,
+        )
         if unsorted_indices is not None:
             finals = tuple(s.index_select(1, unsorted_indices) for s in finals)
         return out, (finals if len(finals) == 2 else finals[0])
 
-    def _run(self, x: Tensor, states: State, lengths: Optional[list[int]]) -> tuple[Tensor, State]:
+    def _run(self, x: Tensor, states: State, lengths: list[int] | None) -> tuple[Tensor, State]:
         """Refuse what this backend does not declare, apply torch.nn's autocast rule, run."""
         caps, device = self.caps(), x.device.type
-        if not caps.vmap and not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x):
-            raise RuntimeError(f"backend {self._name()!r} does not support torch.func transforms "
-                               f"(vmap, grad, jacrev); backends that do: {', '.join(backends_with('vmap', self.kind))}")
+        if (
+            not caps.vmap
+            and not torch.compiler.is_compiling()
+            and torch._C._functorch.is_functorch_wrapped_tensor(x)
+        ):
+            raise RuntimeError(
+                f"backend {self._name()!r} does not support torch.func transforms "
+                f"(vmap, grad, jacrev); backends that do: {', '.join(backends_with('vmap', self.kind))}"
+            )
         if not caps.onnx_export and torch.onnx.is_in_onnx_export():
-            raise RuntimeError(f"backend {self._name()!r} cannot be exported to ONNX; load its state_dict "
-                               f"into torch.nn.{spec(self.kind).torch_class} (same names) and export that")
+            raise RuntimeError(
+                f"backend {self._name()!r} cannot be exported to ONNX; load its state_dict "
+                f"into torch.nn.{spec(self.kind).torch_class} (same names) and export that"
+            )
         if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
             # torch.nn under autocast runs input, hx and weights in the autocast dtype
             dtype = torch.get_autocast_dtype(device)
@@ -264,13 +323,15 @@ class RecurrentBase(nn.Module):
         self._check_dtype(x.dtype, "")
         return self._stack(x, states, lengths)
 
-    def _stack(self, x: Tensor, states: State, lengths: Optional[list[int]]) -> tuple[Tensor, State]:
+    def _stack(self, x: Tensor, states: State, lengths: list[int] | None) -> tuple[Tensor, State]:
         caps = self.caps()
         if not caps.compile_in_model and torch.compiler.is_compiling():
             return _run_eagerly(self, x, states, lengths)  # a graph break: Dynamo cannot trace it
         if x.size(1) == 0:
             return self._empty_batch(x, states)
-        output, finals = self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
+        output, finals = (
+            self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
+        )
         if not caps.double_backward and torch.is_grad_enabled() and output.requires_grad:
             output, *rest = _FirstOrderOnly.apply(self._name(), output, *finals)
             finals = tuple(rest)
@@ -279,15 +340,23 @@ class RecurrentBase(nn.Module):
     def _empty_batch(self, x: Tensor, states: State) -> tuple[Tensor, State]:
         """torch.nn returns empty outputs for an empty batch, with zero gradients for every
         parameter; the backend never sees it (several cannot split zero rows)."""
-        link = (sum(p.sum() for p in self.parameters()) * 0 + x.sum() * 0 + sum(s.sum() for s in states) * 0).to(x.dtype)
+        link = (
+            sum(p.sum() for p in self.parameters()) * 0
+            + x.sum() * 0
+            + sum(s.sum() for s in states) * 0
+        ).to(x.dtype)
         width = (self.proj_size or self.hidden_size) * self.num_directions
-        return link + x.new_zeros(x.size(0), 0, width), tuple(link + torch.zeros_like(s) for s in states)
+        return link + x.new_zeros(x.size(0), 0, width), tuple(
+            link + torch.zeros_like(s) for s in states
+        )
 
     def _check_dtype(self, dtype: torch.dtype, context: str) -> None:
         caps = self.caps()
         if dtype not in caps.dtypes:
-            raise TypeError(f"backend {self._name()!r} does not compute in {dtype}{' ' + context if context else ''}; "
-                            f"it supports {', '.join(str(d) for d in caps.dtypes)}")
+            raise TypeError(
+                f"backend {self._name()!r} does not compute in {dtype}{' ' + context if context else ''}; "
+                f"it supports {', '.join(str(d) for d in caps.dtypes)}"
+            )
 
     # --- lifecycle: pickling by name, torch.jit.script -----------------------------------
     def __reduce_ex__(self, protocol):
@@ -296,20 +365,29 @@ class RecurrentBase(nn.Module):
             return super().__reduce_ex__(protocol)
         # classes made by for_kind do not exist in a fresh process until the registry runs:
         # pickle the recipe (backend class, kind, name) instead of the class's name
-        return _rebuild, origin, self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__
+        return (
+            _rebuild,
+            origin,
+            self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__,
+        )
 
     def __prepare_scriptable__(self):
         if not self.caps().script_in_model:
-            raise RuntimeError(f"backend {self._name()!r} cannot be compiled by torch.jit.script (its forward "
-                               "is Python); use torch.compile, or torch.jit.script a model holding "
-                               f"torch.nn.{spec(self.kind).torch_class} with this module's state_dict")
+            raise RuntimeError(
+                f"backend {self._name()!r} cannot be compiled by torch.jit.script (its forward "
+                "is Python); use torch.compile, or torch.jit.script a model holding "
+                f"torch.nn.{spec(self.kind).torch_class} with this module's state_dict"
+            )
         return self
 
 
 @torch.compiler.disable
-def _run_eagerly(module: RecurrentBase, x: Tensor, states: State,
-                 lengths: Optional[list[int]]) -> tuple[Tensor, State]:
-    return module.run_stack(x, states, lengths) if lengths is not None else module.run_stack(x, states)
+def _run_eagerly(
+    module: RecurrentBase, x: Tensor, states: State, lengths: list[int] | None
+) -> tuple[Tensor, State]:
+    return (
+        module.run_stack(x, states, lengths) if lengths is not None else module.run_stack(x, states)
+    )
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -327,9 +405,11 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Tensor):
         if torch.is_grad_enabled():
-            raise RuntimeError(f"backend {ctx.name!r} does not support double backward (create_graph=True): "
-                               "its backward is not differentiable; backends that do: "
-                               f"{', '.join(backends_with('double_backward'))}")
+            raise RuntimeError(
+                f"backend {ctx.name!r} does not support double backward (create_graph=True): "
+                "its backward is not differentiable; backends that do: "
+                f"{', '.join(backends_with('double_backward'))}"
+            )
         return (None, *grads)
 
 
@@ -360,27 +440,102 @@ def for_kind(backend_class: type, kind: str, name: str = "") -> type:
         return made
     cls_name = f"{backend_class.__name__}{spec(kind).torch_class}"
     if kind == "rnn":
-        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                     nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                     dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None) -> None:
-            backend_class.__init__(self, input_size, hidden_size, num_layers, bias, batch_first,
-                                   dropout, bidirectional, 0, device, dtype, nonlinearity=nonlinearity)
+
+        def __init__(
+            self,
+            input_size: int,
+            hidden_size: int,
+            num_layers: int = 1,
+            nonlinearity: str = "tanh",
+            bias: bool = True,
+            batch_first: bool = False,
+            dropout: float = 0.0,
+            bidirectional: bool = False,
+            device=None,
+            dtype=None,
+        ) -> None:
+            backend_class.__init__(
+                self,
+                input_size,
+                hidden_size,
+                num_layers,
+                bias,
+                batch_first,
+                dropout,
+                bidirectional,
+                0,
+                device,
+                dtype,
+                nonlinearity=nonlinearity,
+            )
     elif kind == "gru":
-        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                     device=None, dtype=None) -> None:
-            backend_class.__init__(self, input_size, hidden_size, num_layers, bias, batch_first,
-                                   dropout, bidirectional, 0, device, dtype)
+
+        def __init__(
+            self,
+            input_size: int,
+            hidden_size: int,
+            num_layers: int = 1,
+            bias: bool = True,
+            batch_first: bool = False,
+            dropout: float = 0.0,
+            bidirectional: bool = False,
+            device=None,
+            dtype=None,
+        ) -> None:
+            backend_class.__init__(
+                self,
+                input_size,
+                hidden_size,
+                num_layers,
+                bias,
+                batch_first,
+                dropout,
+                bidirectional,
+                0,
+                device,
+                dtype,
+            )
     else:
-        def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                     batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                     proj_size: int = 0, device=None, dtype=None) -> None:
-            backend_class.__init__(self, input_size, hidden_size, num_layers, bias, batch_first,
-                                   dropout, bidirectional, proj_size, device, dtype)
-    cls = type(cls_name, (backend_class,), {"kind": kind, "backend": label, "__init__": __init__,
-                                            "__module__": backend_class.__module__,
-                                            "__qualname__": cls_name,
-                                            "_for_kind_origin": (backend_class, kind, label)})
+
+        def __init__(
+            self,
+            input_size: int,
+            hidden_size: int,
+            num_layers: int = 1,
+            bias: bool = True,
+            batch_first: bool = False,
+            dropout: float = 0.0,
+            bidirectional: bool = False,
+            proj_size: int = 0,
+            device=None,
+            dtype=None,
+        ) -> None:
+            backend_class.__init__(
+                self,
+                input_size,
+                hidden_size,
+                num_layers,
+                bias,
+                batch_first,
+                dropout,
+                bidirectional,
+                proj_size,
+                device,
+                dtype,
+            )
+
+    cls = type(
+        cls_name,
+        (backend_class,),
+        {
+            "kind": kind,
+            "backend": label,
+            "__init__": __init__,
+            "__module__": backend_class.__module__,
+            "__qualname__": cls_name,
+            "_for_kind_origin": (backend_class, kind, label),
+        },
+    )
     _MADE[(backend_class, kind, label)] = cls
     # make the class findable by name, so modules pickle (torch.save, multiprocessing)
     home = sys.modules.get(backend_class.__module__)

@@ -11,11 +11,11 @@ capability fails a test instead of silently degrading.
 `python -m cells.capabilities --markdown` prints the matrix published in docs/capabilities.md;
 the test suite checks that the committed file is in sync.
 """
+
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -23,6 +23,7 @@ import torch
 @dataclass(frozen=True)
 class Capabilities:
     """Integrations a backend supports. Devices and dtypes list what the time loop runs on."""
+
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
     packed: bool = True  # PackedSequence input: the base runs it through run_layer
@@ -45,29 +46,50 @@ _CPU_FLOAT = (torch.float64, torch.float32)
 # Backends whose own files declare nothing (other owners); keyed by registry name.
 DECLARED: dict[str, Capabilities] = {
     # numpy kernels behind a custom autograd.Function with a hand-written backward
-    "numba": Capabilities(devices=("cpu",), dtypes=_CPU_FLOAT, vmap=False, double_backward=False,
-                          compile_in_model=False, meta_init=False),
+    "numba": Capabilities(
+        devices=("cpu",),
+        dtypes=_CPU_FLOAT,
+        vmap=False,
+        double_backward=False,
+        compile_in_model=False,
+        meta_init=False,
+    ),
     # its own torch.compile'd steps and a hand-written backward
     "compiled": Capabilities(dtypes=_CPU_FLOAT, vmap=False, double_backward=False),
-    "triton": Capabilities(devices=("cuda",), dtypes=(torch.float32,), vmap=False,
-                           double_backward=False, compile_in_model=False, meta_init=False),
+    "triton": Capabilities(
+        devices=("cuda",),
+        dtypes=(torch.float32,),
+        vmap=False,
+        double_backward=False,
+        compile_in_model=False,
+        meta_init=False,
+    ),
 }
 
 # Column -> (header, what a ✔ means). The matrix and the docs use this order.
 COLUMNS: dict[str, tuple[str, str]] = {
-    "compile_in_model": ("compile in a model", "torch.compile (aot_eager) of a model holding the module: "
-                                               "output and gradients equal eager's; *graph break*: "
-                                               "Dynamo does not trace the module, the base runs it "
-                                               "eagerly between two graphs"),
+    "compile_in_model": (
+        "compile in a model",
+        "torch.compile (aot_eager) of a model holding the module: "
+        "output and gradients equal eager's; *graph break*: "
+        "Dynamo does not trace the module, the base runs it "
+        "eagerly between two graphs",
+    ),
     "vmap": ("vmap", "torch.func.vmap over unbatched sequences equals the batched call"),
     "double_backward": ("double backward", "gradient of a gradient equals torch.nn's (float64)"),
-    "script_in_model": ("jit.script in a model", "torch.jit.script of a model holding the module runs "
-                                                 "and equals eager"),
+    "script_in_model": (
+        "jit.script in a model",
+        "torch.jit.script of a model holding the module runs and equals eager",
+    ),
     "onnx_export": ("ONNX export", "torch.onnx.export, run by onnxruntime, equals eager"),
-    "meta_init": ("meta-device init", "device='meta' + to_empty() + reset_parameters() gives a "
-                                      "working module"),
-    "serialization": ("deepcopy / pickle / torch.save", "a torch.save'd module loads in a fresh "
-                                                         "process and gives the same output"),
+    "meta_init": (
+        "meta-device init",
+        "device='meta' + to_empty() + reset_parameters() gives a working module",
+    ),
+    "serialization": (
+        "deepcopy / pickle / torch.save",
+        "a torch.save'd module loads in a fresh process and gives the same output",
+    ),
     "bf16": ("CPU bf16", "bfloat16 module on CPU within tolerances.py of float64 torch.nn"),
     "fp16": ("CPU fp16", "float16 module on CPU within tolerances.py of float64 torch.nn"),
     "packed": ("packed", "PackedSequence in, PackedSequence out, equal to float64 torch.nn"),
@@ -75,10 +97,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
-def capabilities_of(cls: type, backend: Optional[str] = None) -> Capabilities:
+def capabilities_of(cls: type, backend: str | None = None) -> Capabilities:
     """The capabilities `cls` declares: its own attribute (or a base's below RecurrentBase's),
     else the DECLARED entry for its registry name, else the shared defaults."""
     from .base import RecurrentBase
+
     for klass in cls.__mro__:
         if klass is RecurrentBase:
             break
@@ -99,12 +122,17 @@ def supports(caps: Capabilities, column: str) -> bool:
 def backends_with(column: str, kind: str = "lstm") -> list[str]:
     """Registered backends of `kind` that support `column` (for refusal messages)."""
     from . import registry
-    return [name for name in registry.backends(kind)
-            if supports(capabilities_of(type_of(kind, name), name), column)]
+
+    return [
+        name
+        for name in registry.backends(kind)
+        if supports(capabilities_of(type_of(kind, name), name), column)
+    ]
 
 
 def type_of(kind: str, backend: str) -> type:
     from . import registry
+
     factory = registry.get(kind, backend)
     return factory if isinstance(factory, type) else type(factory)
 
@@ -112,7 +140,9 @@ def type_of(kind: str, backend: str) -> type:
 def declared(kind: str, backend: str) -> Capabilities:
     """A built-in backend's declaration, read from its class even where it cannot run here."""
     import importlib
+
     from . import registry
+
     if backend not in registry.BUILTIN:
         return capabilities_of(type_of(kind, backend), backend)
     module_name, attribute = registry.BUILTIN[backend].split(":")
@@ -128,8 +158,11 @@ def declared(kind: str, backend: str) -> Capabilities:
 def matrix(kind: str = "lstm") -> dict[str, dict[str, bool]]:
     """backend -> column -> supported, for every built-in backend (available here or not)."""
     from . import registry
-    return {name: {column: supports(declared(kind, name), column) for column in COLUMNS}
-            for name in registry.BUILTIN}
+
+    return {
+        name: {column: supports(declared(kind, name), column) for column in COLUMNS}
+        for name in registry.BUILTIN
+    }
 
 
 def markdown(kind: str = "lstm") -> str:
@@ -148,9 +181,13 @@ def _cell(column: str, supported: bool) -> str:
     return "✔" if supported else "refused"
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cells.capabilities", description=__doc__.split("\n")[0])
-    parser.add_argument("--markdown", action="store_true", help="print the capability matrix as markdown")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m cells.capabilities", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the capability matrix as markdown"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(), end="")

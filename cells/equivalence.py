@@ -5,14 +5,13 @@ state(s), and the gradients of every parameter, the input and the initial state(
 random non-zero data and random upstream gradients (not `.sum()`, whose uniform gradient hides
 transposed or permuted results).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .kinds import spec
@@ -22,6 +21,7 @@ from .tolerances import tolerance
 @dataclass(frozen=True)
 class Config:
     """One configuration of the matrix: module arguments plus the data's shape."""
+
     kind: str
     input_size: int = 5
     hidden_size: int = 7
@@ -30,17 +30,21 @@ class Config:
     batch_first: bool = False
     bidirectional: bool = False
     nonlinearity: str = "tanh"
-    batch: Optional[int] = 3  # None: unbatched 2-D input
+    batch: int | None = 3  # None: unbatched 2-D input
     seq_len: int = 6
     with_hx: bool = True
     proj_size: int = 0  # LSTM only
     # packed input: one length per batch entry (max == seq_len), fed through
     # pack_padded_sequence(enforce_sorted=False); outputs compared after pad_packed_sequence
-    lengths: Optional[tuple[int, ...]] = None
+    lengths: tuple[int, ...] | None = None
 
     def nn_kwargs(self) -> dict:
-        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                  bidirectional=self.bidirectional)
+        kw = dict(
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            bidirectional=self.bidirectional,
+        )
         if self.kind == "rnn":
             kw["nonlinearity"] = self.nonlinearity
         if self.proj_size:
@@ -48,14 +52,27 @@ class Config:
         return kw
 
     def label(self) -> str:
-        parts = [self.kind, f"I{self.input_size}", f"H{self.hidden_size}", f"L{self.num_layers}",
-                 f"T{self.seq_len}", "unbatched" if self.batch is None else f"B{self.batch}"]
-        parts += [flag for flag, on in (("bidir", self.bidirectional), ("batch_first", self.batch_first),
-                                        ("no-bias", not self.bias), ("hx", self.with_hx),
-                                        (self.nonlinearity, self.kind == "rnn"),
-                                        (f"P{self.proj_size}", self.proj_size > 0),
-                                        ("packed" + ",".join(map(str, self.lengths or ())), self.lengths))
-                  if on]
+        parts = [
+            self.kind,
+            f"I{self.input_size}",
+            f"H{self.hidden_size}",
+            f"L{self.num_layers}",
+            f"T{self.seq_len}",
+            "unbatched" if self.batch is None else f"B{self.batch}",
+        ]
+        parts += [
+            flag
+            for flag, on in (
+                ("bidir", self.bidirectional),
+                ("batch_first", self.batch_first),
+                ("no-bias", not self.bias),
+                ("hx", self.with_hx),
+                (self.nonlinearity, self.kind == "rnn"),
+                (f"P{self.proj_size}", self.proj_size > 0),
+                ("packed" + ",".join(map(str, self.lengths or ())), self.lengths),
+            )
+            if on
+        ]
         return " ".join(parts)
 
 
@@ -82,24 +99,34 @@ class Result:
 
     @property
     def passed(self) -> bool:
-        return not self.problem and not self.missing_gradients and all(e.passed for e in self.errors)
+        return (
+            not self.problem and not self.missing_gradients and all(e.passed for e in self.errors)
+        )
 
-    def worst(self) -> Optional[TensorError]:
+    def worst(self) -> TensorError | None:
         return max(self.errors, key=lambda e: e.rel_error / e.tolerance, default=None)
 
     def summary(self) -> str:
         if self.problem:
             return f"{self.config.label()} [{self.dtype}]: {self.problem}"
         failed = [e for e in self.errors if not e.passed]
-        parts = [f"{e.name}: rel. error {e.rel_error:.2e} > {e.tolerance:.0e} "
-                 f"(max abs {e.max_abs_error:.2e} at {e.where})" for e in failed]
+        parts = [
+            f"{e.name}: rel. error {e.rel_error:.2e} > {e.tolerance:.0e} "
+            f"(max abs {e.max_abs_error:.2e} at {e.where})"
+            for e in failed
+        ]
         parts += [f"{n}: received no gradient" for n in self.missing_gradients]
         return f"{self.config.label()} [{self.dtype}]: " + ("; ".join(parts) if parts else "ok")
 
     def to_dict(self) -> dict:
-        return {"config": asdict(self.config), "dtype": self.dtype, "passed": self.passed,
-                "problem": self.problem, "missing_gradients": self.missing_gradients,
-                "errors": [dict(asdict(e), passed=e.passed) for e in self.errors]}
+        return {
+            "config": asdict(self.config),
+            "dtype": self.dtype,
+            "passed": self.passed,
+            "problem": self.problem,
+            "missing_gradients": self.missing_gradients,
+            "errors": [dict(asdict(e), passed=e.passed) for e in self.errors],
+        }
 
 
 def reference_module(config: Config) -> nn.Module:
@@ -115,7 +142,11 @@ def _relative(candidate: Tensor, reference: Tensor, name: str, tol: float) -> Te
     if diff.isnan().any():
         rel = float("nan")
     flat = int(torch.nan_to_num(diff, nan=float("inf")).argmax()) if diff.numel() else 0
-    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)) if diff.dim() else ()
+    where = (
+        tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+        if diff.dim()
+        else ()
+    )
     return TensorError(name, rel, float(diff.max()) if diff.numel() else 0.0, where, tol)
 
 
@@ -129,14 +160,22 @@ def state_dict_mismatch(reference: nn.Module, candidate: nn.Module, most: int = 
     want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
     parts = []
-    for label, names in (("missing", [k for k in want if k not in got]),
-                         ("unexpected", [k for k in got if k not in want]),
-                         ("wrong shape", [f"{k} {got[k]} (torch.nn {want[k]})" for k in want
-                                          if k in got and got[k] != want[k]])):
+    for label, names in (
+        ("missing", [k for k in want if k not in got]),
+        ("unexpected", [k for k in got if k not in want]),
+        (
+            "wrong shape",
+            [f"{k} {got[k]} (torch.nn {want[k]})" for k in want if k in got and got[k] != want[k]],
+        ),
+    ):
         if names:
             more = f" and {len(names) - most} more" if len(names) > most else ""
             parts.append(f"{label}: {', '.join(names[:most])}{more}")
-    return ("parameters do not match torch.nn's names and shapes: " + "; ".join(parts)) if parts else ""
+    return (
+        ("parameters do not match torch.nn's names and shapes: " + "; ".join(parts))
+        if parts
+        else ""
+    )
 
 
 class ShapeMismatch(ValueError):
@@ -147,14 +186,22 @@ def forward_pair(module: nn.Module, *args):
     """module(*args), which must return torch.nn's (output, h_n) or (output, (h_n, c_n))."""
     returned = module(*args)
     if not isinstance(returned, (tuple, list)) or len(returned) != 2:
-        what = type(returned).__name__ + (f" of length {len(returned)}" if isinstance(returned, (tuple, list)) else "")
-        raise ShapeMismatch(f"forward returned a {what}; torch.nn returns (output, h_n) or "
-                            "(output, (h_n, c_n))")
+        what = type(returned).__name__ + (
+            f" of length {len(returned)}" if isinstance(returned, (tuple, list)) else ""
+        )
+        raise ShapeMismatch(
+            f"forward returned a {what}; torch.nn returns (output, h_n) or (output, (h_n, c_n))"
+        )
     return returned
 
 
-def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstream: list[Tensor],
-         config: Config):
+def _run(
+    module: nn.Module,
+    x: Tensor,
+    hx: tuple[Tensor, ...] | None,
+    upstream: list[Tensor],
+    config: Config,
+):
     """Forward, then backward of <outputs, upstream>; returns outputs and gradients by name."""
     params = dict(module.named_parameters())
     leaves = [x] + list(hx or ())
@@ -164,24 +211,32 @@ def _run(module: nn.Module, x: Tensor, hx: Optional[tuple[Tensor, ...]], upstrea
     if config.lengths is None:
         output, final = forward_pair(module, x, arg)
     else:
-        packed = pack_padded_sequence(x, torch.tensor(config.lengths), batch_first=config.batch_first,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x, torch.tensor(config.lengths), batch_first=config.batch_first, enforce_sorted=False
+        )
         output, final = forward_pair(module, packed, arg)
-        output = pad_packed_sequence(output, batch_first=config.batch_first,
-                                     total_length=config.seq_len)[0]
+        output = pad_packed_sequence(
+            output, batch_first=config.batch_first, total_length=config.seq_len
+        )[0]
     outs = [output, *_states(final)]
     for name, out, grad in zip(("output", "h_n", "c_n"), outs, upstream):
         if tuple(out.shape) != tuple(grad.shape):  # before backward, which would fail cryptically
-            raise ShapeMismatch(f"{name} has shape {tuple(out.shape)}, torch.nn gives {tuple(grad.shape)}")
+            raise ShapeMismatch(
+                f"{name} has shape {tuple(out.shape)}, torch.nn gives {tuple(grad.shape)}"
+            )
     loss = sum((o.to(torch.float64) * g.to(o.device)).sum() for o, g in zip(outs, upstream))
     grads = torch.autograd.grad(loss, leaves + list(params.values()), allow_unused=True)
-    names = ["grad_input"] + [f"grad_hx[{i}]" for i in range(len(hx or ()))] + \
-            [f"grad_{n}" for n in params]
+    names = (
+        ["grad_input"]
+        + [f"grad_hx[{i}]" for i in range(len(hx or ()))]
+        + [f"grad_{n}" for n in params]
+    )
     return outs, dict(zip(names, grads))
 
 
-def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
-            tol: Optional[float] = None) -> Result:
+def compare(
+    candidate: nn.Module, config: Config, *, seed: int = 0, tol: float | None = None
+) -> Result:
     """Compare `candidate` (built for `config`, any dtype and device) with float64 torch.nn."""
     param = next(candidate.parameters(), None)
     if param is None:
@@ -194,8 +249,10 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
     if problem:
         result.problem = problem
         return result
-    reference.load_state_dict({k: v.detach().to(torch.float64).cpu()
-                               for k, v in candidate.state_dict().items()}, strict=True)
+    reference.load_state_dict(
+        {k: v.detach().to(torch.float64).cpu() for k, v in candidate.state_dict().items()},
+        strict=True,
+    )
 
     gen = torch.Generator().manual_seed(seed)
     d = 2 if config.bidirectional else 1
@@ -210,19 +267,28 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
         out_shape = (b, t, d * widths[0]) if config.batch_first else (t, b, d * widths[0])
         h_shapes = [(config.num_layers * d, b, w) for w in widths]
     x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
-    hx = tuple(torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes) \
-        if config.with_hx else None
-    upstream = [torch.randn(out_shape, generator=gen, dtype=torch.float64)] + \
-               [torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes]
+    hx = (
+        tuple(torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes)
+        if config.with_hx
+        else None
+    )
+    upstream = [torch.randn(out_shape, generator=gen, dtype=torch.float64)] + [
+        torch.randn(s, generator=gen, dtype=torch.float64) for s in h_shapes
+    ]
 
-    ref_outs, ref_grads = _run(reference, x.clone(), None if hx is None else tuple(s.clone() for s in hx),
-                               upstream, config)
+    ref_outs, ref_grads = _run(
+        reference, x.clone(), None if hx is None else tuple(s.clone() for s in hx), upstream, config
+    )
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         cand_outs, cand_grads = _run(
-            candidate, x.to(device=device, dtype=dtype),
-            None if hx is None else tuple(s.to(device=device, dtype=dtype) for s in hx), upstream, config)
+            candidate,
+            x.to(device=device, dtype=dtype),
+            None if hx is None else tuple(s.to(device=device, dtype=dtype) for s in hx),
+            upstream,
+            config,
+        )
     except ShapeMismatch as exc:
         result.problem = str(exc)
         return result
@@ -235,7 +301,9 @@ def compare(candidate: nn.Module, config: Config, *, seed: int = 0,
     state_names = ["h_n", "c_n"][:n_states]
     for name, cand, ref in zip(["output"] + state_names, cand_outs, ref_outs):
         if tuple(cand.shape) != tuple(ref.shape):
-            result.problem = f"{name} has shape {tuple(cand.shape)}, torch.nn gives {tuple(ref.shape)}"
+            result.problem = (
+                f"{name} has shape {tuple(cand.shape)}, torch.nn gives {tuple(ref.shape)}"
+            )
             return result
         result.errors.append(_relative(cand, ref, name, tol))
     for name, ref in ref_grads.items():

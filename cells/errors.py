@@ -1,4 +1,5 @@
 """Exceptions shared by backends."""
+
 from __future__ import annotations
 
 

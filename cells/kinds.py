@@ -7,6 +7,7 @@ The equations are exactly torch.nn's (see the torch.nn.RNN / GRU / LSTM docs):
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
 * lstm: rows i, f, g, o;  c' = f * c + i * g,  h' = o * tanh(c')
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,11 +37,20 @@ def spec(kind: str) -> KindSpec:
     try:
         return SPECS[kind]
     except KeyError:
-        raise ValueError(f"unknown cell kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+        raise ValueError(
+            f"unknown cell kind {kind!r}; expected one of {', '.join(KINDS)}"
+        ) from None
 
 
-def forward_flops(kind: str, input_size: int, hidden_size: int, batch: int, seq_len: int,
-                  num_layers: int = 1, bidirectional: bool = False) -> int:
+def forward_flops(
+    kind: str,
+    input_size: int,
+    hidden_size: int,
+    batch: int,
+    seq_len: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+) -> int:
     """Matrix-multiply FLOPs of one forward pass (2 per multiply-add).
 
     Convention: the input projection is included, pointwise work is not. Per step, layer and

@@ -5,28 +5,34 @@ The input projection of all time steps is one GEMM with the biases folded in; ea
 then one recurrent GEMM that produces every gate, split with chunk. GRU keeps b_hn out of the
 fold because r multiplies (W_hn h + b_hn).
 """
-from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 
-def project_input(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     """x (T, B, I) -> x W_ih^T + bias, (T, B, G*H), as one GEMM."""
     flat = x.reshape(-1, x.size(2))
     out = flat.matmul(w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
     return out.view(x.size(0), x.size(1), w_ih.size(0))
 
 
-def rnn_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-             b_hh: Optional[Tensor], relu: bool) -> Tuple[Tensor, Tensor]:
-    bias: Optional[Tensor] = None
+def rnn_loop(
+    x: Tensor,
+    h: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    bias: Tensor | None = None
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
     w_hh_t = w_hh.t()
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for xw_t in project_input(x, w_ih, bias).unbind(0):
         pre = torch.addmm(xw_t, h, w_hh_t)
         h = torch.relu(pre) if relu else torch.tanh(pre)
@@ -34,16 +40,17 @@ def rnn_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     return torch.stack(outputs), h
 
 
-def gru_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-             b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def gru_loop(
+    x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor]:
     hidden = h.size(1)
-    bias: Optional[Tensor] = None
-    b_hn: Optional[Tensor] = None
+    bias: Tensor | None = None
+    b_hn: Tensor | None = None
     if b_ih is not None and b_hh is not None:
-        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden:])])
-        b_hn = b_hh[2 * hidden:]
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden :])])
+        b_hn = b_hh[2 * hidden :]
     w_hh_t = w_hh.t()
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for xw_t in project_input(x, w_ih, bias).unbind(0):
         hw = h.matmul(w_hh_t)
         x_r, x_z, x_n = xw_t.chunk(3, 1)
@@ -58,13 +65,20 @@ def gru_loop(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     return torch.stack(outputs), h
 
 
-def lstm_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-              b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    bias: Optional[Tensor] = None
+def lstm_loop(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    bias: Tensor | None = None
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
     w_hh_t = w_hh.t()
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for xw_t in project_input(x, w_ih, bias).unbind(0):
         gates = torch.addmm(xw_t, h, w_hh_t)
         i, f, g, o = gates.chunk(4, 1)
@@ -74,15 +88,23 @@ def lstm_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih:
     return torch.stack(outputs), h, c
 
 
-def lstmp_loop(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-               b_hh: Optional[Tensor], w_hr: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def lstmp_loop(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     """LSTM with projections (torch.nn's proj_size): h = W_hr (o * tanh(c)), h is (B, P)."""
-    bias: Optional[Tensor] = None
+    bias: Tensor | None = None
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
     w_hh_t = w_hh.t()
     w_hr_t = w_hr.t()
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for xw_t in project_input(x, w_ih, bias).unbind(0):
         gates = torch.addmm(xw_t, h, w_hh_t)
         i, f, g, o = gates.chunk(4, 1)

@@ -9,12 +9,13 @@ cheap and a backend whose dependency is missing (numba, triton, a GPU) is listed
 backends through the entry-point group `cellbench.backends`: each entry point names a function
 that calls `cells.register(...)`.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Callable, Optional
 
 from torch import nn
 
@@ -42,8 +43,8 @@ BUILTIN: dict[str, str] = {
 
 @dataclass
 class _Entry:
-    factory: Optional[Callable[..., nn.Module]] = None
-    reason: Optional[str] = None  # why it is unavailable
+    factory: Callable[..., nn.Module] | None = None
+    reason: str | None = None  # why it is unavailable
 
 
 _table: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
@@ -59,8 +60,9 @@ def _load_builtin(name: str) -> None:
     try:
         module = importlib.import_module(module_name)
         target = getattr(module, attribute)
-        reason = _reason(target) or (module.unavailable_reason() if hasattr(module, "unavailable_reason")
-                                     else None)
+        reason = _reason(target) or (
+            module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
+        )
     except ImportError as exc:
         module, reason, target = None, f"cannot import {module_name}: {exc}", None
     for kind in KINDS:
@@ -73,7 +75,7 @@ def _load_builtin(name: str) -> None:
             _table[kind][name] = _Entry(for_kind(target, kind, name))
 
 
-def _reason(factory) -> Optional[str]:
+def _reason(factory) -> str | None:
     """A RecurrentBase subclass's own word on why it cannot run here (None if it can)."""
     if isinstance(factory, type) and issubclass(factory, RecurrentBase):
         return factory.unavailable_reason()
@@ -91,11 +93,17 @@ def _load_all() -> None:
                 ep.load()()
             except Exception as exc:  # a broken plug-in must not break the built-ins
                 for kind in KINDS:
-                    _table[kind].setdefault(ep.name, _Entry(
-                        reason=f"entry point {ep.value!r} failed: {type(exc).__name__}: {exc}"))
+                    _table[kind].setdefault(
+                        ep.name,
+                        _Entry(
+                            reason=f"entry point {ep.value!r} failed: {type(exc).__name__}: {exc}"
+                        ),
+                    )
 
 
-def register(kind: str, name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+def register(
+    kind: str, name: str, factory: Callable[..., nn.Module], *, replace: bool = False
+) -> None:
     """Add backend `name` for `kind`. `factory` takes torch.nn's constructor arguments.
 
     A RecurrentBase subclass without a kind is specialised with for_kind automatically.
@@ -104,7 +112,9 @@ def register(kind: str, name: str, factory: Callable[..., nn.Module], *, replace
     if not name or not isinstance(name, str):
         raise ValueError(f"backend name must be a non-empty string, got {name!r}")
     if not callable(factory):
-        raise TypeError(f"backend {name!r} must be a class or factory, got {type(factory).__name__}")
+        raise TypeError(
+            f"backend {name!r} must be a class or factory, got {type(factory).__name__}"
+        )
     if name in BUILTIN:
         _load_builtin(name)
     existing = _table[kind].get(name)
@@ -132,14 +142,18 @@ def backends(kind: str) -> list[str]:
     return [name for name, entry in _table[kind].items() if entry.factory is not None]
 
 
-def unavailable(kind: Optional[str] = None) -> dict[str, str]:
+def unavailable(kind: str | None = None) -> dict[str, str]:
     """Backends that cannot run here, name -> reason (for one kind, or all kinds)."""
     _load_all()
     kinds = [kind] if kind else list(KINDS)
     for k in kinds:
         spec(k)
-    return {name: entry.reason for k in kinds for name, entry in _table[k].items()
-            if entry.factory is None and entry.reason}
+    return {
+        name: entry.reason
+        for k in kinds
+        for name, entry in _table[k].items()
+        if entry.factory is None and entry.reason
+    }
 
 
 def get(kind: str, backend: str) -> Callable[..., nn.Module]:
@@ -151,9 +165,11 @@ def get(kind: str, backend: str) -> Callable[..., nn.Module]:
         _load_all()
     entry = _table[kind].get(backend)
     if entry is None:
-        raise ValueError(f"unknown backend {backend!r} for {kind!r}; available: "
-                         f"{', '.join(backends(kind)) or 'none'}"
-                         + "".join(f"; {n} is unavailable ({r})" for n, r in unavailable(kind).items()))
+        raise ValueError(
+            f"unknown backend {backend!r} for {kind!r}; available: "
+            f"{', '.join(backends(kind)) or 'none'}"
+            + "".join(f"; {n} is unavailable ({r})" for n, r in unavailable(kind).items())
+        )
     if entry.factory is None:
         raise RuntimeError(f"backend {backend!r} is unavailable for {kind!r}: {entry.reason}")
     return entry.factory

@@ -19,6 +19,7 @@ Why these numbers:
   over all steps), so the same tolerances keep a 3-4x margin. A backend that cannot compute in a
   dtype says so (cells/capabilities.py) and refuses it; it is never compared at a looser bound.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,5 +36,7 @@ def tolerance(dtype: torch.dtype) -> float:
     try:
         return RELATIVE_TOLERANCE[dtype]
     except KeyError:
-        raise ValueError(f"no tolerance defined for {dtype}; expected one of "
-                         f"{', '.join(str(d) for d in RELATIVE_TOLERANCE)}") from None
+        raise ValueError(
+            f"no tolerance defined for {dtype}; expected one of "
+            f"{', '.join(str(d) for d in RELATIVE_TOLERANCE)}"
+        ) from None

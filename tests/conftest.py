@@ -1,4 +1,5 @@
 """Shared test set-up: the data directory, and the backends under test."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,10 @@ DATA = Path(os.environ["CELLBENCH_DATA"]) if os.environ.get("CELLBENCH_DATA") el
 
 def needs_data(relative: str, what: str) -> pytest.MarkDecorator:
     """Skip, naming the file, when the real data set is not in $CELLBENCH_DATA."""
-    return pytest.mark.skipif(DATA is None or not (DATA / relative).is_file(),
-                              reason=f"{what} not found in $CELLBENCH_DATA (set it to ../shared/data)")
+    return pytest.mark.skipif(
+        DATA is None or not (DATA / relative).is_file(),
+        reason=f"{what} not found in $CELLBENCH_DATA (set it to ../shared/data)",
+    )
 
 
 @pytest.fixture

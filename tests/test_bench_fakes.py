@@ -1,4 +1,5 @@
 """Fake backends of known cost for the bench tests (no tests here; imported by them and by worker processes)."""
+
 from __future__ import annotations
 
 import os
@@ -31,20 +32,40 @@ CALLS: list[dict] = []
 class FakeRecurrent(nn.Module):
     """torch.nn's forward contract; costs STEP_COST fake seconds per time step, and
     FIRST_COST extra on its first call (a stand-in for compilation)."""
+
     STEP_COST = 1e-3
     FIRST_COST = 0.5
     kind = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.hidden_size = hidden_size
-        self.weight_hh_l0 = nn.Parameter(torch.ones(4 * hidden_size, hidden_size, device=device, dtype=dtype))
+        self.weight_hh_l0 = nn.Parameter(
+            torch.ones(4 * hidden_size, hidden_size, device=device, dtype=dtype)
+        )
         self.called = False
 
     def forward(self, x, hx=None):
-        CALLS.append({"shape": tuple(x.shape), "state_none": hx is None, "training": self.training,
-                      "grad": torch.is_grad_enabled()})
+        CALLS.append(
+            {
+                "shape": tuple(x.shape),
+                "state_none": hx is None,
+                "training": self.training,
+                "grad": torch.is_grad_enabled(),
+            }
+        )
         cost = self.STEP_COST * x.shape[0] + (0.0 if self.called else self.FIRST_COST)
         self.called = True
         CLOCK.advance(cost)
@@ -72,7 +93,12 @@ class Crashes(FakeRecurrent):
 
 
 def register_all() -> None:
-    for name, cls in (("fake", FakeRecurrent), ("broken", Broken), ("hangs", Hangs), ("crashes", Crashes)):
+    for name, cls in (
+        ("fake", FakeRecurrent),
+        ("broken", Broken),
+        ("hangs", Hangs),
+        ("crashes", Crashes),
+    ):
         cells.register("lstm", name, cls, replace=True)
 
 

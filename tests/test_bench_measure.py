@@ -1,4 +1,5 @@
 """The measurement engine: FLOP model, tokens/s arithmetic, statistics, and timing with a fake clock."""
+
 from __future__ import annotations
 
 import sys
@@ -8,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_bench_fakes  # noqa: E402
+
 from bench import measure  # noqa: E402
 from bench.measure import Case, Options  # noqa: E402
 
@@ -58,8 +60,12 @@ def test_tokens_per_second_and_pct_of_peak():
 # --- timing with a fake clock: known cost in, known numbers out ---------------------------------
 def test_run_case_with_fake_clock_gives_exact_numbers(fakes):
     case = Case("lstm", "fake", "infer", 3, 4, 1, 2, 10, threads=1)
-    r = measure.run_case(case, Options(min_run_time=0.05, min_repeats=5, memory=False, check=False),
-                         peak_gflops=1.0, timer=fakes.CLOCK)
+    r = measure.run_case(
+        case,
+        Options(min_run_time=0.05, min_repeats=5, memory=False, check=False),
+        peak_gflops=1.0,
+        timer=fakes.CLOCK,
+    )
     per_call = fakes.FakeRecurrent.STEP_COST * 10
     assert r["status"] == "ok" and len(r["times"]) >= 5
     assert r["times"] == pytest.approx([per_call] * len(r["times"]))
@@ -67,7 +73,9 @@ def test_run_case_with_fake_clock_gives_exact_numbers(fakes):
     assert r["first_call_s"] == pytest.approx(fakes.FakeRecurrent.FIRST_COST + per_call)
     figures = measure.derived(case, per_call, 1.0)
     assert figures["tokens_per_s"] == pytest.approx(2 * 10 / per_call)
-    assert figures["gflops"] == pytest.approx(measure.mode_flops("lstm", "infer", 3, 4, 2, 10) / per_call / 1e9)
+    assert figures["gflops"] == pytest.approx(
+        measure.mode_flops("lstm", "infer", 3, 4, 2, 10) / per_call / 1e9
+    )
 
 
 def test_generate_contract(fakes):
@@ -78,14 +86,21 @@ def test_generate_contract(fakes):
     assert [c["shape"] for c in fakes.CALLS] == [(1, 1, 3)] * 6
     assert [c["state_none"] for c in fakes.CALLS] == [True] + [False] * 5
     assert not any(c["training"] or c["grad"] for c in fakes.CALLS)
-    r = measure.run_case(case, Options(min_run_time=0.05, memory=False, check=False), timer=fakes.CLOCK)
+    r = measure.run_case(
+        case, Options(min_run_time=0.05, memory=False, check=False), timer=fakes.CLOCK
+    )
     assert r["times"] == pytest.approx([6 * fakes.FakeRecurrent.STEP_COST] * len(r["times"]))
 
 
 def test_train_and_infer_modes(fakes):
     fn, module = measure.build_workload(Case("lstm", "fake", "train", 3, 4, 1, 2, 5))
     fn()
-    assert fakes.CALLS[-1] == {"shape": (5, 2, 3), "state_none": True, "training": True, "grad": True}
+    assert fakes.CALLS[-1] == {
+        "shape": (5, 2, 3),
+        "state_none": True,
+        "training": True,
+        "grad": True,
+    }
     assert all(p.grad is None for p in module.parameters())  # cleared after each call
     fn, module = measure.build_workload(Case("lstm", "fake", "infer", 3, 4, 1, 2, 5))
     fn()

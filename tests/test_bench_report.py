@@ -1,31 +1,50 @@
 """`python -m bench report`: rendering from stored records (no measurement)."""
+
 from __future__ import annotations
 
 import re
 import sys
 import types
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from bench import cli, report
-from dataclasses import asdict
-
 from bench.measure import Case, derived
 from bench.records import CaseRecord, append
 
 PEAK = {"peak_gflops": 100.0, "peak_source": "numpy"}
 
 
-def write_case(out: Path, backend: str, mode: str, batch: int, hidden: int, median_s=None, status="ok",
-               error=None, noisy=False, ratio=None) -> None:
+def write_case(
+    out: Path,
+    backend: str,
+    mode: str,
+    batch: int,
+    hidden: int,
+    median_s=None,
+    status="ok",
+    error=None,
+    noisy=False,
+    ratio=None,
+) -> None:
     case = Case("lstm", backend, mode, 28, hidden, 1, batch, 35, "cpu", "float32", 2)
     record = CaseRecord(**asdict(case), run_id="r1", status=status, error=error, **PEAK)
     if status == "ok":
-        for name, value in {"median_s": median_s, "iqr_s": median_s * (0.5 if noisy else 0.01), "noisy": noisy,
-                            "repeats": 5, "rounds": 5, "stop_reason": "ci", "first_call_s": 0.5,
-                            "peak_mem_bytes": 3 * 2 ** 20, "mem_method": "torch.profiler", "check_error": 0.01,
-                            **derived(case, median_s, PEAK["peak_gflops"])}.items():
+        for name, value in {
+            "median_s": median_s,
+            "iqr_s": median_s * (0.5 if noisy else 0.01),
+            "noisy": noisy,
+            "repeats": 5,
+            "rounds": 5,
+            "stop_reason": "ci",
+            "first_call_s": 0.5,
+            "peak_mem_bytes": 3 * 2**20,
+            "mem_method": "torch.profiler",
+            "check_error": 0.01,
+            **derived(case, median_s, PEAK["peak_gflops"]),
+        }.items():
             setattr(record, name, value)
         if ratio:
             record.ratio_to_native, record.ratio_ci95 = ratio[0], [ratio[1], ratio[2]]
@@ -35,24 +54,73 @@ def write_case(out: Path, backend: str, mode: str, batch: int, hidden: int, medi
 @pytest.fixture
 def run_dir(tmp_path):
     out = tmp_path / "run"
-    append(out, {"type": "run", "run_id": "r1", "cases": 9, "pending": 9,
-                 "peaks": [{"device": "cpu", "threads": 2, "peak_gflops": 100.0, "peak_source": "numpy",
-                            "peak_by_library": {"torch": 60.0, "numpy": 100.0}}],
-                 "environment": {"time": "2026-01-01T00:00:00+00:00", "cpu_model": "Test CPU", "cpu_cores": 2,
-                                 "torch": "2.13.0", "numba": "0.68", "numpy": "2.4", "torch_threads": 2,
-                                 "numba_threads": 2, "git_commit": "abc123"}})
+    append(
+        out,
+        {
+            "type": "run",
+            "run_id": "r1",
+            "cases": 9,
+            "pending": 9,
+            "peaks": [
+                {
+                    "device": "cpu",
+                    "threads": 2,
+                    "peak_gflops": 100.0,
+                    "peak_source": "numpy",
+                    "peak_by_library": {"torch": 60.0, "numpy": 100.0},
+                }
+            ],
+            "environment": {
+                "time": "2026-01-01T00:00:00+00:00",
+                "cpu_model": "Test CPU",
+                "cpu_cores": 2,
+                "torch": "2.13.0",
+                "numba": "0.68",
+                "numpy": "2.4",
+                "torch_threads": 2,
+                "numba_threads": 2,
+                "git_commit": "abc123",
+            },
+        },
+    )
     for batch in (8, 32):
         for hidden in (128, 256):
             write_case(out, "native", "train", batch, hidden, 0.010, ratio=(1.0, 1.0, 1.0))
-            write_case(out, "fused", "train", batch, hidden, 0.020, noisy=(batch == 8), ratio=(0.5, 0.45, 0.56))
+            write_case(
+                out,
+                "fused",
+                "train",
+                batch,
+                hidden,
+                0.020,
+                noisy=(batch == 8),
+                ratio=(0.5, 0.45, 0.56),
+            )
     write_case(out, "native", "infer", 32, 256, 0.004)
-    write_case(out, "BROKEN", "infer", 32, 256, status="failed", error="RuntimeError: kernel | exploded")
-    write_case(out, "ghost", "infer", 32, 256, status="skipped", error="backend 'ghost' is unavailable: no GPU")
+    write_case(
+        out, "BROKEN", "infer", 32, 256, status="failed", error="RuntimeError: kernel | exploded"
+    )
+    write_case(
+        out,
+        "ghost",
+        "infer",
+        32,
+        256,
+        status="skipped",
+        error="backend 'ghost' is unavailable: no GPU",
+    )
     # measured twice: the last record wins
     write_case(out, "naive", "infer", 32, 256, 0.100, ratio=(0.04, 0.03, 0.05))
     write_case(out, "naive", "infer", 32, 256, 0.008, ratio=(0.5, 0.4, 1.1))
-    write_case(out, "wrong", "infer", 32, 256, status="incorrect",
-               error="infer check failed: output differs from float64 torch.nn by 1.00e+00 (tolerance 2e-05)")
+    write_case(
+        out,
+        "wrong",
+        "infer",
+        32,
+        256,
+        status="incorrect",
+        error="infer check failed: output differs from float64 torch.nn by 1.00e+00 (tolerance 2e-05)",
+    )
     return out
 
 
@@ -60,8 +128,11 @@ def test_report_tables_speedups_failures_and_environment(run_dir):
     text = report.render([str(run_dir)], run_dir / "report.md", plots=False)
     assert "## lstm — train" in text and "## lstm — infer" in text
     # fused at half native's speed: 32*35/0.02 = 56k tokens/s, x0.50; 2*4*... % of a 100 GFLOP/s peak
-    row = next(line for line in text.splitlines() if line.startswith("| 28") and "| 32" in line
-               and "| 256" in line and "×0.50" in line)
+    row = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| 28") and "| 32" in line and "| 256" in line and "×0.50" in line
+    )
     assert "56k (×0.50 (0.45–0.56)" in row and "112k (reference" in row and "| native" in row
     pct = 100 * 3 * 2 * 4 * 32 * 256 * (28 + 256) * 35 / 0.02 / 1e9 / 100.0
     assert f"{pct:.1f}%" in row
@@ -99,9 +170,11 @@ def test_report_default_output_and_missing_dir(run_dir, tmp_path, capsys):
 def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypatch):
     calls = []
     fake = types.ModuleType("bench.tasks.report_section")
-    fake.render = lambda paths, out_dir, link_base: calls.append((paths, out_dir, link_base)) or \
-        "## Training tasks\n\nppl 1.2\n"
+    fake.render = lambda paths, out_dir, link_base: (
+        calls.append((paths, out_dir, link_base)) or "## Training tasks\n\nppl 1.2\n"
+    )
     import bench.tasks
+
     monkeypatch.setitem(sys.modules, "bench.tasks.report_section", fake)
     monkeypatch.setattr(bench.tasks, "report_section", fake, raising=False)
     assert "Training tasks" not in report.render([str(run_dir)], run_dir / "r.md", plots=False)
@@ -114,7 +187,9 @@ def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypat
 
 def test_empty_directory_renders(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert "_No sweep records found._" in report.render([str(tmp_path / "empty")], tmp_path / "r.md")
+    assert "_No sweep records found._" in report.render(
+        [str(tmp_path / "empty")], tmp_path / "r.md"
+    )
 
 
 def test_two_directories_are_labelled(run_dir, tmp_path):
@@ -124,10 +199,17 @@ def test_two_directories_are_labelled(run_dir, tmp_path):
     assert "native [run]" in text and "native [other]" in text
 
 
-def _machine_case(out: Path, backend: str, machine: str, median_s: float, ratio: float, hidden: int = 256) -> None:
+def _machine_case(
+    out: Path, backend: str, machine: str, median_s: float, ratio: float, hidden: int = 256
+) -> None:
     case = Case("lstm", backend, "train", 28, hidden, 1, 32, 35, "cpu", "float32", 2)
-    record = CaseRecord(**asdict(case), run_id=machine, machine=machine, median_s=median_s,
-                        **derived(case, median_s, None))
+    record = CaseRecord(
+        **asdict(case),
+        run_id=machine,
+        machine=machine,
+        median_s=median_s,
+        **derived(case, median_s, None),
+    )
     record.ratio_to_native, record.ratio_ci95 = ratio, [ratio * 0.9, ratio * 1.1]
     append(out, record)
 
@@ -158,4 +240,6 @@ def test_machines_are_columns_apart_and_ratios_never_cross_them(tmp_path):
     _machine_case(mixed, "native", "CPU B (64 cores)", 0.001, 1.0, hidden=512)
     text = report.render([str(mixed)], tmp_path / "m.md", plots=False)
     labels = [c for c in _header(text) if c.startswith("native")]
-    assert len(labels) == 2 and any("CPU A" in c for c in labels) and any("CPU B" in c for c in labels)
+    assert (
+        len(labels) == 2 and any("CPU A" in c for c in labels) and any("CPU B" in c for c in labels)
+    )

@@ -5,6 +5,7 @@ Every backend available here, for every column: a declared capability is checked
 a clear message naming what is missing. A backend that loses a declared capability fails here;
 nothing is skipped because of a declaration.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,9 @@ from cells.capabilities import COLUMNS, declared, markdown, supports
 from cells.equivalence import Config, compare
 
 ROOT = Path(__file__).resolve().parents[1]
-KIND = "lstm"  # the matrix is per backend; packed and dtypes are covered for every kind in test_dropin
+KIND = (
+    "lstm"  # the matrix is per backend; packed and dtypes are covered for every kind in test_dropin
+)
 BACKENDS = cells.backends(KIND)
 
 
@@ -56,7 +59,9 @@ class Model(nn.Module):
 
 def test_docs_matrix_is_generated_from_the_declarations():
     committed = (ROOT / "docs" / "capabilities.md").read_text()
-    assert markdown() in committed, "docs/capabilities.md is stale: python -m cells.capabilities --markdown"
+    assert markdown() in committed, (
+        "docs/capabilities.md is stale: python -m cells.capabilities --markdown"
+    )
 
 
 def test_every_builtin_declares_every_column():
@@ -101,7 +106,7 @@ def _double_backward(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     x = x.clone().requires_grad_(True)
     out, _ = module(x)
     weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-    g, = torch.autograd.grad((out * weight).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad((out * weight).sum(), x, create_graph=True)
     return list(torch.autograd.grad(g.square().sum(), [x, *module.parameters()]))
 
 
@@ -133,7 +138,9 @@ def test_jit_script_in_a_model(backend):
     torch.testing.assert_close(torch.jit.script(model)(x), eager)
 
 
-@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings(
+    "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_export(backend):
     model = Model(backend).eval()
@@ -195,8 +202,14 @@ def test_torch_save_loads_in_a_fresh_process(tmp_path):
         torch.save(out, d / "out.pt")
     """)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     got = torch.load(tmp_path / "out.pt")
     assert set(got) == set(expected)
@@ -213,11 +226,14 @@ def test_cpu_half_precision(backend, kind, dtype):
     cfg = Config(kind, num_layers=2, bidirectional=True, seq_len=5)
     if dtype not in declared(kind, backend).dtypes:
         with pytest.raises(Exception, match=str(dtype).replace("torch.", "")):
-            module = cells.create(kind, backend, cfg.input_size, cfg.hidden_size, dtype=dtype,
-                                  **cfg.nn_kwargs())
+            module = cells.create(
+                kind, backend, cfg.input_size, cfg.hidden_size, dtype=dtype, **cfg.nn_kwargs()
+            )
             module(torch.randn(5, 3, cfg.input_size, dtype=dtype))
         return
-    module = cells.create(kind, backend, cfg.input_size, cfg.hidden_size, dtype=dtype, **cfg.nn_kwargs())
+    module = cells.create(
+        kind, backend, cfg.input_size, cfg.hidden_size, dtype=dtype, **cfg.nn_kwargs()
+    )
     result = compare(module, cfg)  # tolerance from cells/tolerances.py for the dtype
     assert result.passed, result.summary()
 
@@ -227,9 +243,12 @@ def test_packed_or_a_clear_refusal(backend):
     cfg = Config(KIND, num_layers=2, bidirectional=True, batch=4, lengths=(5, 1, 6, 3), seq_len=6)
     module = cells.create(KIND, backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs())
     if not caps(backend).packed:
-        packed = nn.utils.rnn.pack_padded_sequence(torch.randn(6, 4, cfg.input_size), torch.tensor(cfg.lengths),
-                                                   enforce_sorted=False)
-        with pytest.raises(TypeError, match="does not accept PackedSequence input; backends that do: .*naive"):
+        packed = nn.utils.rnn.pack_padded_sequence(
+            torch.randn(6, 4, cfg.input_size), torch.tensor(cfg.lengths), enforce_sorted=False
+        )
+        with pytest.raises(
+            TypeError, match="does not accept PackedSequence input; backends that do: .*naive"
+        ):
             module(packed)
         return
     result = compare(module, cfg)
@@ -240,8 +259,10 @@ def test_packed_or_a_clear_refusal(backend):
 def test_proj_size_or_a_clear_refusal(backend):
     cfg = Config(KIND, num_layers=2, bidirectional=True, batch_first=True, proj_size=2)
     if not caps(backend).proj_size:
-        with pytest.raises(ValueError, match="proj_size=2 is not supported by backend .*; backends with "
-                                             "proj_size: .*fused"):
+        with pytest.raises(
+            ValueError,
+            match="proj_size=2 is not supported by backend .*; backends with proj_size: .*fused",
+        ):
             cells.create(KIND, backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs())
         return
     module = cells.create(KIND, backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs())

@@ -1,4 +1,5 @@
 """Drop-in behaviour: constructor, state_dict, initialisation, errors, dropout, registry."""
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,9 @@ def test_same_parameter_names_shapes_and_init_as_torch_nn(kind, backend):
     ours = make(kind, backend, **KW)
     torch.manual_seed(3)
     ref = TORCH_NN[kind](5, 7, **KW)
-    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
-           [(n, p.shape) for n, p in ref.named_parameters()]
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in ref.named_parameters()
+    ]
     for (name, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
         assert torch.equal(a, b), f"{name} initialised differently from torch.nn"
 
@@ -97,11 +99,17 @@ def test_hx_of_wrong_shape_is_refused(kind, backend):
 @pytest.mark.parametrize("kind, backend", BACKENDS)
 def test_dtype_and_device_mismatches_are_refused(kind, backend):
     module = make(kind, backend)
-    with pytest.raises(TypeError, match="input must have the type torch.float32.*got type torch.float64"):
+    with pytest.raises(
+        TypeError, match="input must have the type torch.float32.*got type torch.float64"
+    ):
         module(torch.randn(4, 3, 5, dtype=torch.float64))
     with pytest.raises(TypeError, match="must have the same dtype as input"):
-        module(torch.randn(4, 3, 5), tuple(s.double() for s in state_tuple("lstm", (1, 3, 7)))
-               if kind == "lstm" else torch.randn(1, 3, 7, dtype=torch.float64))
+        module(
+            torch.randn(4, 3, 5),
+            tuple(s.double() for s in state_tuple("lstm", (1, 3, 7)))
+            if kind == "lstm"
+            else torch.randn(1, 3, 7, dtype=torch.float64),
+        )
     with pytest.raises(RuntimeError, match="input is on meta, but the parameters are on cpu"):
         module(torch.randn(4, 3, 5, device="meta"))
 
@@ -168,9 +176,13 @@ def test_dropout_with_one_layer_warns_like_torch_nn():
 
 # --- the registry ---------------------------------------------------------------------
 def test_unknown_kind_and_backend_list_valid_names():
-    with pytest.raises(ValueError, match="unknown cell kind 'transformer'; expected one of rnn, gru, lstm"):
+    with pytest.raises(
+        ValueError, match="unknown cell kind 'transformer'; expected one of rnn, gru, lstm"
+    ):
         cells.create("transformer", "fused", 5, 7)
-    with pytest.raises(ValueError, match=r"unknown backend 'nope' for 'gru'; available: naive, fused"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'nope' for 'gru'; available: naive, fused"
+    ):
         cells.create("gru", "nope", 5, 7)
 
 
@@ -194,6 +206,7 @@ def test_register_a_third_party_backend():
 
 def test_unavailable_backends_are_listed_with_a_reason(monkeypatch):
     from cells import registry
+
     monkeypatch.setitem(registry.BUILTIN, "ghost", "cells.kernels.does_not_exist:Ghost")
     monkeypatch.setattr(registry, "_table", {k: dict(v) for k, v in registry._table.items()})
     reasons = cells.unavailable("lstm")
@@ -214,13 +227,16 @@ def test_forward_flops_by_hand():
     assert cells.forward_flops("lstm", 28, 256, 32, 35) == 2 * 4 * 32 * 256 * 284 * 35
     # 2 layers, bidirectional GRU: layer 1 sees 2H inputs
     per_step = 2 * 3 * 4 * 8 * ((5 + 8) + (16 + 8)) * 2
-    assert cells.forward_flops("gru", 5, 8, 4, 10, num_layers=2, bidirectional=True) == per_step * 10
+    assert (
+        cells.forward_flops("gru", 5, 8, 4, 10, num_layers=2, bidirectional=True) == per_step * 10
+    )
 
 
 @pytest.mark.parametrize("kind, backend", BACKENDS)
 def test_modules_pickle_and_deepcopy(kind, backend):
     import copy
     import pickle
+
     module = make(kind, backend).eval()
     x = torch.randn(3, 2, 5)
     with torch.no_grad():

@@ -6,6 +6,7 @@ tiny and the timing threads 1. Ray is an optional extra (`cellbench[cluster]`): 
 tests are skipped. They take minutes (a cluster start, and torch imported by every shard task),
 so they run only when CELLBENCH_CLUSTER_TESTS=1, which `nox -s cluster` sets after installing Ray.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 if not os.environ.get("CELLBENCH_CLUSTER_TESTS"):
-    pytest.skip("the Ray cluster tests run with CELLBENCH_CLUSTER_TESTS=1 (nox -s cluster)",
-                allow_module_level=True)
+    pytest.skip(
+        "the Ray cluster tests run with CELLBENCH_CLUSTER_TESTS=1 (nox -s cluster)",
+        allow_module_level=True,
+    )
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -24,10 +27,34 @@ from bench import cli, cluster, sweep  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--min-run-time", "0.001", "--min-repeats", "2", "--warmup", "0", "--no-peak", "--no-memory",
-        "--min-rounds", "2", "--max-rounds", "2", "--threads", "1"]
-TINY = ["--backends", "native,fused", "--modes", "infer", "--input-size", "3", "--hidden-size", "4",
-        "--seq-len", "3"]
+FAST = [
+    "--min-run-time",
+    "0.001",
+    "--min-repeats",
+    "2",
+    "--warmup",
+    "0",
+    "--no-peak",
+    "--no-memory",
+    "--min-rounds",
+    "2",
+    "--max-rounds",
+    "2",
+    "--threads",
+    "1",
+]
+TINY = [
+    "--backends",
+    "native,fused",
+    "--modes",
+    "infer",
+    "--input-size",
+    "3",
+    "--hidden-size",
+    "4",
+    "--seq-len",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +96,23 @@ def planned(*argv: str) -> list[tuple]:
 
 
 def key(record: dict) -> tuple:
-    return tuple(record[name] for name in ("kind", "backend", "mode", "input_size", "hidden_size",
-                                           "num_layers", "batch", "seq_len", "device", "dtype",
-                                           "threads", "optimizer_step"))
+    return tuple(
+        record[name]
+        for name in (
+            "kind",
+            "backend",
+            "mode",
+            "input_size",
+            "hidden_size",
+            "num_layers",
+            "batch",
+            "seq_len",
+            "device",
+            "dtype",
+            "threads",
+            "optimizer_step",
+        )
+    )
 
 
 def groups_of(records: list[dict]) -> dict[tuple, list[dict]]:
@@ -82,20 +123,29 @@ def groups_of(records: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def test_four_shards_give_the_planned_cases_unsplit_and_resume_measures_nothing(local_cluster, tmp_path, capsys):
+def test_four_shards_give_the_planned_cases_unsplit_and_resume_measures_nothing(
+    local_cluster, tmp_path, capsys
+):
     out = tmp_path / "ray"
     grid = [*TINY, "--kinds", "rnn,gru,lstm", "--batch", "1,2", *FAST]
     assert run(*grid, "--executor", "ray", "--shard-count", "4", "--out", str(out)) == 0
     records = case_records(out)
     assert sorted(map(key, records)) == sorted(c.key() for c in planned(*grid))  # each case once
     assert {r["status"] for r in records} == {"ok"}
-    for group in groups_of(records).values():  # a group: one shard, one run, one machine; its own ratio
+    for group in groups_of(
+        records
+    ).values():  # a group: one shard, one run, one machine; its own ratio
         assert len({(r["shard"], r["run_id"], r["machine"]) for r in group}) == 1, group
         assert len(group) == 2 and all(r["ratio_to_native"] for r in group)
         assert {r["shard"] for r in group} <= {f"{k}/4" for k in range(1, 5)}
-    runs = [json.loads(line) for line in (out / RECORDS_FILE).read_text().splitlines()
-            if json.loads(line)["type"] == "run"]
-    assert {r["shard"] for r in runs} == {r["shard"] for r in records}  # each node's environment kept
+    runs = [
+        json.loads(line)
+        for line in (out / RECORDS_FILE).read_text().splitlines()
+        if json.loads(line)["type"] == "run"
+    ]
+    assert {r["shard"] for r in runs} == {
+        r["shard"] for r in records
+    }  # each node's environment kept
     capsys.readouterr()
     assert run(*grid, "--executor", "ray", "--shard-count", "4", "--out", str(out), "--resume") == 0
     assert "all already recorded, 0 to measure" in capsys.readouterr().err
@@ -121,7 +171,9 @@ def test_a_killed_task_is_run_again_and_its_group_measured(local_cluster, tmp_pa
         assert len({r["run_id"] for r in group}) == 1
 
 
-def test_a_task_that_dies_twice_leaves_failed_records_and_resume_measures_them(local_cluster, tmp_path):
+def test_a_task_that_dies_twice_leaves_failed_records_and_resume_measures_them(
+    local_cluster, tmp_path
+):
     out = tmp_path / "ray"
     for name in ("first", "second"):
         (local_cluster / name).write_text("")
@@ -133,16 +185,31 @@ def test_a_task_that_dies_twice_leaves_failed_records_and_resume_measures_them(l
     # each attempt delivered one group before dying; the third group's cases are failed
     assert len(failed) == 2 and all("failed twice" in r["error"] for r in failed)
     assert len({r["run_id"] for r in records if r["status"] == "ok"}) == 2
-    assert run(*grid, "--executor", "ray", "--shard-count", "1", "--out", str(out),
-               "--resume", "--retry-failed") == 0
-    assert {r["status"] for r in case_records(out)[len(records):]} == {"ok"}
+    assert (
+        run(
+            *grid,
+            "--executor",
+            "ray",
+            "--shard-count",
+            "1",
+            "--out",
+            str(out),
+            "--resume",
+            "--retry-failed",
+        )
+        == 0
+    )
+    assert {r["status"] for r in case_records(out)[len(records) :]} == {"ok"}
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--executor", "ray", "--shard", "1/2"], "exclude each other"),
-    (["--shard-count", "2"], "--shard-count needs --executor ray"),
-    (["--executor", "ray", "--shard-count", "0"], "expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--executor", "ray", "--shard", "1/2"], "exclude each other"),
+        (["--shard-count", "2"], "--shard-count needs --executor ray"),
+        (["--executor", "ray", "--shard-count", "0"], "expected an integer >= 1"),
+    ],
+)
 def test_bad_combinations_are_usage_errors(argv, fragment, tmp_path, capsys):
     assert run(*TINY, "--kinds", "rnn", *FAST, "--out", str(tmp_path), *argv) == 2
     err = capsys.readouterr().err

@@ -5,6 +5,7 @@ where torch.nn takes about a millisecond (10 ms on a loaded machine: still a slo
 times, against a 50% threshold); the unchanged rerun is compared with the same generous
 threshold, and needs a *significant* change (bootstrap CI and Mann-Whitney) above it to fail.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,22 @@ from bench.cli import main as cli  # noqa: E402
 
 COPY = "tests.candidates.slowcopy"
 SHAPE = "8,16,4,10"
-RECORD = ["--import", COPY, "--kinds", "lstm", "--backends", "copy", "--modes", "train,infer",
-          "--shape", SHAPE, "--rounds", "7", "--block-time", "0.02"]
+RECORD = [
+    "--import",
+    COPY,
+    "--kinds",
+    "lstm",
+    "--backends",
+    "copy",
+    "--modes",
+    "train,infer",
+    "--shape",
+    SHAPE,
+    "--rounds",
+    "7",
+    "--block-time",
+    "0.02",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +56,7 @@ def files(tmp_path_factory):
         mp.undo()
     yield out
     import cells
+
     for kind in cells.KINDS:  # leave the registry as other test modules expect it
         cells.unregister(kind, "copy")
 
@@ -48,21 +64,29 @@ def files(tmp_path_factory):
 def test_record_format(files):
     data = json.loads((files / "base.json").read_text())
     assert data["format"] == C.FORMAT and data["torch"] and data["machine"] and data["key"]
-    assert [(r["kind"], r["backend"], r["mode"]) for r in data["results"]] == \
-        [("lstm", "copy", "train"), ("lstm", "copy", "infer")]
+    assert [(r["kind"], r["backend"], r["mode"]) for r in data["results"]] == [
+        ("lstm", "copy", "train"),
+        ("lstm", "copy", "infer"),
+    ]
     for r in data["results"]:
         assert len(r["ratios"]) == len(r["native_s"]) == len(r["backend_s"]) == 7
         assert r["ratios"] == pytest.approx([b / a for a, b in zip(r["native_s"], r["backend_s"])])
 
 
 def test_unchanged_rerun_passes(files, capsys):
-    assert cli(["compare", str(files / "base.json"), str(files / "same.json"), "--threshold", "50%"]) == 0
+    assert (
+        cli(["compare", str(files / "base.json"), str(files / "same.json"), "--threshold", "50%"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| lstm | copy | train |" in out and "compare: PASS" in out and "regressed" not in out
 
 
 def test_slowed_backend_is_flagged(files, capsys):
-    assert cli(["compare", str(files / "base.json"), str(files / "slow.json"), "--threshold", "50%"]) == 1
+    assert (
+        cli(["compare", str(files / "base.json"), str(files / "slow.json"), "--threshold", "50%"])
+        == 1
+    )
     out = capsys.readouterr().out
     assert "**regressed**" in out
     last = out.strip().splitlines()[-1]
@@ -73,7 +97,10 @@ def test_slowed_backend_is_flagged(files, capsys):
 
 
 def test_speedup_is_an_improvement_not_a_failure(files):
-    assert cli(["compare", str(files / "slow.json"), str(files / "base.json"), "--threshold", "50%"]) == 0
+    assert (
+        cli(["compare", str(files / "slow.json"), str(files / "base.json"), "--threshold", "50%"])
+        == 0
+    )
     rows = C.compare_records(C.load(files / "slow.json"), C.load(files / "base.json"), 0.5)
     assert {r["status"] for r in rows} == {"improved"}
 
@@ -96,13 +123,15 @@ def test_missing_and_malformed_baselines_are_errors(files, tmp_path, capsys):
     assert cli(["compare", str(bad), new]) == 2
     assert "not readable JSON" in capsys.readouterr().err
     data = json.loads((files / "base.json").read_text())
-    for mutate, message in ((lambda d: d.pop("format"), "format"),
-                            (lambda d: d.update(results=[]), "no results"),
-                            (lambda d: d["results"][0].update(ratios=[1.0, 1.0]), "rounds"),
-                            (lambda d: d["results"][0].update(ratios=[1.0, -1, 1, 1]), "invalid ratios"),
-                            (lambda d: d["results"][0].update(ratios=[True, 1, 1, 1]), "invalid ratios"),
-                            (lambda d: d["results"][0].update(shape="8,16,4,10"), "expected an object"),
-                            (lambda d: d["results"][0]["shape"].pop("batch"), "expected an object")):
+    for mutate, message in (
+        (lambda d: d.pop("format"), "format"),
+        (lambda d: d.update(results=[]), "no results"),
+        (lambda d: d["results"][0].update(ratios=[1.0, 1.0]), "rounds"),
+        (lambda d: d["results"][0].update(ratios=[1.0, -1, 1, 1]), "invalid ratios"),
+        (lambda d: d["results"][0].update(ratios=[True, 1, 1, 1]), "invalid ratios"),
+        (lambda d: d["results"][0].update(shape="8,16,4,10"), "expected an object"),
+        (lambda d: d["results"][0]["shape"].pop("batch"), "expected an object"),
+    ):
         broken = json.loads(json.dumps(data))
         mutate(broken)
         bad.write_text(json.dumps(broken))
@@ -119,7 +148,19 @@ def test_other_machine_or_torch_is_an_error_unless_allowed(files, tmp_path, caps
     assert cli(["compare", str(other), str(files / "same.json"), "--threshold", "50%"]) == 2
     err = capsys.readouterr().err
     assert "machine differs" in err and "torch differs" in err
-    assert cli(["compare", str(other), str(files / "same.json"), "--threshold", "50%", "--allow-mismatch"]) == 0
+    assert (
+        cli(
+            [
+                "compare",
+                str(other),
+                str(files / "same.json"),
+                "--threshold",
+                "50%",
+                "--allow-mismatch",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "warning: machine differs" in captured.err and "> warning:" in captured.out
 
@@ -142,21 +183,41 @@ def test_baseline_directory_is_keyed_by_machine_and_torch(files, tmp_path, capsy
 
 
 def test_record_refuses_too_few_rounds_and_unknown_backends(tmp_path, capsys):
-    assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm", "--rounds", "2"]) == 2
+    assert (
+        cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm", "--rounds", "2"])
+        == 2
+    )
     assert "--rounds: expected an integer >= 4, got '2'" in capsys.readouterr().err
-    assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm",
-                "--backends", "warp-drive", "--rounds", "5"]) == 2
+    assert (
+        cli(
+            [
+                "compare",
+                "--record",
+                str(tmp_path / "x.json"),
+                "--kinds",
+                "lstm",
+                "--backends",
+                "warp-drive",
+                "--rounds",
+                "5",
+            ]
+        )
+        == 2
+    )
     assert "not available" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--modes", "fly"], "unknown mode 'fly'; valid: train, infer, generate"),
-    (["--kinds", "lstmx"], "unknown kind 'lstmx'; valid: rnn, gru, lstm"),
-    (["--confidence", "1.5"], "--confidence: expected a number > 0 and <= 1, got '1.5'"),
-    (["--shape", "8,16,4"], "--shape: expected four positive integers"),
-    (["--block-time", "0"], "--block-time: expected a number > 0"),
-    (["--threads", "0"], "--threads: expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--modes", "fly"], "unknown mode 'fly'; valid: train, infer, generate"),
+        (["--kinds", "lstmx"], "unknown kind 'lstmx'; valid: rnn, gru, lstm"),
+        (["--confidence", "1.5"], "--confidence: expected a number > 0 and <= 1, got '1.5'"),
+        (["--shape", "8,16,4"], "--shape: expected four positive integers"),
+        (["--block-time", "0"], "--block-time: expected a number > 0"),
+        (["--threads", "0"], "--threads: expected an integer >= 1"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
     assert cli(["compare", "--record", str(tmp_path / "x.json"), "--kinds", "lstm", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -166,15 +227,39 @@ def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
 
 def test_an_incorrect_backend_is_not_recorded(tmp_path, capsys, monkeypatch):
     plugin = tmp_path / "gate_order_plugin.py"
-    plugin.write_text("import cells\nfrom tests.candidates.bugs import GateOrderLSTM\n"
-                      "cells.register('lstm', 'gate_order_bug', GateOrderLSTM, replace=True)\n")
+    plugin.write_text(
+        "import cells\nfrom tests.candidates.bugs import GateOrderLSTM\n"
+        "cells.register('lstm', 'gate_order_bug', GateOrderLSTM, replace=True)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        assert cli(["compare", "--record", str(tmp_path / "x.json"), "--import", "gate_order_plugin",
-                    "--kinds", "lstm", "--backends", "gate_order_bug", "--modes", "infer", "--shape", SHAPE,
-                    "--rounds", "4", "--block-time", "0.01"]) == 2
+        assert (
+            cli(
+                [
+                    "compare",
+                    "--record",
+                    str(tmp_path / "x.json"),
+                    "--import",
+                    "gate_order_plugin",
+                    "--kinds",
+                    "lstm",
+                    "--backends",
+                    "gate_order_bug",
+                    "--modes",
+                    "infer",
+                    "--shape",
+                    SHAPE,
+                    "--rounds",
+                    "4",
+                    "--block-time",
+                    "0.01",
+                ]
+            )
+            == 2
+        )
     finally:
         import cells
+
         cells.unregister("lstm", "gate_order_bug")
     assert "lstm/gate_order_bug/infer is incorrect: infer check failed" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -1,5 +1,6 @@
 """Backend `compiled`: equivalence with float64 torch.nn, one compile per kind (not per shape),
 and the hand-written backward of `Recurrence` checked eagerly (no compilation) on its own."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,23 +10,35 @@ import cells
 from cells.equivalence import Config, compare
 from cells.kernels import compiled
 
-pytestmark = pytest.mark.skipif(compiled.unavailable_reason() is not None,
-                                reason=f"compiled unavailable: {compiled.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    compiled.unavailable_reason() is not None,
+    reason=f"compiled unavailable: {compiled.unavailable_reason()}",
+)
 
 CONFIGS = [
-    Config("lstm"), Config("gru"), Config("rnn"), Config("rnn", nonlinearity="relu"),
-    Config("lstm", num_layers=3, bidirectional=True), Config("gru", num_layers=2, bidirectional=True),
+    Config("lstm"),
+    Config("gru"),
+    Config("rnn"),
+    Config("rnn", nonlinearity="relu"),
+    Config("lstm", num_layers=3, bidirectional=True),
+    Config("gru", num_layers=2, bidirectional=True),
     Config("lstm", batch_first=True, bias=False, with_hx=False),
-    Config("gru", bias=False, with_hx=False), Config("rnn", batch=None),
-    Config("lstm", batch=None), Config("gru", batch=1, seq_len=1), Config("lstm", batch=1),
-    Config("lstm", seq_len=200, num_layers=2), Config("gru", seq_len=200),
+    Config("gru", bias=False, with_hx=False),
+    Config("rnn", batch=None),
+    Config("lstm", batch=None),
+    Config("gru", batch=1, seq_len=1),
+    Config("lstm", batch=1),
+    Config("lstm", seq_len=200, num_layers=2),
+    Config("gru", seq_len=200),
     Config("rnn", nonlinearity="relu", seq_len=200, num_layers=2, bidirectional=True),
 ]
 
 
 def _build(config: Config, backend: str = "compiled"):
     torch.manual_seed(0)
-    return cells.create(config.kind, backend, config.input_size, config.hidden_size, **config.nn_kwargs())
+    return cells.create(
+        config.kind, backend, config.input_size, config.hidden_size, **config.nn_kwargs()
+    )
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=Config.label)
@@ -42,14 +55,22 @@ class _EagerSteps(cells.RecurrentBase):
         return compiled.recurrent_layer(variant, compiled.EAGER_STEPS[variant], x, state, weights)
 
 
-@pytest.mark.parametrize("config", [
-    Config("lstm", num_layers=2, bidirectional=True), Config("gru", bias=False), Config("gru", batch=1),
-    Config("rnn", nonlinearity="relu", with_hx=False), Config("lstm", batch=None, seq_len=1),
-], ids=Config.label)
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config("lstm", num_layers=2, bidirectional=True),
+        Config("gru", bias=False),
+        Config("gru", batch=1),
+        Config("rnn", nonlinearity="relu", with_hx=False),
+        Config("lstm", batch=None, seq_len=1),
+    ],
+    ids=Config.label,
+)
 def test_recurrence_backward_eager(config):
     torch.manual_seed(0)
-    module = cells.for_kind(_EagerSteps, config.kind)(config.input_size, config.hidden_size,
-                                                       **config.nn_kwargs())
+    module = cells.for_kind(_EagerSteps, config.kind)(
+        config.input_size, config.hidden_size, **config.nn_kwargs()
+    )
     result = compare(module, config)
     assert result.passed, result.summary()
 
@@ -63,6 +84,7 @@ def test_float64_is_exact():
 
 def test_no_recompile_for_new_sequence_length_or_batch():
     from torch._dynamo.utils import counters
+
     module = _build(Config("lstm"))
     # T = K + 1: one single step and one K-step chunk, so every step function is compiled (or
     # found); later sequence lengths only change how many chunk and single-step calls run
@@ -80,7 +102,9 @@ def test_compile_time_is_observable():
     module = _build(Config("rnn"))
     module(torch.randn(4, 2, 5))[0].sum().backward()
     times = compiled.compile_times()
-    assert {"rnn_tanh.forward[torch.float32, cpu]", "rnn_tanh.backward[torch.float32, cpu]"} <= set(times)
+    assert {"rnn_tanh.forward[torch.float32, cpu]", "rnn_tanh.backward[torch.float32, cpu]"} <= set(
+        times
+    )
     assert all(t > 0 for t in times.values())
 
 
@@ -100,8 +124,9 @@ def test_chunked_matches_single_steps():
     config = Config("lstm", seq_len=2 * compiled.CHUNK + 3, num_layers=2)
     chunked = _build(config)
     torch.manual_seed(0)
-    single = cells.for_kind(_EagerSteps, config.kind)(config.input_size, config.hidden_size,
-                                                      **config.nn_kwargs())
+    single = cells.for_kind(_EagerSteps, config.kind)(
+        config.input_size, config.hidden_size, **config.nn_kwargs()
+    )
     x = torch.randn(config.seq_len, 4, config.input_size, requires_grad=True)
     outs = []
     for module in (chunked, single):
@@ -133,25 +158,44 @@ def test_packed_mm_uses_registered_weight_and_falls_back():
 
 # --- inference on short inputs (generation): the no-grad path --------------------------------
 SHORT_CONFIGS = [
-    Config("lstm", seq_len=1, batch=1), Config("gru", seq_len=1, batch=1), Config("rnn", seq_len=1, batch=1),
-    Config("rnn", nonlinearity="relu", seq_len=3), Config("lstm", seq_len=4, num_layers=2, bidirectional=True),
-    Config("gru", seq_len=2, bias=False, with_hx=False), Config("lstm", seq_len=1, batch=None, bias=False),
-    Config("gru", seq_len=3, batch_first=True, num_layers=2), Config("rnn", seq_len=1, batch=5, with_hx=False),
+    Config("lstm", seq_len=1, batch=1),
+    Config("gru", seq_len=1, batch=1),
+    Config("rnn", seq_len=1, batch=1),
+    Config("rnn", nonlinearity="relu", seq_len=3),
+    Config("lstm", seq_len=4, num_layers=2, bidirectional=True),
+    Config("gru", seq_len=2, bias=False, with_hx=False),
+    Config("lstm", seq_len=1, batch=None, bias=False),
+    Config("gru", seq_len=3, batch_first=True, num_layers=2),
+    Config("rnn", seq_len=1, batch=5, with_hx=False),
 ]
 
 
 def _float64_pair(config: Config):
     """The compiled module and torch.nn in float64 with the same weights, inputs and states."""
     from cells.equivalence import reference_module
+
     module = _build(config).eval()
     reference = reference_module(config).eval()
     reference.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     batch = () if config.batch is None else (config.batch,)
-    x = torch.randn(*((batch + (config.seq_len,)) if config.batch_first and batch else
-                      (config.seq_len,) + batch), config.input_size)
+    x = torch.randn(
+        *(
+            (batch + (config.seq_len,))
+            if config.batch_first and batch
+            else (config.seq_len,) + batch
+        ),
+        config.input_size,
+    )
     states = (2 if config.kind == "lstm" else 1) if config.with_hx else 0
-    hx = tuple(torch.randn(config.num_layers * (2 if config.bidirectional else 1), *batch, config.hidden_size)
-               for _ in range(states)) or None
+    hx = (
+        tuple(
+            torch.randn(
+                config.num_layers * (2 if config.bidirectional else 1), *batch, config.hidden_size
+            )
+            for _ in range(states)
+        )
+        or None
+    )
     return module, reference, x, hx
 
 
@@ -160,19 +204,28 @@ def _relative_error(got, want) -> float:
 
 
 @pytest.mark.parametrize("config", SHORT_CONFIGS, ids=Config.label)
-@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize(
+    "context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"]
+)
 def test_short_inference_matches_float64_torch_nn(config, context):
     from cells.tolerances import tolerance
+
     module, reference, x, hx = _float64_pair(config)
     arg = None if hx is None else (hx if config.kind == "lstm" else hx[0])
     with context():
         got = module(x, arg)
-    want = reference(x.double(), None if hx is None else (tuple(h.double() for h in hx) if config.kind == "lstm"
-                                                          else hx[0].double()))
+    want = reference(
+        x.double(),
+        None
+        if hx is None
+        else (tuple(h.double() for h in hx) if config.kind == "lstm" else hx[0].double()),
+    )
     for g, w in zip([got[0], *compiled_states(got[1])], [want[0], *compiled_states(want[1])]):
         assert g.shape == w.shape and g.dtype == torch.float32
         assert _relative_error(g, w.detach()) <= tolerance(torch.float32)
-    assert got[0].data_ptr() != compiled_states(got[1])[0].data_ptr()  # output and state never share
+    assert (
+        got[0].data_ptr() != compiled_states(got[1])[0].data_ptr()
+    )  # output and state never share
 
 
 def compiled_states(hx):
@@ -184,7 +237,9 @@ def test_generation_step_by_step_matches_float64_torch_nn_and_compiles_nothing_n
     equal to torch.nn on the whole sequence; after the first calls, no new graph for other batch sizes,
     sequence lengths below SHORT_STEPS or unbatched input; batch 1 (run eagerly) compiles nothing."""
     from torch._dynamo.utils import counters
+
     from cells.tolerances import tolerance
+
     config = Config("lstm", num_layers=2, seq_len=12, batch=1)
     module, reference, x, _ = _float64_pair(config)
     with torch.no_grad():
@@ -192,7 +247,7 @@ def test_generation_step_by_step_matches_float64_torch_nn_and_compiles_nothing_n
         graphs = counters["stats"]["unique_graphs"]
         state, ys = None, []
         for t in range(config.seq_len):
-            y, state = module(x[t:t + 1], state)
+            y, state = module(x[t : t + 1], state)
             ys.append(y)
         assert counters["stats"]["unique_graphs"] == graphs, "batch-1 generation compiled a graph"
         before = graphs
@@ -212,8 +267,11 @@ def test_short_inference_path_only_without_grad(monkeypatch):
     SHORT_STEPS the chunked path runs; only short no-grad calls take the inference step."""
     taken = []
     real = compiled.infer_short
-    monkeypatch.setattr(compiled, "infer_short",
-                        lambda *a, **k: taken.append((a[1].size(0), k.get("eager"))) or real(*a, **k))
+    monkeypatch.setattr(
+        compiled,
+        "infer_short",
+        lambda *a, **k: taken.append((a[1].size(0), k.get("eager"))) or real(*a, **k),
+    )
     module = _build(Config("gru"))
     module(torch.randn(1, 2, 5))[0].sum().backward()
     assert all(p.grad is not None for p in module.parameters()) and taken == []

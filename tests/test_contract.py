@@ -4,6 +4,7 @@ Every built-in backend and the correct stepwise candidates keep every clause; ea
 (tests/candidates/contract_bugs.py) passes equivalence yet fails exactly the check it targets,
 and validate rejects it naming that check in its one-line reason.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,22 +19,32 @@ if str(ROOT) not in sys.path:
 
 import cells  # noqa: E402
 from bench import contract as C  # noqa: E402
-from cells.capabilities import capabilities_of, type_of  # noqa: E402
 from bench import validate as V  # noqa: E402
 from bench.cli import main as cli  # noqa: E402
+from cells.capabilities import capabilities_of, type_of  # noqa: E402
 from tests.candidates import contract_bugs, stepwise  # noqa: E402
 
 BUGS = "tests.candidates.contract_bugs"
 PLANTED = {  # check -> the candidate that breaks only it
-    "dtype-device": "Float64OutLSTM", "inputs-unchanged": "HxWriteBackLSTM",
-    "non-contiguous": "AsStridedLSTM", "requires-grad": "HxIgnoredWithoutGradLSTM",
-    "grad-accumulation": "GradScratchLSTM", "same-call-twice": "CarriedStateLSTM",
-    "new-shapes": "FirstBatchLSTM", "train-eval": "DropoutInEvalLSTM",
-    "thread-count": "ThreadDependentLSTM", "determinism": "NondeterministicLSTM",
-    "state-dict": "CallCounterLSTM", "module-copies": "PackedAtFirstCallLSTM",
+    "dtype-device": "Float64OutLSTM",
+    "inputs-unchanged": "HxWriteBackLSTM",
+    "non-contiguous": "AsStridedLSTM",
+    "requires-grad": "HxIgnoredWithoutGradLSTM",
+    "grad-accumulation": "GradScratchLSTM",
+    "same-call-twice": "CarriedStateLSTM",
+    "new-shapes": "FirstBatchLSTM",
+    "train-eval": "DropoutInEvalLSTM",
+    "thread-count": "ThreadDependentLSTM",
+    "determinism": "NondeterministicLSTM",
+    "state-dict": "CallCounterLSTM",
+    "module-copies": "PackedAtFirstCallLSTM",
 }
-BUILTIN = [(kind, backend) for kind in cells.KINDS for backend in cells.backends(kind)
-           if backend in cells.registry.BUILTIN]
+BUILTIN = [
+    (kind, backend)
+    for kind in cells.KINDS
+    for backend in cells.backends(kind)
+    if backend in cells.registry.BUILTIN
+]
 
 
 def test_every_check_is_described_and_has_a_planted_bug():
@@ -65,27 +76,45 @@ def test_builtin_backend_keeps_the_contract(kind, backend, record_property):
     assert [f"{v.name}: {v.status}: {v.detail}" for v in verdicts if v.status != "pass"] == []
 
 
-@pytest.mark.parametrize("factory, kind", [(stepwise.StepLSTM, "lstm"), (stepwise.make_gru, "gru"),
-                                           (stepwise.StepRNN, "rnn")], ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(
+    "factory, kind",
+    [(stepwise.StepLSTM, "lstm"), (stepwise.make_gru, "gru"), (stepwise.StepRNN, "rnn")],
+    ids=["lstm", "gru", "rnn"],
+)
 def test_stepwise_candidates_keep_the_contract(factory, kind):
     verdicts = {v.name: v for v in C.run_contract(factory, kind, device="cpu")}
     # stepwise refuses dropout at construction: unsupported, not failed
     dropout = verdicts.pop("train-eval")
-    assert dropout.status == "unsupported" and dropout.detail.startswith("dropout: construction raised")
+    assert dropout.status == "unsupported" and dropout.detail.startswith(
+        "dropout: construction raised"
+    )
     assert {n: v.status for n, v in verdicts.items() if v.status != "pass"} == {}
 
 
 def test_required_option_turns_unsupported_into_a_failure():
-    (verdict,) = C.run_contract(stepwise.StepLSTM, "lstm", required={"dropout"}, device="cpu",
-                                checks=tuple(c for c in C.CONTRACT if c.name == "train-eval"))
+    (verdict,) = C.run_contract(
+        stepwise.StepLSTM,
+        "lstm",
+        required={"dropout"},
+        device="cpu",
+        checks=tuple(c for c in C.CONTRACT if c.name == "train-eval"),
+    )
     assert verdict.status == "fail" and "required option dropout is unsupported" in verdict.detail
 
 
 @pytest.mark.parametrize("check, cls", PLANTED.items(), ids=list(PLANTED))
 def test_validate_rejects_the_planted_bug_naming_its_check(check, cls, tmp_path):
     try:
-        v = V.validate(f"{BUGS}:{cls}", "lstm", quick=True, train=False, run_speed=False,
-                       device="cpu", out=tmp_path, progress=lambda s: None)
+        v = V.validate(
+            f"{BUGS}:{cls}",
+            "lstm",
+            quick=True,
+            train=False,
+            run_speed=False,
+            device="cpu",
+            out=tmp_path,
+            progress=lambda s: None,
+        )
     finally:
         cells.unregister("lstm", "candidate")
     # correct everywhere else: the whole equivalence matrix passes ...
@@ -103,10 +132,16 @@ def test_cli_names_the_failed_check(tmp_path, capsys):
     try:
         assert cli(["validate", f"{BUGS}:GradScratchLSTM", *common, str(tmp_path / "bad")]) == 1
         last = capsys.readouterr().out.strip().splitlines()[-1]
-        assert last.startswith("validate: FAIL: contract: grad-accumulation: .grad after 2 backward")
-        assert cli(["validate", "tests.candidates.stepwise:StepLSTM", *common, str(tmp_path / "ok")]) == 0
+        assert last.startswith(
+            "validate: FAIL: contract: grad-accumulation: .grad after 2 backward"
+        )
+        assert (
+            cli(["validate", "tests.candidates.stepwise:StepLSTM", *common, str(tmp_path / "ok")])
+            == 0
+        )
         assert "unsupported: train-eval (dropout)" in capsys.readouterr().out
         from bench.records import frame
+
         record = frame([tmp_path / "ok"], "validate").iloc[0]
         assert {c["name"]: c["status"] for c in record["contract"]}["train-eval"] == "unsupported"
     finally:
@@ -114,8 +149,12 @@ def test_cli_names_the_failed_check(tmp_path, capsys):
 
 
 def test_failure_reason_names_the_first_failure_and_the_others():
-    verdicts = [C.ContractVerdict("a", "", "", "pass", "ok"), C.ContractVerdict("b", "", "", "fail", "why"),
-                C.ContractVerdict("c", "", "", "unsupported", "x"), C.ContractVerdict("d", "", "", "fail", "y")]
+    verdicts = [
+        C.ContractVerdict("a", "", "", "pass", "ok"),
+        C.ContractVerdict("b", "", "", "fail", "why"),
+        C.ContractVerdict("c", "", "", "unsupported", "x"),
+        C.ContractVerdict("d", "", "", "fail", "y"),
+    ]
     assert C.failure_reason(verdicts) == "contract: b: why (also failed: d)"
     assert C.failure_reason(verdicts[:1]) == ""
 
@@ -125,6 +164,7 @@ def test_a_check_that_raises_fails_with_where_it_was():
         module = torch.nn.LSTM(input_size, hidden_size, **kwargs)
         module.forward = lambda *a: (_ for _ in ()).throw(RuntimeError("kernel exploded"))
         return module
+
     (verdict,) = C.run_contract(broken, "lstm", device="cpu", checks=C.CONTRACT[:1])
     assert verdict.status == "fail"
     assert verdict.detail == "float32 input, hx given: raised RuntimeError: kernel exploded"

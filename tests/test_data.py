@@ -1,15 +1,16 @@
 """bench.data: lookup order, checksums, the shipped copies, atomic downloads from a local HTTP
 server (the Time Machine, the names zip, the poems' JSON), messages."""
+
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.server
-import fnmatch
 import io
 import lzma
 import os
-import sys
 import shutil
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -92,7 +93,9 @@ def test_offline_without_file_says_how_to_provide(isolated, monkeypatch):
 
 def test_poems_offline_is_not_found_and_names_the_sample(isolated, monkeypatch):
     monkeypatch.setenv(bdata.ENV_OFFLINE, "1")
-    with pytest.raises(bdata.DataNotFound, match=r"poems_tang.txt .*downloads are off.*--corpus sample"):
+    with pytest.raises(
+        bdata.DataNotFound, match=r"poems_tang.txt .*downloads are off.*--corpus sample"
+    ):
         bdata.locate("poems_tang.txt")
 
 
@@ -165,7 +168,9 @@ def _zip(files: dict[str, bytes]) -> bytes:
 
 def test_names_zip_download_verifies_each_file(isolated, server):
     base, root = server
-    files = {f"data/names/{p.name}": p.read_bytes() for p in sorted((SHIPPED / "names").glob("*.txt"))}
+    files = {
+        f"data/names/{p.name}": p.read_bytes() for p in sorted((SHIPPED / "names").glob("*.txt"))
+    }
     files["data/eng-fra.txt"] = b"ignored"
     (root / "data.zip").write_bytes(_zip(files))
     path = bdata.locate("names", url=base + "data.zip")
@@ -205,6 +210,7 @@ def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):
 
 # --- the copies shipped in the package ---------------------------------------------------------
 
+
 def test_shipped_copies_are_found_without_data_dir_or_network(tmp_path, monkeypatch):
     monkeypatch.delenv(bdata.ENV_DATA, raising=False)
     monkeypatch.setenv(bdata.ENV_CACHE, str(tmp_path / "empty-cache"))
@@ -240,7 +246,9 @@ def test_corrupted_shipped_copy_is_an_error_not_a_download(tmp_path, monkeypatch
     with pytest.raises(bdata.DataError, match=r"Korean.txt has SHA256 .*expected cd54221c"):
         bdata.find("names")
     (package / "poems_tang_sample.txt.xz").write_bytes(lzma.compress(b"title:content\n"))
-    with pytest.raises(bdata.DataError, match=r"poems_tang_sample.txt.xz has SHA256 .*expected e3447fba"):
+    with pytest.raises(
+        bdata.DataError, match=r"poems_tang_sample.txt.xz has SHA256 .*expected e3447fba"
+    ):
         bdata.find("poems_sample")
 
 
@@ -249,12 +257,15 @@ def test_package_data_globs_cover_every_shipped_file():
     if sys.version_info < (3, 11):
         pytest.skip("tomllib is Python 3.11+")
     import tomllib
+
     root = Path(__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     globs = config["tool"]["setuptools"]["package-data"]["bench"]
-    shipped = [p.relative_to(root / "bench").as_posix()
-               for p in (root / "bench" / "datasets").rglob("*") if p.is_file()
-               and "__pycache__" not in p.parts]
+    shipped = [
+        p.relative_to(root / "bench").as_posix()
+        for p in (root / "bench" / "datasets").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
     assert len(shipped) >= 21  # the book, 18 names files, the poems sample, the README
     missing = [f for f in shipped if not any(fnmatch.fnmatchcase(f, g) for g in globs)]
     assert missing == []
@@ -267,12 +278,14 @@ POETRY = FIXTURES / "chinese_poetry"
 
 def test_conversion_reproduces_the_first_lines_of_poems_tang():
     from bench.tasks.poems_corpus import convert
+
     expected = (POETRY / "poems_tang_head.txt").read_text(encoding="utf-8").splitlines()
     assert convert((POETRY / "poet.tang.0.json").read_bytes()) == expected
 
 
 def test_conversion_refuses_malformed_json():
     from bench.tasks.poems_corpus import convert
+
     with pytest.raises(bdata.DataError, match="x.json is not valid UTF-8 JSON"):
         convert(b'[{"title": "t", "paragraphs": ["a"', "x.json")
     with pytest.raises(bdata.DataError, match=r"x.json poem 0: expected 'paragraphs' as a list"):
@@ -289,6 +302,7 @@ def poetry_server(isolated, server, monkeypatch):
     for name in names:
         shutil.copy(POETRY / name, root / name)
     from bench.tasks.poems_corpus import corpus_bytes
+
     expected = corpus_bytes((n, (POETRY / n).read_bytes()) for n in names)
     monkeypatch.setattr(bdata, "POEMS_JSON_FILES", names)
     monkeypatch.setattr(bdata.POEMS.files[0], "digest", hashlib.sha256(expected).hexdigest())
@@ -312,7 +326,9 @@ def test_poems_download_converts_and_verifies(isolated, poetry_server, monkeypat
 def test_poems_download_corrupted_json_leaves_nothing(isolated, poetry_server):
     base, root, _ = poetry_server
     (root / "poet.tang.1000.json").write_bytes((POETRY / "poet.tang.1000.json").read_bytes()[:40])
-    with pytest.raises(bdata.DataError, match=r"poet.tang.1000.json is not valid UTF-8 JSON.*nothing was kept"):
+    with pytest.raises(
+        bdata.DataError, match=r"poet.tang.1000.json is not valid UTF-8 JSON.*nothing was kept"
+    ):
         bdata.find("poems_tang.txt", url=base)
     assert _leftovers(isolated) == []
 
@@ -329,15 +345,20 @@ def test_poems_download_with_changed_content_fails_the_checksum(isolated, poetry
 def test_poems_download_missing_file_leaves_nothing(isolated, poetry_server):
     base, root, _ = poetry_server
     (root / "poet.tang.1000.json").unlink()
-    with pytest.raises(bdata.DataError, match=r"cannot download .*poet.tang.1000.json.*nothing was kept"):
+    with pytest.raises(
+        bdata.DataError, match=r"cannot download .*poet.tang.1000.json.*nothing was kept"
+    ):
         bdata.find("poems_tang.txt", url=base)
     assert _leftovers(isolated) == []
 
 
-@pytest.mark.skipif(DATA is None or not (DATA / "poems_tang.txt").is_file(),
-                    reason="poems_tang.txt not found in $CELLBENCH_DATA")
+@pytest.mark.skipif(
+    DATA is None or not (DATA / "poems_tang.txt").is_file(),
+    reason="poems_tang.txt not found in $CELLBENCH_DATA",
+)
 def test_shipped_poems_sample_is_drawn_from_the_corpus():
     import random
+
     lines = (DATA / "poems_tang.txt").read_text(encoding="utf-8").splitlines()
     idx = sorted(random.Random(0).sample(range(len(lines)), 3000))
     assert bdata.read_text("poems_sample").splitlines() == [lines[i] for i in idx]

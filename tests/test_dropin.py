@@ -5,6 +5,7 @@ The acceptance model is written the common way (embedding -> pack_padded_sequenc
 -> pad_packed_sequence -> linear head); every backend swapped in must match torch.nn, or refuse
 packed input with a clear message if it declares so.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,17 +31,26 @@ def trains(kind: str, backend: str) -> bool:
 class Tagger(nn.Module):
     """The common way: embedding, packed batch, recurrent stack, unpack, linear head."""
 
-    def __init__(self, kind: str, backend: str, vocab: int = 11, emb: int = 5, hidden: int = 6) -> None:
+    def __init__(
+        self, kind: str, backend: str, vocab: int = 11, emb: int = 5, hidden: int = 6
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, emb, padding_idx=0)
-        make = getattr(nn, kind.upper()) if backend == "torch.nn" else \
-            (lambda *a, **k: cells.create(kind, backend, *a, **k))
-        self.rnn = make(emb, hidden, num_layers=2, bidirectional=True, batch_first=True, dropout=0.3)
+        make = (
+            getattr(nn, kind.upper())
+            if backend == "torch.nn"
+            else (lambda *a, **k: cells.create(kind, backend, *a, **k))
+        )
+        self.rnn = make(
+            emb, hidden, num_layers=2, bidirectional=True, batch_first=True, dropout=0.3
+        )
         self.head = nn.Linear(2 * hidden, 3)
 
     def forward(self, tokens, lengths):
         self.rnn.flatten_parameters()
-        packed = pack_padded_sequence(self.embed(tokens), lengths, batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.embed(tokens), lengths, batch_first=True, enforce_sorted=False
+        )
         out, state = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.size(1))
         h_n = state[0] if isinstance(state, tuple) else state
@@ -63,7 +73,9 @@ def test_common_model_matches_torch_nn(kind, backend):
     model.load_state_dict(reference.state_dict())
     tokens, lengths = _batch()
     if not declared(kind, backend).packed:
-        with pytest.raises(TypeError, match="does not accept PackedSequence input; backends that do"):
+        with pytest.raises(
+            TypeError, match="does not accept PackedSequence input; backends that do"
+        ):
             model(tokens, lengths)
         return
     for m in (model, reference):
@@ -72,8 +84,11 @@ def test_common_model_matches_torch_nn(kind, backend):
     results = []
     for m in (model, reference):
         out, h_n = m(tokens, lengths)
-        grads = torch.autograd.grad((out * upstream).sum() + h_n.square().sum(), list(m.parameters())) \
-            if trains(kind, backend) else ()
+        grads = (
+            torch.autograd.grad((out * upstream).sum() + h_n.square().sum(), list(m.parameters()))
+            if trains(kind, backend)
+            else ()
+        )
         results.append((out, h_n, grads))
     (out, h_n, grads), (ref_out, ref_h, ref_grads) = results
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
@@ -98,7 +113,9 @@ def test_autocast_bf16_behaves_as_torch_nn(kind, backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref_out, _ = reference(lin(x))
         if torch.bfloat16 not in declared(kind, backend).dtypes:
-            with pytest.raises(TypeError, match="does not compute in torch.bfloat16 under torch.autocast"):
+            with pytest.raises(
+                TypeError, match="does not compute in torch.bfloat16 under torch.autocast"
+            ):
                 module(lin(x))
             return
         out, state = module(lin(x))
@@ -112,14 +129,26 @@ def packed_configs(kind: str) -> list[Config]:
     for layers in (1, 2):
         for bidirectional in (False, True):
             for lengths in ((5, 1, 3, 5), (4, 4, 4, 4)):
-                configs.append(Config(kind, num_layers=layers, bidirectional=bidirectional, batch=4,
-                                      seq_len=max(lengths), lengths=lengths,
-                                      batch_first=layers == 2, with_hx=lengths[1] != 4))
-    configs.append(Config(kind, num_layers=2, bidirectional=True, batch=3, seq_len=1, lengths=(1, 1, 1)))
+                configs.append(
+                    Config(
+                        kind,
+                        num_layers=layers,
+                        bidirectional=bidirectional,
+                        batch=4,
+                        seq_len=max(lengths),
+                        lengths=lengths,
+                        batch_first=layers == 2,
+                        with_hx=lengths[1] != 4,
+                    )
+                )
+    configs.append(
+        Config(kind, num_layers=2, bidirectional=True, batch=3, seq_len=1, lengths=(1, 1, 1))
+    )
     gen = torch.Generator().manual_seed(len(kind))
     random = tuple(int(n) for n in torch.randint(1, 8, (6,), generator=gen))
-    configs.append(Config(kind, num_layers=2, bidirectional=True, batch=6, seq_len=max(random),
-                          lengths=random))
+    configs.append(
+        Config(kind, num_layers=2, bidirectional=True, batch=6, seq_len=max(random), lengths=random)
+    )
     return configs
 
 
@@ -137,10 +166,14 @@ def test_packed_matches_float64_torch_nn(kind, backend):
 @pytest.mark.parametrize("backend", PROJ)
 def test_proj_size_matches_float64_torch_nn(backend):
     base = Config("lstm", proj_size=3)
-    configs = [base, dataclasses.replace(base, num_layers=2, bidirectional=True, batch_first=True),
-               dataclasses.replace(base, bias=False, with_hx=False, num_layers=2),
-               dataclasses.replace(base, batch=None), dataclasses.replace(base, proj_size=1, seq_len=1),
-               dataclasses.replace(base, num_layers=2, bidirectional=True, batch=4, lengths=(6, 2, 1, 6))]
+    configs = [
+        base,
+        dataclasses.replace(base, num_layers=2, bidirectional=True, batch_first=True),
+        dataclasses.replace(base, bias=False, with_hx=False, num_layers=2),
+        dataclasses.replace(base, batch=None),
+        dataclasses.replace(base, proj_size=1, seq_len=1),
+        dataclasses.replace(base, num_layers=2, bidirectional=True, batch=4, lengths=(6, 2, 1, 6)),
+    ]
     failures = []
     for cfg in configs:
         module = cells.create("lstm", backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs())
@@ -148,8 +181,14 @@ def test_proj_size_matches_float64_torch_nn(backend):
         if not result.passed:
             failures.append(result.summary())
         if backend != "native":
-            float64 = cells.create("lstm", backend, cfg.input_size, cfg.hidden_size, dtype=torch.float64,
-                                   **cfg.nn_kwargs())
+            float64 = cells.create(
+                "lstm",
+                backend,
+                cfg.input_size,
+                cfg.hidden_size,
+                dtype=torch.float64,
+                **cfg.nn_kwargs(),
+            )
             result = compare(float64, cfg)
             if not result.passed:
                 failures.append(result.summary())
@@ -158,14 +197,22 @@ def test_proj_size_matches_float64_torch_nn(backend):
 
 @pytest.mark.parametrize("kind, backend", CASES)
 def test_torch_nn_attributes(kind, backend):
-    kw = dict(num_layers=2, bidirectional=True, **({"proj_size": 2} if backend in PROJ and kind == "lstm" else {}))
+    kw = dict(
+        num_layers=2,
+        bidirectional=True,
+        **({"proj_size": 2} if backend in PROJ and kind == "lstm" else {}),
+    )
     module = cells.create(kind, backend, 3, 4, **kw)
     reference = getattr(nn, kind.upper())(3, 4, **kw)
     assert module._flat_weights_names == reference._flat_weights_names
-    assert [[p.shape for p in ws] for ws in module.all_weights] == \
-        [[p.shape for p in ws] for ws in reference.all_weights]
-    assert all(p is getattr(module, n) for ws, names in zip(module.all_weights, module._all_weights)
-               for p, n in zip(ws, names))
+    assert [[p.shape for p in ws] for ws in module.all_weights] == [
+        [p.shape for p in ws] for ws in reference.all_weights
+    ]
+    assert all(
+        p is getattr(module, n)
+        for ws, names in zip(module.all_weights, module._all_weights)
+        for p, n in zip(ws, names)
+    )
     before = [p.data_ptr() for p in module.parameters()]
     assert module.flatten_parameters() is None
     assert [p.data_ptr() for p in module.parameters()] == before
@@ -176,7 +223,9 @@ def test_torch_nn_attributes(kind, backend):
 def test_input_size_zero_is_refused_like_torch_nn(kind, backend):
     with pytest.raises(ValueError):
         getattr(nn, kind.upper())(0, 4)
-    with pytest.raises(ValueError, match="input_size must be (an integer >= 1, got 0|greater than zero)"):
+    with pytest.raises(
+        ValueError, match="input_size must be (an integer >= 1, got 0|greater than zero)"
+    ):
         cells.create(kind, backend, 0, 4)
 
 
@@ -184,9 +233,19 @@ def test_input_size_zero_is_refused_like_torch_nn(kind, backend):
 NAN_DEVIATIONS = {("lstm", "ort"), ("gru", "ort")}
 
 
-@pytest.mark.parametrize("kind, backend", [
-    pytest.param(k, b, marks=pytest.mark.xfail(strict=True, reason="onnxruntime drops NaN: a known deviation"))
-    if (k, b) in NAN_DEVIATIONS else (k, b) for k, b in CASES])
+@pytest.mark.parametrize(
+    "kind, backend",
+    [
+        pytest.param(
+            k,
+            b,
+            marks=pytest.mark.xfail(strict=True, reason="onnxruntime drops NaN: a known deviation"),
+        )
+        if (k, b) in NAN_DEVIATIONS
+        else (k, b)
+        for k, b in CASES
+    ],
+)
 def test_nan_and_inf_propagate_like_torch_nn(kind, backend):
     reference = getattr(nn, kind.upper())(3, 4)
     module = cells.create(kind, backend, 3, 4)
@@ -228,14 +287,23 @@ def test_zero_length_sequence_is_refused_like_torch_nn(kind, backend):
 @pytest.mark.parametrize("kind, backend", PACKED)
 def test_packed_bad_input_is_refused_before_arithmetic(kind, backend):
     module = cells.create(kind, backend, 3, 4)
-    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    packed = pack_padded_sequence(
+        torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False
+    )
     wrong_batch = torch.zeros(1, 2, 4)
     hx = (wrong_batch, wrong_batch) if kind == "lstm" else wrong_batch
-    with pytest.raises(RuntimeError, match=r"Expected hx\[0\] size \(1, 3, 4\), got \(1, 2, 4\)|"
-                                           r"Expected hx size \(1, 3, 4\), got \(1, 2, 4\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"Expected hx\[0\] size \(1, 3, 4\), got \(1, 2, 4\)|"
+        r"Expected hx size \(1, 3, 4\), got \(1, 2, 4\)",
+    ):
         module(packed, hx)
-    narrow = pack_padded_sequence(torch.randn(5, 3, 2), torch.tensor([5, 2, 4]), enforce_sorted=False)
-    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size. Expected 3, got 2"):
+    narrow = pack_padded_sequence(
+        torch.randn(5, 3, 2), torch.tensor([5, 2, 4]), enforce_sorted=False
+    )
+    with pytest.raises(
+        RuntimeError, match="input.size\\(-1\\) must be equal to input_size. Expected 3, got 2"
+    ):
         module(narrow)
 
 
@@ -247,4 +315,3 @@ def test_scripted_runs_under_inference_mode(kind):
         expected = module(x)[0]
     with torch.inference_mode():
         torch.testing.assert_close(module(x)[0], expected)
-

@@ -5,23 +5,28 @@ parameter, the input and the initial state(s), under random inputs and random up
 gradients (cells.equivalence). Tolerances come from cells/tolerances.py only.
 New backends join automatically: the matrix is built from cells.backends(kind).
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
+from conftest import requires_cuda
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cells
 from cells.capabilities import declared
 from cells.equivalence import Config, compare
-from conftest import requires_cuda
 
 # inference-only peers (ort, openvino) refuse backward: their forward runs this matrix in test_peers
-BACKENDS = [(kind, backend) for kind in cells.KINDS for backend in cells.backends(kind)
-            if not getattr(cells.get(kind, backend), "inference_only", False)]
+BACKENDS = [
+    (kind, backend)
+    for kind in cells.KINDS
+    for backend in cells.backends(kind)
+    if not getattr(cells.get(kind, backend), "inference_only", False)
+]
 
 
 def matrix(kind: str) -> list[Config]:
@@ -42,16 +47,23 @@ def matrix(kind: str) -> list[Config]:
         dataclasses.replace(base, input_size=1, hidden_size=1),
     ]
     if kind == "rnn":
-        configs += [dataclasses.replace(c, nonlinearity="relu") for c in configs[:3] + configs[10:11]]
+        configs += [
+            dataclasses.replace(c, nonlinearity="relu") for c in configs[:3] + configs[10:11]
+        ]
     return configs
 
 
-CASES = [pytest.param(kind, backend, cfg, id=f"{backend}-{cfg.label().replace(' ', '-')}")
-         for kind, backend in BACKENDS for cfg in matrix(kind)]
+CASES = [
+    pytest.param(kind, backend, cfg, id=f"{backend}-{cfg.label().replace(' ', '-')}")
+    for kind, backend in BACKENDS
+    for cfg in matrix(kind)
+]
 
 
 def build(backend: str, cfg: Config, **factory) -> torch.nn.Module:
-    return cells.create(cfg.kind, backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs(), **factory)
+    return cells.create(
+        cfg.kind, backend, cfg.input_size, cfg.hidden_size, **cfg.nn_kwargs(), **factory
+    )
 
 
 def assert_equivalent(module: torch.nn.Module, cfg: Config, seed: int = 0) -> None:
@@ -77,8 +89,9 @@ def test_float64_matches_torch_nn_to_roundoff(kind, backend):
 
 
 @pytest.mark.parametrize("kind, backend", BACKENDS)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
 @given(data=st.data())
 def test_random_shapes(kind, backend, data):
     cfg = Config(
@@ -116,6 +129,7 @@ def test_the_check_catches_a_wrong_function():
         def run_layer(self, x, state, weights):
             def swap(w):
                 return None if w is None else torch.cat([w.chunk(4)[i] for i in (1, 0, 2, 3)])
+
             return super().run_layer(x, state, tuple(swap(w) for w in weights))
 
     result = compare(SwappedGates(cfg.input_size, cfg.hidden_size), cfg)
@@ -129,10 +143,15 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # Generated from what each backend declares (cells.capabilities): a declared device and dtype
 # that breaks fails; nothing is skipped by the text of an error. Without a GPU these items are
 # deselected at collection (conftest.py), so a CPU machine collects none of them.
-CUDA_CASES = [pytest.param(kind, backend, cfg, dtype,
-                           id=f"{backend}-{cfg.label().replace(' ', '-')}-{str(dtype)[6:]}")
-              for kind, backend in BACKENDS for cfg in matrix(kind) for dtype in GPU_DTYPES
-              if "cuda" in declared(kind, backend).devices and dtype in declared(kind, backend).dtypes]
+CUDA_CASES = [
+    pytest.param(
+        kind, backend, cfg, dtype, id=f"{backend}-{cfg.label().replace(' ', '-')}-{str(dtype)[6:]}"
+    )
+    for kind, backend in BACKENDS
+    for cfg in matrix(kind)
+    for dtype in GPU_DTYPES
+    if "cuda" in declared(kind, backend).devices and dtype in declared(kind, backend).dtypes
+]
 
 
 @requires_cuda

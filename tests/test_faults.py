@@ -5,6 +5,7 @@ the parent watchdog (the fallback where Linux's parent-death signal does not exi
 Leftover processes are found by a marker variable in their environment (/proc/PID/environ), not
 by parentage: orphans are re-parented to init and lose their link to the sweep.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,24 @@ from bench.measure import Case, Options  # noqa: E402
 
 MARKER = "CELLBENCH_TEST_MARKER"
 TINY = ["--input-size", "4", "--hidden-size", "8", "--batch", "2", "--seq-len", "3"]
-FAST = ["--threads", "1", "--modes", "infer", "--no-peak", "--no-memory", "--min-run-time", "0.001",
-        "--min-repeats", "2", "--warmup", "0", "--min-rounds", "2", "--max-rounds", "2"]
+FAST = [
+    "--threads",
+    "1",
+    "--modes",
+    "infer",
+    "--no-peak",
+    "--no-memory",
+    "--min-run-time",
+    "0.001",
+    "--min-repeats",
+    "2",
+    "--warmup",
+    "0",
+    "--min-rounds",
+    "2",
+    "--max-rounds",
+    "2",
+]
 OPTIONS = Options(min_run_time=0.001, min_repeats=2, warmup=0, memory=False)  # see faulty.py
 
 
@@ -75,6 +92,7 @@ def marker():
     multiprocessing's resource tracker for this test process, which lives as long as the test
     process, is started first so that it does not carry the marker."""
     from multiprocessing import resource_tracker
+
     resource_tracker.ensure_running()
     value = uuid.uuid4().hex
     yield value
@@ -87,24 +105,57 @@ def marker():
 
 
 # --- killing the sweep while a case hangs ------------------------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name
+)
 def test_killing_the_sweep_while_a_case_hangs_leaves_no_process(tmp_path, marker, sig):
     """SIGKILL of the sweep runs no handler of ours: only the worker's parent-death signal (and
     its reaper, for the worker's own child) can end them; this test is their proof."""
     flag = tmp_path / "hanging"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]), **{
-        MARKER: marker, "CELLBENCH_FAULTY_HANG_FILE": str(flag), "CELLBENCH_FAULTY_HANG_CHILD": "1"})
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]),
+        **{
+            MARKER: marker,
+            "CELLBENCH_FAULTY_HANG_FILE": str(flag),
+            "CELLBENCH_FAULTY_HANG_CHILD": "1",
+        },
+    )
     env.pop("CELLBENCH_FAULTY_HANG_AT", None)  # the default: in timing round 2
-    argv = [sys.executable, "-m", "bench", "run", "--import", "candidates.faulty", "--kinds", "lstm",
-            "--backends", "native,hangs", *TINY, *FAST, "--time-limit", "600", "--out", str(tmp_path / "run")]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--import",
+        "candidates.faulty",
+        "--kinds",
+        "lstm",
+        "--backends",
+        "native,hangs",
+        *TINY,
+        *FAST,
+        "--time-limit",
+        "600",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     # a shell's background job (CI may start this suite as one) inherits SIGINT ignored, and
     # Python then keeps ignoring it: restore the default so the sweep sees Ctrl-C as a user's would
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         while not flag.exists():
-            assert proc.poll() is None, f"the sweep ended before the hang:\n{proc.stdout.read().decode()}"
+            assert proc.poll() is None, (
+                f"the sweep ended before the hang:\n{proc.stdout.read().decode()}"
+            )
             assert time.monotonic() < deadline, "the hangs backend never started hanging"
             time.sleep(0.2)
         hanging_worker = int(flag.read_text())
@@ -124,19 +175,27 @@ def test_killing_the_sweep_while_a_case_hangs_leaves_no_process(tmp_path, marker
 
 
 # --- a worker that dies, raises or runs out of memory -----------------------------------------
-def test_segfault_mid_call_is_reported_with_its_signal_and_the_worker_restarts(tmp_path, marker, monkeypatch):
+def test_segfault_mid_call_is_reported_with_its_signal_and_the_worker_restarts(
+    tmp_path, marker, monkeypatch
+):
     monkeypatch.setenv(MARKER, marker)
     monkeypatch.delenv("CELLBENCH_FAULTY_SEGFAULT_AT", raising=False)  # the default: round 2
-    worker = W.Worker(threads=1, imports=["candidates.faulty"], log_path=str(tmp_path / "worker.log"))
+    worker = W.Worker(
+        threads=1, imports=["candidates.faulty"], log_path=str(tmp_path / "worker.log")
+    )
     before = signal.getsignal(signal.SIGTERM)
     try:
         first = worker.call(("case", case("segfault"), OPTIONS, None, True), 120)
         assert first[0] == "ok", first
-        assert signal.getsignal(signal.SIGTERM) is not before  # the sweep's exit handler, while alive
+        assert (
+            signal.getsignal(signal.SIGTERM) is not before
+        )  # the sweep's exit handler, while alive
         crashed = worker.call(("retime", case("segfault"), OPTIONS), 120)
         assert crashed[0] == "failed" and "worker process died (SIGSEGV)" in crashed[1], crashed
         # the log's tail: faulthandler's report and the backend's frame
-        assert "Fatal Python error: Segmentation fault" in crashed[1] and "faulty.py" in crashed[1], crashed
+        assert (
+            "Fatal Python error: Segmentation fault" in crashed[1] and "faulty.py" in crashed[1]
+        ), crashed
         assert not worker.alive() and worker.starts == 1
         assert signal.getsignal(signal.SIGTERM) is before  # no live worker: the handler is restored
         again = worker.call(("case", case("native"), OPTIONS, None), 120)
@@ -159,14 +218,22 @@ resource.setrlimit(resource.RLIMIT_AS, (mapped + (2 << 30), resource.getrlimit(r
 """
 
 
-def test_exceptions_and_memory_errors_are_failed_replies_and_the_worker_survives(tmp_path, monkeypatch):
+def test_exceptions_and_memory_errors_are_failed_replies_and_the_worker_survives(
+    tmp_path, monkeypatch
+):
     (tmp_path / "memory_cap_for_worker.py").write_text(textwrap.dedent(MEMORY_CAP))
     monkeypatch.syspath_prepend(str(tmp_path))
-    worker = W.Worker(threads=1, imports=["candidates.faulty", "memory_cap_for_worker"],
-                      log_path=str(tmp_path / "worker.log"))
+    worker = W.Worker(
+        threads=1,
+        imports=["candidates.faulty", "memory_cap_for_worker"],
+        log_path=str(tmp_path / "worker.log"),
+    )
     try:
         raised = worker.call(("case", case("raises"), OPTIONS, None), 120)
-        assert raised[:2] == ("failed", "RuntimeError: faulty backend 'raises': forward failed on purpose")
+        assert raised[:2] == (
+            "failed",
+            "RuntimeError: faulty backend 'raises': forward failed on purpose",
+        )
         assert "run_layer" in raised[2]  # the traceback comes along as the detail
         hog = worker.call(("case", case("hog"), OPTIONS, None), 120)
         assert hog[0] == "failed" and "memory" in hog[1].lower() and "RuntimeError" in hog[1], hog
@@ -182,10 +249,14 @@ def test_a_timeout_kills_the_workers_children_too(tmp_path, marker, monkeypatch)
     monkeypatch.setenv("CELLBENCH_FAULTY_HANG_AT", "1")
     monkeypatch.setenv("CELLBENCH_FAULTY_HANG_CHILD", "1")
     monkeypatch.setenv("CELLBENCH_FAULTY_HANG_FILE", str(tmp_path / "hanging"))
-    worker = W.Worker(threads=1, imports=["candidates.faulty"], log_path=str(tmp_path / "worker.log"))
+    worker = W.Worker(
+        threads=1, imports=["candidates.faulty"], log_path=str(tmp_path / "worker.log")
+    )
     try:
         assert worker.call(("case", case("native"), OPTIONS, None), 120)[0] == "ok"  # imports done
-        hang = worker.call(("case", case("hangs"), OPTIONS, None), 30.0)  # build, gate, then the hang
+        hang = worker.call(
+            ("case", case("hangs"), OPTIONS, None), 30.0
+        )  # build, gate, then the hang
         assert hang[0] == "failed" and hang[1].startswith("exceeded the time limit of 30 s"), hang
         assert (tmp_path / "hanging").exists() and not worker.alive()
     finally:
@@ -212,7 +283,9 @@ time.sleep(600)
 
 def test_watchdog_kills_its_group_when_the_parent_dies(marker):
     env = dict(os.environ, CELLBENCH_ROOT=str(ROOT), **{MARKER: marker})
-    parent = subprocess.Popen([sys.executable, "-c", WATCHED], env=env, stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", WATCHED], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         child = int(parent.stdout.readline())  # the child's line: it is watching
         assert child in marked_processes(marker)

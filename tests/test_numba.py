@@ -1,6 +1,7 @@
 """Backend `numba` only: its batch-1 step path, its refusals, its no-grad path, its thread
 rule and thread splits, its compile and BLAS helpers, its workspace. (The equivalence matrix
 over every backend is tests/test_equivalence.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # float32 for every kind; float64 (a second compile of each kernel) for LSTM only, to keep the
 # cold-cache run short
-CASES = [("lstm", "tanh", torch.float32), ("gru", "tanh", torch.float32),
-         ("rnn", "tanh", torch.float32), ("rnn", "relu", torch.float32),
-         ("lstm", "tanh", torch.float64)]
+CASES = [
+    ("lstm", "tanh", torch.float32),
+    ("gru", "tanh", torch.float32),
+    ("rnn", "tanh", torch.float32),
+    ("rnn", "relu", torch.float32),
+    ("lstm", "tanh", torch.float64),
+]
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 
 
@@ -43,8 +48,14 @@ def reference(module):
     """torch.nn in float64 with the module's weights."""
     cls = getattr(torch.nn, {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[module.kind])
     kw = {"nonlinearity": module.nonlinearity} if module.kind == "rnn" else {}
-    ref = cls(module.input_size, module.hidden_size, num_layers=module.num_layers,
-              bias=module.bias, dtype=torch.float64, **kw)
+    ref = cls(
+        module.input_size,
+        module.hidden_size,
+        num_layers=module.num_layers,
+        bias=module.bias,
+        dtype=torch.float64,
+        **kw,
+    )
     ref.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
     return ref.eval()
 
@@ -75,13 +86,14 @@ def generate(module, x, state=None):
     ys = []
     with torch.no_grad():
         for t in range(x.size(0)):
-            y, state = module(x[t:t + 1], state)
+            y, state = module(x[t : t + 1], state)
             ys.append(y)
     return torch.cat(ys), state
 
 
-@pytest.mark.parametrize("kind, nonlinearity, dtype", CASES,
-                         ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES])
+@pytest.mark.parametrize(
+    "kind, nonlinearity, dtype", CASES, ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES]
+)
 def test_step_path_equals_general_path_and_torch_nn(kind, nonlinearity, dtype):
     module = make(kind, nonlinearity, dtype).eval()
     spy = StepSpy(module)
@@ -101,8 +113,9 @@ def test_step_path_equals_general_path_and_torch_nn(kind, nonlinearity, dtype):
     h0 = tuple(torch.randn(1, 1, 7, dtype=dtype) for _ in states(s_ref))
     hx = h0 if kind == "lstm" else h0[0]
     y_step, _ = generate(module, x, hx)
-    y_ref, _ = reference(module)(x.double(), tuple(h.double() for h in h0) if kind == "lstm"
-                                 else h0[0].double())
+    y_ref, _ = reference(module)(
+        x.double(), tuple(h.double() for h in h0) if kind == "lstm" else h0[0].double()
+    )
     assert rel(y_step, y_ref) <= TOL[dtype]
     y1, s1 = generate(module, x[:, 0], None if kind != "lstm" else None)
     assert y1.shape == (9, 7) and states(s1)[0].shape == (1, 7)
@@ -115,7 +128,9 @@ def test_step_path_falls_back_with_the_same_checks():
     spy = StepSpy(module)
     x = torch.randn(1, 1, 5)
     with torch.no_grad():
-        with pytest.raises(RuntimeError, match=r"Expected hx\[0\] size \(1, 1, 7\), got \(1, 2, 7\)"):
+        with pytest.raises(
+            RuntimeError, match=r"Expected hx\[0\] size \(1, 1, 7\), got \(1, 2, 7\)"
+        ):
             module(x, (torch.zeros(1, 2, 7), torch.zeros(1, 1, 7)))
         with pytest.raises(TypeError, match="LSTM expects hx as a tuple"):
             module(x, torch.zeros(1, 1, 7))
@@ -202,8 +217,14 @@ def test_warm_up_compiles_every_kernel_of_the_kinds_asked_and_the_cache_keeps_th
     from numba's on-disk cache (cache=True) instead of compiling it."""
     lines = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", WARM_UP_CHECK], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        out = subprocess.run(
+            [sys.executable, "-c", WARM_UP_CHECK],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         assert out.returncode == 0, out.stderr
         lines.append(out.stdout.split("\n")[0])
     assert lines[0].startswith("['rnn float64'] True [True, True, True, True]")
@@ -212,6 +233,7 @@ def test_warm_up_compiles_every_kernel_of_the_kinds_asked_and_the_cache_keeps_th
 
 def test_blas_threads_helper_sets_and_reads_the_count():
     from cells.kernels.numba import blas_threads, set_blas_threads
+
     n = blas_threads()
     if n is None:
         pytest.skip("scipy's OpenBLAS not found (another BLAS): nothing to set")
@@ -241,6 +263,7 @@ def test_retain_graph_and_weights_changed_before_backward():
 
 def test_deepcopy_drops_the_step_caches():
     import copy
+
     module = make("lstm").eval()
     x = torch.randn(1, 1, 5)
     with torch.no_grad():
@@ -251,11 +274,14 @@ def test_deepcopy_drops_the_step_caches():
             y2, _ = clone(x, state)
             y1, _ = module(x, state)
             assert not torch.equal(y1, y2)
-            assert rel(y2, reference(clone)(x.double(), tuple(s.double() for s in state))[0]) <= 2e-5
+            assert (
+                rel(y2, reference(clone)(x.double(), tuple(s.double() for s in state))[0]) <= 2e-5
+            )
 
 
-@pytest.mark.parametrize("kind, nonlinearity, dtype", CASES,
-                         ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES])
+@pytest.mark.parametrize(
+    "kind, nonlinearity, dtype", CASES, ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES]
+)
 @pytest.mark.parametrize("chunks", [2, 3])
 def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, chunks, monkeypatch):
     """The GRU and RNN kernels split the batch (and the T*B rows of the weight gradients) into
@@ -276,8 +302,10 @@ def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, ch
     x = torch.randn(5, 7, 5, dtype=dtype)
     h0 = tuple(torch.randn(1, 7, 7, dtype=dtype) for _ in range(2 if kind == "lstm" else 1))
     xs = [x.clone().requires_grad_(), x.double().requires_grad_()]
-    hs = [tuple(h.clone().requires_grad_() for h in h0),
-          tuple(h.double().requires_grad_() for h in h0)]
+    hs = [
+        tuple(h.clone().requires_grad_() for h in h0),
+        tuple(h.double().requires_grad_() for h in h0),
+    ]
     outs = []
     for m, xi, hi in ((module, xs[0], hs[0]), (ref, xs[1], hs[1])):
         y, s = m(xi, hi if kind == "lstm" else hi[0])
@@ -296,8 +324,10 @@ def test_batch_split_over_threads_matches_torch_nn(kind, nonlinearity, dtype, ch
         assert rel(y, ref(x.double())[0]) <= TOL[dtype]
         module.eval()
         y, s = module(x[:1, :1], tuple(h[:, :1] for h in h0) if kind == "lstm" else h0[0][:, :1])
-        y_ref, s_ref = ref(x[:1, :1].double(), tuple(h[:, :1].double() for h in h0)
-                           if kind == "lstm" else h0[0][:, :1].double())
+        y_ref, s_ref = ref(
+            x[:1, :1].double(),
+            tuple(h[:, :1].double() for h in h0) if kind == "lstm" else h0[0][:, :1].double(),
+        )
     assert rel(y, y_ref) <= TOL[dtype]
     for a, b in zip(states(s), states(s_ref)):
         assert rel(a, b) <= TOL[dtype]
@@ -333,13 +363,21 @@ def test_refuses_what_it_does_not_support():
 @pytest.mark.parametrize("package", ["numba", "scipy"])
 def test_unavailable_reason_names_the_missing_package(package):
     """With `package` made unimportable, cells.unavailable() and construction both name it."""
-    script = (f"import sys; sys.modules[{package!r}] = None\n"
-              "import cells\n"
-              "print(cells.unavailable()['numba'])\n"
-              "try:\n    cells.create('gru', 'numba', 2, 3)\n"
-              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    script = (
+        f"import sys; sys.modules[{package!r}] = None\n"
+        "import cells\n"
+        "print(cells.unavailable()['numba'])\n"
+        "try:\n    cells.create('gru', 'numba', 2, 3)\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert out.returncode == 0, out.stderr
     reason, error = out.stdout.strip().split("\n")[-2:]
     assert reason.startswith(f"needs the package '{package}'"), reason
@@ -398,11 +436,14 @@ def _small_workloads(kind):
         for _ in range(30):
             y, _ = train(xb)
             y.sum().backward()
+
     return generate, train_step
 
 
-@pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/schedstat").exists(),
-                    reason="needs Linux's per-thread /proc/self/task/*/schedstat")
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{os.getpid()}/schedstat").exists(),
+    reason="needs Linux's per-thread /proc/self/task/*/schedstat",
+)
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 def test_small_shapes_never_enter_the_thread_pool(kind, monkeypatch):

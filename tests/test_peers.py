@@ -5,6 +5,7 @@ backward must refuse with cells.errors.Unsupported. jax also trains: the full co
 (outputs, final states, every gradient) runs over the same matrix. The whole file is skipped
 only when the `peers` extra is not installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,12 @@ import torch
 for _package in ("onnx", "onnxruntime", "openvino", "jax"):
     pytest.importorskip(_package, reason="the peers extra: pip install cellbench[peers]")
 
+from test_equivalence import matrix  # noqa: E402
+
 import cells  # noqa: E402
 from cells.equivalence import Config, compare, reference_module  # noqa: E402
 from cells.errors import Unsupported  # noqa: E402
 from cells.tolerances import tolerance  # noqa: E402
-from test_equivalence import matrix  # noqa: E402
 
 INFERENCE_ONLY = ("ort", "openvino")
 PEERS = INFERENCE_ONLY + ("jax",)
@@ -43,29 +45,48 @@ def forward_errors(module: torch.nn.Module, cfg: Config, seed: int = 0) -> dict[
     if cfg.batch is None:
         x_shape, h_shape = (cfg.seq_len, cfg.input_size), (cfg.num_layers * d, cfg.hidden_size)
     else:
-        x_shape = (cfg.batch, cfg.seq_len, cfg.input_size) if cfg.batch_first else \
-            (cfg.seq_len, cfg.batch, cfg.input_size)
+        x_shape = (
+            (cfg.batch, cfg.seq_len, cfg.input_size)
+            if cfg.batch_first
+            else (cfg.seq_len, cfg.batch, cfg.input_size)
+        )
         h_shape = (cfg.num_layers * d, cfg.batch, cfg.hidden_size)
     x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
-    hx = [torch.randn(h_shape, generator=gen, dtype=torch.float64)
-          for _ in range(cells.spec(cfg.kind).states)] if cfg.with_hx else None
+    hx = (
+        [
+            torch.randn(h_shape, generator=gen, dtype=torch.float64)
+            for _ in range(cells.spec(cfg.kind).states)
+        ]
+        if cfg.with_hx
+        else None
+    )
 
     def arg(cast):
         return None if hx is None else (tuple(cast(h) for h in hx) if len(hx) == 2 else cast(hx[0]))
+
     with torch.no_grad():
         got = as_tuple(module(x.float(), arg(lambda t: t.float())))
         want = as_tuple(reference(x, arg(lambda t: t)))
     errors = {}
     for name, a, b in zip(("output", "h_n", "c_n"), got, want):
-        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)}, torch.nn gives {tuple(b.shape)}"
+        assert a.shape == b.shape, (
+            f"{name}: shape {tuple(a.shape)}, torch.nn gives {tuple(b.shape)}"
+        )
         errors[name] = ((a.double() - b).norm() / b.norm().clamp_min(1e-300)).item()
     return errors
 
 
-FORWARD_CASES = [pytest.param(backend, cfg, id=f"{backend}-{cfg.label().replace(' ', '-')}")
-                 for backend in INFERENCE_ONLY for kind in cells.KINDS for cfg in matrix(kind)]
-JAX_CASES = [pytest.param(cfg, id=cfg.label().replace(" ", "-"))
-             for kind in cells.KINDS for cfg in matrix(kind)]
+FORWARD_CASES = [
+    pytest.param(backend, cfg, id=f"{backend}-{cfg.label().replace(' ', '-')}")
+    for backend in INFERENCE_ONLY
+    for kind in cells.KINDS
+    for cfg in matrix(kind)
+]
+JAX_CASES = [
+    pytest.param(cfg, id=cfg.label().replace(" ", "-"))
+    for kind in cells.KINDS
+    for cfg in matrix(kind)
+]
 
 
 @pytest.mark.parametrize("backend, cfg", FORWARD_CASES)
@@ -85,6 +106,7 @@ def test_jax_matches_float64_torch_nn_with_gradients(cfg):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_the_forward_check_catches_torchs_gate_order_given_to_onnx(backend, kind, monkeypatch):
     from cells.kernels import ort
+
     cfg = Config(kind)
     identity = tuple(range(len(ort.GATE_ORDER[kind])))
     monkeypatch.setitem(ort.GATE_ORDER, kind, identity)  # the mistake the reordering guards against
@@ -162,7 +184,11 @@ def test_dropout_masks_follow_torch_seed(backend):
 
 
 def test_ort_graph_holds_one_recurrent_node_per_layer():
-    for kind, op, kw in (("lstm", "LSTM", {}), ("gru", "GRU", {}), ("rnn", "RNN", {"nonlinearity": "relu"})):
+    for kind, op, kw in (
+        ("lstm", "LSTM", {}),
+        ("gru", "GRU", {}),
+        ("rnn", "RNN", {"nonlinearity": "relu"}),
+    ):
         module = cells.create(kind, "ort", 5, 7, num_layers=2, bidirectional=True, **kw)
         nodes = module.onnx_model().graph.node
         recurrent = [n for n in nodes if n.op_type in ("LSTM", "GRU", "RNN")]
@@ -174,7 +200,13 @@ def test_ort_graph_holds_one_recurrent_node_per_layer():
                 assert attrs["linear_before_reset"].i == 1
             if kind == "rnn":
                 assert list(attrs["activations"].strings) == [b"Relu", b"Relu"]
-        assert {n.op_type for n in nodes} - {op} <= {"Slice", "Transpose", "Reshape", "Concat", "Squeeze"}
+        assert {n.op_type for n in nodes} - {op} <= {
+            "Slice",
+            "Transpose",
+            "Reshape",
+            "Concat",
+            "Squeeze",
+        }
 
 
 @pytest.fixture
@@ -195,11 +227,13 @@ def test_threads_are_pinned_to_torchs_thread_count(n, threads):
     compiled = cells.create("lstm", "openvino", 5, 7).compiled_model()
     assert compiled.get_property("INFERENCE_NUM_THREADS") == n
     import openvino as ov
+
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
 
 
 def test_jax_pins_xla_threads_once():
     from cells.kernels import jax_peer
+
     engine = cells.create("gru", "jax", 5, 7).engine(False)
     pinned = jax_peer._PINNED["threads"]
     assert pinned is not None
@@ -210,7 +244,10 @@ def test_jax_pins_xla_threads_once():
 
 def test_missing_package_gives_the_install_hint():
     from cells.kernels.ort import _missing
-    assert _missing("no_such_package_xyz") == "needs no_such_package_xyz: pip install cellbench[peers]"
+
+    assert (
+        _missing("no_such_package_xyz") == "needs no_such_package_xyz: pip install cellbench[peers]"
+    )
     assert _missing("torch") is None
 
 

@@ -1,4 +1,5 @@
 """The records reader survives bad lines: one warning per line, never a traceback."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,34 @@ from bench import cli, records
 from bench.measure import Case
 from bench.records import RECORDS_FILE, CaseRecord, RecordError, append, iter_records, read_cases
 
-GOOD = CaseRecord(**asdict(Case("rnn", "native", "infer", 3, 4, 1, 2, 3, threads=1)), status="ok",
-                  median_s=0.001, round_times=[0.001, 0.001], rounds=2, tokens_per_s=6000.0)
-BAD_LINES = [b"42\n", b"null\n", b"[1, 2]\n", b"\xff\xfe\x00binary\n",
-             json.dumps({"type": "case", "kind": "rnn", "backend": "x", "mode": "infer", "input_size": 3,
-                         "hidden_size": 4}).encode() + b"\n",  # no status
-             json.dumps(dict(GOOD.to_dict(), backend="y", median_s="fast")).encode() + b"\n",
-             json.dumps(dict(GOOD.to_dict(), backend="z", status="great")).encode() + b"\n",
-             b'{"type": "case", "kind": "rn']  # torn by an interruption
+GOOD = CaseRecord(
+    **asdict(Case("rnn", "native", "infer", 3, 4, 1, 2, 3, threads=1)),
+    status="ok",
+    median_s=0.001,
+    round_times=[0.001, 0.001],
+    rounds=2,
+    tokens_per_s=6000.0,
+)
+BAD_LINES = [
+    b"42\n",
+    b"null\n",
+    b"[1, 2]\n",
+    b"\xff\xfe\x00binary\n",
+    json.dumps(
+        {
+            "type": "case",
+            "kind": "rnn",
+            "backend": "x",
+            "mode": "infer",
+            "input_size": 3,
+            "hidden_size": 4,
+        }
+    ).encode()
+    + b"\n",  # no status
+    json.dumps(dict(GOOD.to_dict(), backend="y", median_s="fast")).encode() + b"\n",
+    json.dumps(dict(GOOD.to_dict(), backend="z", status="great")).encode() + b"\n",
+    b'{"type": "case", "kind": "rn',
+]  # torn by an interruption
 
 
 @pytest.fixture
@@ -37,7 +58,10 @@ def test_each_bad_line_is_one_warning_naming_file_and_line(spoiled):
     assert len(warnings) == len(BAD_LINES)
     for number, text in enumerate(warnings, 2):
         assert f"{RECORDS_FILE}:{number}: skipped" in text
-    assert "without 'status'" in warnings[4] and "'median_s' should be float, got 'fast'" in warnings[5]
+    assert (
+        "without 'status'" in warnings[4]
+        and "'median_s' should be float, got 'fast'" in warnings[5]
+    )
     assert "status 'great' is not one of" in warnings[6]
 
 
@@ -45,13 +69,37 @@ def test_report_and_resume_carry_on(spoiled, tmp_path, capsys):
     assert cli.main(["report", str(spoiled), "--output", str(tmp_path / "r.md"), "--no-plots"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning:") == len(BAD_LINES) and "Traceback" not in err
-    assert "| rnn" in (tmp_path / "r.md").read_text() or "rnn — infer" in (tmp_path / "r.md").read_text()
+    assert (
+        "| rnn" in (tmp_path / "r.md").read_text()
+        or "rnn — infer" in (tmp_path / "r.md").read_text()
+    )
     # resume: the good record counts as done, so nothing is measured; the bad lines only warn
     # (once per process: forget the report's warnings, as a new `bench run` process would)
     records._warned.clear()
-    argv = ["run", "--kinds", "rnn", "--backends", "native", "--modes", "infer", "--input-size", "3",
-            "--hidden-size", "4", "--batch", "2", "--seq-len", "3", "--threads", "1", "--in-process",
-            "--no-peak", "--out", str(spoiled), "--resume"]
+    argv = [
+        "run",
+        "--kinds",
+        "rnn",
+        "--backends",
+        "native",
+        "--modes",
+        "infer",
+        "--input-size",
+        "3",
+        "--hidden-size",
+        "4",
+        "--batch",
+        "2",
+        "--seq-len",
+        "3",
+        "--threads",
+        "1",
+        "--in-process",
+        "--no-peak",
+        "--out",
+        str(spoiled),
+        "--resume",
+    ]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert "0 to measure" in err and err.count("warning:") >= len(BAD_LINES)

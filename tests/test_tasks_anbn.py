@@ -1,4 +1,5 @@
 """anbn: strings, the avoidable-error count, capacity, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import torch
 
 from bench.cli import main as bench_main
 from bench.tasks import anbn
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +36,7 @@ class Oracle(torch.nn.Module):
             seq = x[:, b].tolist()
             n = seq.count(0)
             for t in range(T):
-                ones = seq[1: t + 1].count(1)
+                ones = seq[1 : t + 1].count(1)
                 if seq[t] in (3, 0):
                     nxt = 0
                 elif ones < n:
@@ -89,8 +89,24 @@ def test_strict_reading_ignores_the_zeros_and_the_lab_reading_does_not():
 
 def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
     out = tmp_path / "a"
-    rc = bench_main(["train", "anbn", "--kind", "lstm", "--backend", "native,fused", "--seeds", "0,1",
-                     "--steps", "30", "--n-eval", "20", "--out", str(out)])
+    rc = bench_main(
+        [
+            "train",
+            "anbn",
+            "--kind",
+            "lstm",
+            "--backend",
+            "native,fused",
+            "--seeds",
+            "0,1",
+            "--steps",
+            "30",
+            "--n-eval",
+            "20",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 4
@@ -101,7 +117,8 @@ def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
         assert len(r["curves"]["capacity_lab"]) == len(r["curves"]["step"])
     by = {(r["backend"], r["seed"]): r for r in recs}
     # same seed, same init and data: native and fused agree
-    assert by[("native", 0)]["metrics"]["final_loss"] == \
-        pytest.approx(by[("fused", 0)]["metrics"]["final_loss"], rel=1e-4)
+    assert by[("native", 0)]["metrics"]["final_loss"] == pytest.approx(
+        by[("fused", 0)]["metrics"]["final_loss"], rel=1e-4
+    )
     assert "capacity over 2 seeds" in capsys.readouterr().out
     assert (out / "anbn_capacity.png").is_file()

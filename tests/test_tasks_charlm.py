@@ -1,4 +1,5 @@
 """charlm: d2l's preprocessing and iterators, backend parity, the CLI and its records."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import torch
 
 from bench.cli import main as bench_main
 from bench.tasks import charlm
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,12 +27,15 @@ def test_split_does_not_overlap():
     train, val, vocab = charlm.load_split(10000, 0.1)
     full, _ = charlm.load_time_machine(0)
     assert len(train) == 10000 and len(val) == 17058
-    assert val == full[-len(val):] and len(train) + len(val) <= len(full)
+    assert val == full[-len(val) :] and len(train) + len(val) <= len(full)
 
 
 def test_preprocess_is_d2ls():
-    assert charlm.preprocess("The Time-Machine, by H. G. Wells [1898]\n\nI.") == \
-        ["the time machine by h g wells", "", "i"]
+    assert charlm.preprocess("The Time-Machine, by H. G. Wells [1898]\n\nI.") == [
+        "the time machine by h g wells",
+        "",
+        "i",
+    ]
 
 
 def test_sequential_batches_continue_each_other():
@@ -85,14 +88,17 @@ def test_inits(init):
             assert float(p.detach().abs().sum()) == 0.0, name
     w = m.rnn.weight_hh_l0.detach()
     fan_out, fan_in = w.shape
-    bound = {"normal": None, "xavier": math.sqrt(6 / (fan_in + fan_out)),
-             "kaiming": math.sqrt(6 / fan_in)}[init]
+    bound = {
+        "normal": None,
+        "xavier": math.sqrt(6 / (fan_in + fan_out)),
+        "kaiming": math.sqrt(6 / fan_in),
+    }[init]
     if bound is None:
         assert float(w.std()) == pytest.approx(0.01, rel=0.05)
         assert float(w.mean()) == pytest.approx(0.0, abs=1e-3)
     else:
         assert float(w.abs().max()) <= bound
-        assert float(w.abs().max()) > 0.99 * bound      # 16k draws reach the edge
+        assert float(w.abs().max()) > 0.99 * bound  # 16k draws reach the edge
         assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)  # uniform's std
     # the head too: Linear(64 -> 28) has fan_in 64, fan_out 28
     head = m.linear.weight.detach()
@@ -110,8 +116,9 @@ def test_native_and_fused_follow_the_same_trajectory():
     for backend in ("native", "fused"):
         torch.manual_seed(0)
         model = charlm.CharLM("lstm", backend, len(vocab), 32, seed=0)
-        curves[backend] = charlm.train(model, corpus, epochs=4, batch_size=8, num_steps=10,
-                                       lr=1.0, seed=0, show_progress=False)["perplexity"]
+        curves[backend] = charlm.train(
+            model, corpus, epochs=4, batch_size=8, num_steps=10, lr=1.0, seed=0, show_progress=False
+        )["perplexity"]
     assert curves["native"][-1] < curves["native"][0]
     assert curves["native"] == pytest.approx(curves["fused"], rel=1e-4)
 
@@ -119,28 +126,66 @@ def test_native_and_fused_follow_the_same_trajectory():
 @pytest.mark.parametrize("kind", ["rnn", "gru"])
 def test_parity_without_data(kind):
     """The same check on a synthetic corpus (runs even without the data), random iterator."""
-    corpus = [int(v) for v in torch.randint(0, 10, (400,), generator=torch.Generator().manual_seed(1))]
+    corpus = [
+        int(v) for v in torch.randint(0, 10, (400,), generator=torch.Generator().manual_seed(1))
+    ]
     curves = {}
     for backend in ("native", "fused", "naive"):
         model = charlm.CharLM(kind, backend, 10, 16, num_layers=2, seed=3)
-        curves[backend] = charlm.train(model, corpus, epochs=2, batch_size=4, num_steps=8, lr=0.5,
-                                       random_iter=True, seed=2, show_progress=False)["perplexity"]
+        curves[backend] = charlm.train(
+            model,
+            corpus,
+            epochs=2,
+            batch_size=4,
+            num_steps=8,
+            lr=0.5,
+            random_iter=True,
+            seed=2,
+            show_progress=False,
+        )["perplexity"]
     assert curves["native"] == pytest.approx(curves["fused"], rel=1e-4)
     assert curves["native"] == pytest.approx(curves["naive"], rel=1e-4)
 
 
 def test_cli_writes_a_complete_record(tmp_path):
     out = tmp_path / "run"
-    rc = bench_main(["train", "charlm", "--kind", "rnn", "--backend", "native", "--epochs", "2",
-                     "--hidden", "16", "--max-tokens", "2000", "--val-fraction", "0.02",
-                     "--num-preds", "5", "--optimizer", "sgd,adam", "--out", str(out)])
+    rc = bench_main(
+        [
+            "train",
+            "charlm",
+            "--kind",
+            "rnn",
+            "--backend",
+            "native",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--max-tokens",
+            "2000",
+            "--val-fraction",
+            "0.02",
+            "--num-preds",
+            "5",
+            "--optimizer",
+            "sgd,adam",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 2
     for r in recs:
         assert r["type"] == "task" and r["task"] == "charlm" and r["kind"] == "rnn"
         assert len(r["curves"]["perplexity"]) == 2
-        for key in ("perplexity", "val_perplexity", "train_time_s", "tokens_per_s", "predict_time_s"):
+        for key in (
+            "perplexity",
+            "val_perplexity",
+            "train_time_s",
+            "tokens_per_s",
+            "predict_time_s",
+        ):
             assert r["metrics"][key] > 0
         assert set(r["samples"]) == set(charlm.PREFIXES)
         sample = r["samples"]["time traveller"]["text"]
@@ -148,9 +193,32 @@ def test_cli_writes_a_complete_record(tmp_path):
     assert {r["settings"]["optimizer"] for r in recs} == {"sgd", "adam"}
     assert (out / "charlm_ppl_native.png").is_file()
     # --resume skips both
-    assert bench_main(["train", "charlm", "--kind", "rnn", "--epochs", "2", "--hidden", "16",
-                       "--max-tokens", "2000", "--val-fraction", "0.02", "--num-preds", "5",
-                       "--optimizer", "sgd,adam", "--out", str(out), "--resume"]) == 0
+    assert (
+        bench_main(
+            [
+                "train",
+                "charlm",
+                "--kind",
+                "rnn",
+                "--epochs",
+                "2",
+                "--hidden",
+                "16",
+                "--max-tokens",
+                "2000",
+                "--val-fraction",
+                "0.02",
+                "--num-preds",
+                "5",
+                "--optimizer",
+                "sgd,adam",
+                "--out",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert len((out / "records.jsonl").read_text().splitlines()) == 2
 
 
@@ -160,12 +228,42 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
     assert bench_main(["train", "charlm", "--kind", "tanh", "--out", str(tmp_path)]) == 2
     assert "unknown cell kind 'tanh'" in capsys.readouterr().err
     assert bench_main(["train", "charlm", "--init", "zeros", "--out", str(tmp_path)]) == 2
-    assert "--init must be one of default, normal, xavier, kaiming, got 'zeros'" in capsys.readouterr().err
-    assert bench_main(["train", "charlm", "--data", str(tmp_path / "missing"), "--epochs", "1",
-                       "--out", str(tmp_path)]) == 2
+    assert (
+        "--init must be one of default, normal, xavier, kaiming, got 'zeros'"
+        in capsys.readouterr().err
+    )
+    assert (
+        bench_main(
+            [
+                "train",
+                "charlm",
+                "--data",
+                str(tmp_path / "missing"),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "no such file" in capsys.readouterr().err
-    assert bench_main(["train", "charlm", "--random-iter", "--max-tokens", "500", "--epochs", "1",
-                       "--out", str(tmp_path)]) == 2
+    assert (
+        bench_main(
+            [
+                "train",
+                "charlm",
+                "--random-iter",
+                "--max-tokens",
+                "500",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "holds no batch of 32 x 35" in capsys.readouterr().err
     assert bench_main(["train", "chess", "--out", str(tmp_path)]) == 2
     assert "invalid choice: 'chess'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """names: ASCII folding, de-duplication, a leak-free stratified split, packed == padded, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import torch
 
 from bench.cli import main as bench_main
 from bench.tasks import names
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,8 +24,8 @@ def test_split_has_no_leakage_and_keeps_every_language():
     train, test, langs = names.split_names(data, 0.5, seed=0)
     assert langs == ["A", "B", "C"]
     assert not {n for n, _ in train} & {n for n, _ in test}
-    assert len(train) + len(test) == len(set((n, l) for l, ns in data.items() for n in ns))
-    assert {l for _, l in test} == {0, 1, 2}
+    assert len(train) + len(test) == len(set((n, lang) for lang, ns in data.items() for n in ns))
+    assert {lang for _, lang in test} == {0, 1, 2}
 
 
 def test_real_split():
@@ -34,7 +34,7 @@ def test_real_split():
     assert len(set(data["Arabic"])) == 108
     train, test, langs = names.split_names(data, 0.2, seed=0)
     assert not {n for n, _ in train} & {n for n, _ in test}
-    assert len({l for _, l in test}) == 18
+    assert len({lang for _, lang in test}) == 18
     pairs = train + test
     assert len(pairs) == len(set(pairs))
     fraction = len(test) / len(pairs)
@@ -53,8 +53,9 @@ def test_every_backend_gets_the_same_packed_input_and_padded_agrees():
     torch.testing.assert_close(a(x, lengths), b(x, lengths), rtol=1e-5, atol=1e-6)
     # the padded result does not depend on what the padding is
     longer, _ = names.encode(batch + ["Abcdefghijklmnopqrstuvwxyz"])
-    torch.testing.assert_close(b(x, lengths), b(longer, torch.tensor([3, 8, 6, 2, 26]))[:4],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        b(x, lengths), b(longer, torch.tensor([3, 8, 6, 2, 26]))[:4], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_elman_masks_padding():
@@ -68,8 +69,26 @@ def test_elman_masks_padding():
 
 def test_cli_short_run(tmp_path):
     out = tmp_path / "n"
-    rc = bench_main(["train", "names", "--kind", "rnn", "--backend", "native", "--model", "cell,elman",
-                     "--epochs", "1", "--max-train", "600", "--hidden", "16", "--out", str(out)])
+    rc = bench_main(
+        [
+            "train",
+            "names",
+            "--kind",
+            "rnn",
+            "--backend",
+            "native",
+            "--model",
+            "cell,elman",
+            "--epochs",
+            "1",
+            "--max-train",
+            "600",
+            "--hidden",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["backend"]) for r in recs] == [("rnn", "native"), ("elman", "tutorial")]

@@ -1,4 +1,5 @@
 """poems: the lab's filters, vocabulary, generation, the CLI; plus the suite and report section."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_data
 
 from bench import data as bdata
 from bench.cli import main as bench_main
-from conftest import needs_data
 from bench.tasks import poems, report_section, suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -30,9 +31,14 @@ def test_lab_filters():
 
 def test_vocab_and_generation_stop():
     vocab = poems.CharVocab(["G春眠不覺曉E", "G處處聞啼鳥E"])
-    assert vocab.idx_to_token[:2] == [" ", "<unk>"] and vocab.encode("春X") == [vocab.token_to_idx["春"], 1]
+    assert vocab.idx_to_token[:2] == [" ", "<unk>"] and vocab.encode("春X") == [
+        vocab.token_to_idx["春"],
+        1,
+    ]
     model = poems.PoemLM("gru", "native", len(vocab), embed=8, hidden_size=8, seed=0)
-    text = poems.generate(model, vocab, "春", max_len=12, generator=torch.Generator().manual_seed(0))
+    text = poems.generate(
+        model, vocab, "春", max_len=12, generator=torch.Generator().manual_seed(0)
+    )
     assert text.startswith("春") and 1 <= len(text) <= 12 and "E" not in text
     with torch.no_grad():
         model.head.bias.fill_(-1e4)
@@ -43,9 +49,32 @@ def test_vocab_and_generation_stop():
 @needs_poems
 def test_cli_small_run(tmp_path):
     out = tmp_path / "p"
-    rc = bench_main(["train", "poems", "--backend", "native", "--kind", "gru", "--epochs", "1",
-                     "--max-poems", "60", "--hidden", "16", "--embed", "8", "--lab-loop-poems", "4",
-                     "--begin", "日山", "--max-gen", "10", "--out", str(out)])
+    rc = bench_main(
+        [
+            "train",
+            "poems",
+            "--backend",
+            "native",
+            "--kind",
+            "gru",
+            "--epochs",
+            "1",
+            "--max-poems",
+            "60",
+            "--hidden",
+            "16",
+            "--embed",
+            "8",
+            "--lab-loop-poems",
+            "4",
+            "--begin",
+            "日山",
+            "--max-gen",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert r["task"] == "poems" and r["filtered_poems"] > 40000
@@ -59,14 +88,18 @@ def test_suite_argument_lists_parse():
             module = __import__(f"bench.tasks.{task}", fromlist=["configure"])
             parser = argparse.ArgumentParser()
             module.configure(parser)
-            args = parser.parse_args(suite.task_argv(task, mode, "/tmp/x", "lstm", "native,fused", True))
+            args = parser.parse_args(
+                suite.task_argv(task, mode, "/tmp/x", "lstm", "native,fused", True)
+            )
             assert args.resume and args.backends == ["native", "fused"]
 
 
 def test_suite_rejects_unknown_task(tmp_path, capsys):
     assert bench_main(["tasks", "--short", "--tasks", "chess", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --tasks: unknown task(s) chess; expected any of charlm, names, anbn, poems"]
+    assert err == [
+        "error: --tasks: unknown task(s) chess; expected any of charlm, names, anbn, poems"
+    ]
     assert not (tmp_path / "records.jsonl").exists()
 
 
@@ -78,9 +111,31 @@ def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CELLBENCH_POEMS_URL", "http://127.0.0.1:9/")
     out = tmp_path / "p"
-    rc = bench_main(["train", "poems", "--backend", "native", "--epochs", "1", "--max-poems", "40",
-                     "--hidden", "8", "--embed", "8", "--lab-loop-poems", "0", "--begin", "日",
-                     "--max-gen", "5", "--out", str(out), "--no-plots"])
+    rc = bench_main(
+        [
+            "train",
+            "poems",
+            "--backend",
+            "native",
+            "--epochs",
+            "1",
+            "--max-poems",
+            "40",
+            "--hidden",
+            "8",
+            "--embed",
+            "8",
+            "--lab-loop-poems",
+            "0",
+            "--begin",
+            "日",
+            "--max-gen",
+            "5",
+            "--out",
+            str(out),
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert r["data_source"] == "embedded" and r["settings"]["corpus"] == "sample"
@@ -88,25 +143,48 @@ def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
     assert poems.find_corpus("sample").source == "embedded"
     with pytest.raises(bdata.DataError, match="cannot download"):
         poems.find_corpus("full")
-    with pytest.raises(ValueError, match="unknown --corpus 'all'; expected one of auto, full, sample"):
+    with pytest.raises(
+        ValueError, match="unknown --corpus 'all'; expected one of auto, full, sample"
+    ):
         poems.find_corpus("all")
 
 
 def test_report_section_renders_every_task(tmp_path):
     out = tmp_path / "runs"
-    assert bench_main(["train", "anbn", "--seeds", "0", "--steps", "5", "--n-eval", "5",
-                       "--out", str(out)]) == 0
-    fake = {"type": "task", "task": "names", "kind": "lstm", "backend": "native", "seed": 0,
-            "run_key": "x", "settings": {"num_layers": 1, "epochs": 1},
-            "metrics": {"test_accuracy": 0.5, "test_loss": 1.0}, "timings": {},
-            "curves": {"epoch": [1], "train_loss": [1.0], "test_loss": [1.1],
-                       "train_accuracy": [0.4], "test_accuracy": [0.5]},
-            "confusion": [[1, 0], [1, 0]], "languages": ["A", "B"],
-            "per_class_accuracy": {"A": 1.0, "B": 0.0}}
+    assert (
+        bench_main(
+            ["train", "anbn", "--seeds", "0", "--steps", "5", "--n-eval", "5", "--out", str(out)]
+        )
+        == 0
+    )
+    fake = {
+        "type": "task",
+        "task": "names",
+        "kind": "lstm",
+        "backend": "native",
+        "seed": 0,
+        "run_key": "x",
+        "settings": {"num_layers": 1, "epochs": 1},
+        "metrics": {"test_accuracy": 0.5, "test_loss": 1.0},
+        "timings": {},
+        "curves": {
+            "epoch": [1],
+            "train_loss": [1.0],
+            "test_loss": [1.1],
+            "train_accuracy": [0.4],
+            "test_accuracy": [0.5],
+        },
+        "confusion": [[1, 0], [1, 0]],
+        "languages": ["A", "B"],
+        "per_class_accuracy": {"A": 1.0, "B": 0.0},
+    }
     from bench import records
+
     records.append(out, fake)
     md = report_section.render([out], tmp_path / "report")
     assert "## aⁿbⁿ" in md and "## Names" in md and "| lstm" in md
-    for link in [line[line.index("(") + 1: -1] for line in md.splitlines() if line.startswith("![")]:
+    for link in [
+        line[line.index("(") + 1 : -1] for line in md.splitlines() if line.startswith("![")
+    ]:
         assert (tmp_path / "report" / link).is_file()
     assert report_section.render([tmp_path / "report"], tmp_path / "r2") == ""

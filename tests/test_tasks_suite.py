@@ -1,5 +1,6 @@
 """`python -m bench train` / `tasks`: option ranges (exit 2, one line), a failed task recorded
 while the suite goes on (exit 1), the report's provenance lines and failed-task table."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,10 @@ BAD_TRAIN = [
     (["charlm", "--batch-size", "32,0"], "--batch-size must be an integer >= 1, got 0"),
     (["charlm", "--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
     (["charlm", "--clip", "-1"], "--clip must be a number >= 0 (0: no clipping), got -1.0"),
-    (["charlm", "--optimizer", "lbfgs"], "--optimizer must be one of sgd, adam, rmsprop, got 'lbfgs'"),
+    (
+        ["charlm", "--optimizer", "lbfgs"],
+        "--optimizer must be one of sgd, adam, rmsprop, got 'lbfgs'",
+    ),
     (["names", "--test-fraction", "0"], "--test-fraction must be in (0, 1), got 0.0"),
     (["names", "--layers", "0"], "--layers must be an integer >= 1, got 0"),
     (["names", "--model", "gpt"], "--model must be one of cell, elman, got 'gpt'"),
@@ -45,13 +49,18 @@ def test_train_unknown_backend_names_the_valid_ones(tmp_path, capsys):
     assert line.startswith("error: unknown backend 'nope'") and "native" in line
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--threads", "-1"], "--threads must be an integer >= 0 (0: torch's default), got '-1'"),
-    (["--threads", "two"], "--threads must be an integer >= 0 (0: torch's default), got 'two'"),
-    (["--tasks", "anbn,chess"], "--tasks: unknown task(s) chess; expected any of charlm, names, "
-                                "anbn, poems"),
-    (["--kinds", "tanh"], "unknown cell kind 'tanh'; expected one of rnn, gru, lstm"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "-1"], "--threads must be an integer >= 0 (0: torch's default), got '-1'"),
+        (["--threads", "two"], "--threads must be an integer >= 0 (0: torch's default), got 'two'"),
+        (
+            ["--tasks", "anbn,chess"],
+            "--tasks: unknown task(s) chess; expected any of charlm, names, anbn, poems",
+        ),
+        (["--kinds", "tanh"], "unknown cell kind 'tanh'; expected one of rnn, gru, lstm"),
+    ],
+)
 def test_tasks_refuses_bad_options(tmp_path, capsys, argv, message):
     assert bench_main(["tasks", "--short", *argv, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
@@ -59,15 +68,33 @@ def test_tasks_refuses_bad_options(tmp_path, capsys, argv, message):
 
 
 def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
-    tiny_poems = ["--epochs", "1", "--max-poems", "20", "--hidden", "8", "--embed", "8",
-                  "--lab-loop-poems", "0", "--begin", "日", "--max-gen", "5", "--corpus", "sample",
-                  "--no-plots"]
-    monkeypatch.setitem(suite.SHORT, "anbn", ["--steps", "5", "--n-eval", "5", "--seeds", "0",
-                                              "--hidden", "-3"])  # fails inside the task
+    tiny_poems = [
+        "--epochs",
+        "1",
+        "--max-poems",
+        "20",
+        "--hidden",
+        "8",
+        "--embed",
+        "8",
+        "--lab-loop-poems",
+        "0",
+        "--begin",
+        "日",
+        "--max-gen",
+        "5",
+        "--corpus",
+        "sample",
+        "--no-plots",
+    ]
+    monkeypatch.setitem(
+        suite.SHORT, "anbn", ["--steps", "5", "--n-eval", "5", "--seeds", "0", "--hidden", "-3"]
+    )  # fails inside the task
     monkeypatch.setitem(suite.SHORT, "poems", tiny_poems)
     out = tmp_path / "runs"
-    rc = bench_main(["tasks", "--short", "--tasks", "anbn,poems", "--backends", "native",
-                     "--out", str(out)])
+    rc = bench_main(
+        ["tasks", "--short", "--tasks", "anbn,poems", "--backends", "native", "--out", str(out)]
+    )
     assert rc == 1
     captured = capsys.readouterr()
     assert "error: anbn: ValueError: --hidden must be an integer >= 1, got -3" in captured.err
@@ -88,8 +115,17 @@ def test_short_anbn_settings_give_a_real_capacity(tmp_path):
     """The short suite's aⁿbⁿ settings must leave every seed with capacity >= 5 under both
     readings (lr 1e-3 for as many steps leaves 0: a suite that shows nothing)."""
     out = tmp_path / "a"
-    argv = list(suite.SHORT["anbn"]) + ["--kind", "lstm", "--backend", "native", "--out", str(out),
-                                        "--no-plots", "--n-eval", "12"]
+    argv = list(suite.SHORT["anbn"]) + [
+        "--kind",
+        "lstm",
+        "--backend",
+        "native",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--n-eval",
+        "12",
+    ]
     assert bench_main(["train", "anbn", *argv]) == 0
     recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 2

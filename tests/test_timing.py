@@ -1,4 +1,5 @@
 """The timing engine (bench/timing.py) driven by a scripted worker: stop rules, ratios, faults."""
+
 from __future__ import annotations
 
 import itertools
@@ -34,11 +35,28 @@ class ScriptedWorker:
             if case.backend in self.raises:
                 return ("failed", "RuntimeError: planted")
             if case.backend in self.incorrect:
-                return ("ok", {"status": "incorrect", "error": "train check failed: output is not finite",
-                               "first_call_s": 0.1, "check_s": 0.01, "check_error": None})
+                return (
+                    "ok",
+                    {
+                        "status": "incorrect",
+                        "error": "train check failed: output is not finite",
+                        "first_call_s": 0.1,
+                        "check_s": 0.01,
+                        "check_error": None,
+                    },
+                )
             self.rounds[case.backend] = 1
-            return ("ok", {"status": "ok", "times": [next(self.times[case.backend])] * 3, "first_call_s": 0.2,
-                           "check_s": 0.01, "check_error": 0.05, "param_count": 10})
+            return (
+                "ok",
+                {
+                    "status": "ok",
+                    "times": [next(self.times[case.backend])] * 3,
+                    "first_call_s": 0.2,
+                    "check_s": 0.01,
+                    "check_error": 0.05,
+                    "param_count": 10,
+                },
+            )
         self.rounds[case.backend] += 1
         if self.die_at == (case.backend, self.rounds[case.backend]):
             self.dead = True
@@ -60,7 +78,9 @@ def test_steady_ratios_stop_on_the_ci_after_min_rounds():
     out = run(group("native", "numba", "naive"), worker, min_rounds=5)
     for r in out.values():
         assert r.status == "ok" and r.stop_reason == "ci" and r.rounds == 5
-    assert out["numba"].ratio_to_native == pytest.approx(2.0) and out["numba"].ratio_ci95 == pytest.approx([2, 2])
+    assert out["numba"].ratio_to_native == pytest.approx(2.0) and out[
+        "numba"
+    ].ratio_ci95 == pytest.approx([2, 2])
     assert out["naive"].ratio_to_native == pytest.approx(0.25)
     assert out["native"].ratio_to_native == 1.0 and out["native"].ratio_rounds == 5
     assert out["numba"].median_s == pytest.approx(0.005)
@@ -101,21 +121,33 @@ def test_an_incorrect_case_is_never_timed_and_not_ranked():
 
 
 def test_a_worker_death_in_round_2_fails_that_case_and_keeps_the_others_rounds():
-    worker = ScriptedWorker({"native": [0.010], "segfault": [0.005], "fused": [0.02]},
-                            die_at=("segfault", 2))
+    worker = ScriptedWorker(
+        {"native": [0.010], "segfault": [0.005], "fused": [0.02]}, die_at=("segfault", 2)
+    )
     out = run(group("native", "segfault", "fused"), worker, min_rounds=3)
     seg = out["segfault"]
-    assert seg.status == "failed" and seg.failed_round == 2 and "round 2" in seg.error and "SIGSEGV" in seg.error
+    assert (
+        seg.status == "failed"
+        and seg.failed_round == 2
+        and "round 2" in seg.error
+        and "SIGSEGV" in seg.error
+    )
     for name in ("native", "fused"):
         r = out[name]
-        assert r.status == "ok" and r.stop_reason == "group_fault" and "segfault ended the shared worker" in r.error
+        assert (
+            r.status == "ok"
+            and r.stop_reason == "group_fault"
+            and "segfault ended the shared worker" in r.error
+        )
     # round 2 runs in reverse order: fused finished it, native never started it
     assert out["fused"].rounds == 2 and out["native"].rounds == 1
     assert out["fused"].ratio_to_native == pytest.approx(0.5) and out["fused"].ratio_rounds == 1
 
 
 def test_a_failed_build_leaves_the_rest_of_the_group_measured():
-    worker = ScriptedWorker({"native": [0.010], "raises": [1.0], "numba": [0.005]}, raises={"raises"})
+    worker = ScriptedWorker(
+        {"native": [0.010], "raises": [1.0], "numba": [0.005]}, raises={"raises"}
+    )
     out = run(group("native", "raises", "numba"), worker, min_rounds=2)
     assert out["raises"].status == "failed" and out["raises"].error == "RuntimeError: planted"
     assert out["numba"].stop_reason == "ci" and out["numba"].ratio_to_native == pytest.approx(2.0)
@@ -129,8 +161,13 @@ def test_an_interruption_keeps_the_rounds_measured():
             return super().call(message, timeout)
 
     worker = Interrupting({"native": [0.010], "numba": [0.005]})
-    timer = GroupTimer(group("native", "numba"), worker, Options(min_rounds=5), {},
-                       lambda c: CaseRecord(**asdict(c)))
+    timer = GroupTimer(
+        group("native", "numba"),
+        worker,
+        Options(min_rounds=5),
+        {},
+        lambda c: CaseRecord(**asdict(c)),
+    )
     with pytest.raises(KeyboardInterrupt):
         timer.run()
     records = {e.record.backend: e.record for e in timer.entries}

@@ -6,6 +6,7 @@ imported triton already (the registry imports every built-in backend), so the ch
 subprocess with the variable set. Without triton installed everything here is skipped; on a
 machine with CUDA the interpreter run still applies, and `test_on_cuda` runs the real kernel.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,17 +21,26 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                                reason="triton is not installed (pip install triton; Linux x86_64 only)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="triton is not installed (pip install triton; Linux x86_64 only)",
+)
 
 # (kind, Config keyword arguments): small shapes, since the interpreter runs tile by tile in numpy
 CASES = [
-    ("lstm", {}), ("gru", {}), ("rnn", {}), ("rnn", {"nonlinearity": "relu"}),
-    ("lstm", {"num_layers": 2, "bidirectional": True}), ("gru", {"num_layers": 2, "batch_first": True}),
-    ("lstm", {"bias": False, "with_hx": False}), ("gru", {"bias": False, "with_hx": False}),
-    ("lstm", {"batch": None}), ("gru", {"batch": 1, "seq_len": 1}),
+    ("lstm", {}),
+    ("gru", {}),
+    ("rnn", {}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("lstm", {"num_layers": 2, "bidirectional": True}),
+    ("gru", {"num_layers": 2, "batch_first": True}),
+    ("lstm", {"bias": False, "with_hx": False}),
+    ("gru", {"bias": False, "with_hx": False}),
+    ("lstm", {"batch": None}),
+    ("gru", {"batch": 1, "seq_len": 1}),
     # hidden 70 > one 64-wide block: the streamed-weights path, with partial tiles in H and K
-    ("lstm", {"hidden_size": 70, "batch": 20, "seq_len": 3}), ("gru", {"hidden_size": 70, "seq_len": 3}),
+    ("lstm", {"hidden_size": 70, "batch": 20, "seq_len": 3}),
+    ("gru", {"hidden_size": 70, "seq_len": 3}),
     ("lstm", {"seq_len": 40}),
 ]
 
@@ -56,19 +66,36 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def interpreted_results():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(CASES)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(CASES)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and lines, (
+        f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     out = json.loads(lines[-1].removeprefix("RESULT "))
-    assert out["unavailable"] is None, f"triton unavailable under TRITON_INTERPRET=1: {out['unavailable']}"
+    assert out["unavailable"] is None, (
+        f"triton unavailable under TRITON_INTERPRET=1: {out['unavailable']}"
+    )
     return {r["label"]: r for r in out["results"]}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}"
+)
 def test_interpreted_matches_torch_nn(interpreted_results, case):
     from cells.equivalence import Config
+
     label = Config(case[0], **case[1]).label()
     result = interpreted_results[label]
     assert result["passed"], result["summary"]
@@ -76,10 +103,15 @@ def test_interpreted_matches_torch_nn(interpreted_results, case):
 
 def test_unavailable_reason_without_gpu_or_interpreter():
     from cells.kernels import triton_gpu
+
     if torch.cuda.is_available() or triton_gpu.interpreted():
         pytest.skip("CUDA or the interpreter is available here, so the backend is registered")
-    assert "CUDA" in triton_gpu.unavailable_reason() and "TRITON_INTERPRET" in triton_gpu.unavailable_reason()
+    assert (
+        "CUDA" in triton_gpu.unavailable_reason()
+        and "TRITON_INTERPRET" in triton_gpu.unavailable_reason()
+    )
     import cells
+
     assert "triton" in cells.unavailable("lstm") and "triton" not in cells.backends("lstm")
 
 
@@ -89,6 +121,7 @@ def test_unavailable_reason_without_gpu_or_interpreter():
 def test_on_cuda(kind):
     import cells
     from cells.equivalence import Config, compare
+
     config = Config(kind, input_size=28, hidden_size=256, batch=32, seq_len=35, num_layers=2)
     torch.manual_seed(0)
     module = cells.create(kind, "triton", 28, 256, num_layers=2).cuda()

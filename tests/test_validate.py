@@ -5,6 +5,7 @@ is shown to work on kernels it has never seen. The quick matrix is used througho
 bug must still be caught by it, and the tests check *where* it is caught (which configurations
 pass and which fail), so a bug caught only by accident would show.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,8 +53,10 @@ def tensor_passed(verdict, label_pred, name):
 
 
 # --- correct independent implementations --------------------------------------------------
-@pytest.mark.parametrize("target, kind", [(f"{STEP}:StepLSTM", "lstm"), (f"{STEP}:make_gru", "gru"),
-                                          (f"{STEP}:StepRNN", "rnn")])
+@pytest.mark.parametrize(
+    "target, kind",
+    [(f"{STEP}:StepLSTM", "lstm"), (f"{STEP}:make_gru", "gru"), (f"{STEP}:StepRNN", "rnn")],
+)
 def test_correct_implementations_pass_with_training_parity(target, kind, tmp_path):
     verdict = run(target, kind, tmp_path, train=True, train_steps=6, train_hidden=32)
     assert verdict["passed"], verdict["reason"]
@@ -101,7 +104,10 @@ def test_missing_bias_in_upper_layers_needs_multilayer_configs(tmp_path):
     assert not v["passed"]
     assert set(statuses(v, lambda c: c.num_layers == 1)) == {"pass"}
     assert "fail" in statuses(v, lambda c: c.num_layers > 1 and c.bias)
-    assert "no gradient for bias_ih_l1, bias_hh_l1, bias_ih_l1_reverse, bias_hh_l1_reverse" in v["reason"]
+    assert (
+        "no gradient for bias_ih_l1, bias_hh_l1, bias_ih_l1_reverse, bias_hh_l1_reverse"
+        in v["reason"]
+    )
 
 
 def test_wrong_final_cell_state(tmp_path):
@@ -168,6 +174,7 @@ def test_unsupported_option_is_not_a_failure_unless_required(tmp_path):
 def test_required_half_precision_without_gpu_fails(tmp_path):
     pytest.importorskip("torch")
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: float16 is really checked")
     v = run(f"{STEP}:StepRNN", "rnn", tmp_path, required={"float16"})
@@ -178,31 +185,71 @@ def test_required_half_precision_without_gpu_fails(tmp_path):
 def test_cli_exit_status_and_one_line_reason(tmp_path, capsys):
     common = ["--quick", "--no-speed", "--no-train", "--out"]
     try:
-        assert cli(["validate", f"{STEP}:StepLSTM", "--kind", "lstm", *common, str(tmp_path / "ok")]) == 0
+        assert (
+            cli(["validate", f"{STEP}:StepLSTM", "--kind", "lstm", *common, str(tmp_path / "ok")])
+            == 0
+        )
         assert capsys.readouterr().out.strip().splitlines()[-1].startswith("validate: PASS")
-        assert cli(["validate", f"{BUGS}:TimeShiftLSTM", "--kind", "lstm", *common, str(tmp_path / "bad")]) == 1
+        assert (
+            cli(
+                [
+                    "validate",
+                    f"{BUGS}:TimeShiftLSTM",
+                    "--kind",
+                    "lstm",
+                    *common,
+                    str(tmp_path / "bad"),
+                ]
+            )
+            == 1
+        )
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert last.startswith("validate: FAIL: equivalence: lstm") and "output" in last
         report = (tmp_path / "bad" / "validate.md").read_text()
         assert "First failing configuration" in report and "**Verdict: FAIL**" in report
         from bench.records import frame
+
         df = frame([tmp_path / "bad"], "validate")
         assert len(df) == 1 and not df["passed"].iloc[0]
-        assert cli(["validate", "no_such_module:X", "--kind", "lstm", *common, str(tmp_path / "x")]) == 2
-        assert cli(["validate", f"{STEP}:StepLSTM", "--kind", "lstm", "--require", "wings",
-                    *common, str(tmp_path / "x")]) == 2
+        assert (
+            cli(["validate", "no_such_module:X", "--kind", "lstm", *common, str(tmp_path / "x")])
+            == 2
+        )
+        assert (
+            cli(
+                [
+                    "validate",
+                    f"{STEP}:StepLSTM",
+                    "--kind",
+                    "lstm",
+                    "--require",
+                    "wings",
+                    *common,
+                    str(tmp_path / "x"),
+                ]
+            )
+            == 2
+        )
     finally:
         cells.unregister("lstm", "candidate")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("bench.sweep") is None, reason="bench.sweep not present")
+@pytest.mark.skipif(
+    importlib.util.find_spec("bench.sweep") is None, reason="bench.sweep not present"
+)
 def test_speed_runs_the_candidate_in_the_sweep(tmp_path):
     """The candidate is registered in sweep workers by a generated module (tiny shape, one mode)."""
-    result = V.speed(f"{STEP}:StepGRU", "gru", "candidate", tmp_path,
-                     {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)},
-                     ["native", "candidate"], modes=("infer",),
-                     extra_args=["--no-peak", "--no-memory", "--min-run-time", "0.02", "--min-repeats", "3"])
+    result = V.speed(
+        f"{STEP}:StepGRU",
+        "gru",
+        "candidate",
+        tmp_path,
+        {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)},
+        ["native", "candidate"],
+        modes=("infer",),
+        extra_args=["--no-peak", "--no-memory", "--min-run-time", "0.02", "--min-repeats", "3"],
+    )
     assert result["status"] == "ok", result["reason"]
     rows = {r["backend"]: r for r in result["rows"]}
     assert set(rows) == {"native", "candidate"} and rows["candidate"]["status"] == "ok"
@@ -216,12 +263,14 @@ def test_entry_point_backend_is_registered(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-kernels\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[cellbench.backends]\nfake = fake_kernels:register\n")
-    (tmp_path / "fake_kernels.py").write_text(textwrap.dedent("""
+    (tmp_path / "fake_kernels.py").write_text(
+        textwrap.dedent("""
         import cells
         from tests.candidates.stepwise import StepLSTM
         def register():
             cells.register("lstm", "fake", StepLSTM)
-    """))
+    """)
+    )
     code = textwrap.dedent("""
         import cells, torch
         from cells.equivalence import Config, compare
@@ -230,8 +279,14 @@ def test_entry_point_backend_is_registered(tmp_path):
         print(compare(m, Config("lstm")).passed)
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     backends, passed = proc.stdout.strip().splitlines()
     assert "'fake'" in backends and passed == "True"

@@ -1,3 +1,4 @@
 """The four textbook training workloads: charlm (d2l ch. 8-9), names (PyTorch tutorial),
 anbn (Gers & Schmidhuber) and poems (Tang poetry). See docs/tasks.md."""
+
 TASKS = ("charlm", "names", "anbn", "poems")

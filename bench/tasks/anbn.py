@@ -15,6 +15,7 @@ Evaluation for every n in 1..100, greedy next-symbol predictions along the strin
 Memory capacity = the largest N such that every n <= N is solved. Tiny nets are seed-sensitive:
 run several seeds and report the spread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench import records
+
 from ..figures import save_figure
-from .common import (OPTIMIZER_RULE, add_common_arguments, apply_threads, at_least,
-                     check_kinds_backends, check_options, done_keys, init_weights, make_cell,
-                     make_optimizer, positive, progress, provenance, run_key, seed_all, task_record)
+from .common import (
+    OPTIMIZER_RULE,
+    add_common_arguments,
+    apply_threads,
+    at_least,
+    check_kinds_backends,
+    check_options,
+    done_keys,
+    init_weights,
+    make_cell,
+    make_optimizer,
+    positive,
+    progress,
+    provenance,
+    run_key,
+    seed_all,
+    task_record,
+)
 
 START, ZERO, ONE, END = 3, 0, 1, 2
 N_VALUES = tuple(range(1, 11))
@@ -57,8 +74,15 @@ def make_batch(ns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class AnBnNet(nn.Module):
-    def __init__(self, kind: str, backend: str, hidden_size: int = 2, embed: int = 4,
-                 seed: int = 0, init: str = "default") -> None:
+    def __init__(
+        self,
+        kind: str,
+        backend: str,
+        hidden_size: int = 2,
+        embed: int = 4,
+        seed: int = 0,
+        init: str = "default",
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(4, embed)
         self.rnn = make_cell(kind, backend, embed, hidden_size)
@@ -82,11 +106,11 @@ def prediction_errors(model: AnBnNet, n_max: int = 100) -> tuple[list[int], list
         x, y = make_batch(ns)
         pred = model(x).argmax(-1)
     model.train()
-    wrong = (pred != y) & (y != PAD)                    # (T, B)
+    wrong = (pred != y) & (y != PAD)  # (T, B)
     t = torch.arange(y.shape[0]).unsqueeze(1)
     n = torch.tensor(ns).unsqueeze(0)
     lab = wrong & (t != n) & (t != 1)
-    strict = wrong & (t > n)                            # padding is already excluded by y != PAD
+    strict = wrong & (t > n)  # padding is already excluded by y != PAD
     return strict.sum(0).tolist(), lab.sum(0).tolist()
 
 
@@ -115,8 +139,12 @@ def run_one(kind: str, backend: str, seed: int, s: dict, show_progress=None) -> 
     eval_every = max(1, s["steps"] // 20)
     start = time.perf_counter()
     symbols = 0
-    for step in progress(range(1, s["steps"] + 1), total=s["steps"], desc=f"anbn {kind}/{backend}",
-                         enabled=show_progress):
+    for step in progress(
+        range(1, s["steps"] + 1),
+        total=s["steps"],
+        desc=f"anbn {kind}/{backend}",
+        enabled=show_progress,
+    ):
         ns = rng.choices(N_VALUES, weights=N_WEIGHTS, k=s["batch_size"])
         x, y = make_batch(ns)
         logits = model(x)
@@ -138,17 +166,34 @@ def run_one(kind: str, backend: str, seed: int, s: dict, show_progress=None) -> 
     errors, every = prediction_errors(model, s["n_eval"])
     cap = capacity(errors)
     solved = [n for n, e in enumerate(errors, 1) if e == 0]
-    metrics = {"capacity": cap, "capacity_lab": capacity(every),
-               "max_solved": max(solved) if solved else 0,
-               "solved_count": len(solved), "solved_train_range": all(e == 0 for e in errors[:10]),
-               "final_loss": curve_loss[-1] if curve_loss else None,
-               "train_time_s": train_seconds,
-               "tokens_per_s": symbols / train_seconds if train_seconds else None}
-    curves = {"step": curve_steps, "loss": curve_loss, "capacity": curve_cap,
-              "capacity_lab": curve_lab}
-    return task_record("anbn", kind, backend, seed, s, metrics, curves,
-                       {"train_time_s": train_seconds, "symbols": symbols}, errors=errors,
-                       errors_lab=every)
+    metrics = {
+        "capacity": cap,
+        "capacity_lab": capacity(every),
+        "max_solved": max(solved) if solved else 0,
+        "solved_count": len(solved),
+        "solved_train_range": all(e == 0 for e in errors[:10]),
+        "final_loss": curve_loss[-1] if curve_loss else None,
+        "train_time_s": train_seconds,
+        "tokens_per_s": symbols / train_seconds if train_seconds else None,
+    }
+    curves = {
+        "step": curve_steps,
+        "loss": curve_loss,
+        "capacity": curve_cap,
+        "capacity_lab": curve_lab,
+    }
+    return task_record(
+        "anbn",
+        kind,
+        backend,
+        seed,
+        s,
+        metrics,
+        curves,
+        {"train_time_s": train_seconds, "symbols": symbols},
+        errors=errors,
+        errors_lab=every,
+    )
 
 
 def summarize(runs: list[dict], metric: str = "capacity") -> dict[tuple[str, str], dict]:
@@ -159,36 +204,69 @@ def summarize(runs: list[dict], metric: str = "capacity") -> dict[tuple[str, str
         value = r["metrics"].get(metric)
         if value is not None:
             by.setdefault((r["kind"], r["backend"]), []).append(value)
-    return {key: {"seeds": len(c), "min": min(c), "median": statistics.median(c), "max": max(c),
-                  "mean": statistics.fmean(c), "all": c} for key, c in by.items()}
+    return {
+        key: {
+            "seeds": len(c),
+            "min": min(c),
+            "median": statistics.median(c),
+            "max": max(c),
+            "mean": statistics.fmean(c),
+            "all": c,
+        }
+        for key, c in by.items()
+    }
 
 
 def plot_capacity(runs: list[dict], out_dir: str | Path, stem: str = "anbn") -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     summary, lab = summarize(runs), summarize(runs, "capacity_lab")
     labels = [f"{k}/{b}" for k, b in summary]
     a1.boxplot([v["all"] for v in summary.values()])
     a1.set_xticks(range(1, len(labels) + 1), labels)
     for i, key in enumerate(summary, 1):
-        a1.scatter([i] * len(summary[key]["all"]), summary[key]["all"], s=10, alpha=0.6,
-                   color="C0", label="strict" if i == 1 else None)
+        a1.scatter(
+            [i] * len(summary[key]["all"]),
+            summary[key]["all"],
+            s=10,
+            alpha=0.6,
+            color="C0",
+            label="strict" if i == 1 else None,
+        )
         if key in lab:
-            a1.scatter([i + 0.15] * len(lab[key]["all"]), lab[key]["all"], s=10, alpha=0.6,
-                       marker="x", color="C1", label="lab's reading" if i == 1 else None)
+            a1.scatter(
+                [i + 0.15] * len(lab[key]["all"]),
+                lab[key]["all"],
+                s=10,
+                alpha=0.6,
+                marker="x",
+                color="C1",
+                label="lab's reading" if i == 1 else None,
+            )
     top = max([max(v["all"]) for v in (*summary.values(), *lab.values())] + [1])
     a1.set_ylim(-0.5, top * 1.1 + 1)
     a1.set_ylabel("memory capacity (largest n, all n' <= n solved)")
     a1.set_title("capacity over seeds")
     a1.legend(fontsize=6)
     for r in runs:
-        line, = a2.plot(r["curves"]["step"], r["curves"]["capacity"], lw=1,
-                        label=f"{r['kind']}/{r['backend']} s{r['seed']}")
+        (line,) = a2.plot(
+            r["curves"]["step"],
+            r["curves"]["capacity"],
+            lw=1,
+            label=f"{r['kind']}/{r['backend']} s{r['seed']}",
+        )
         if r["curves"].get("capacity_lab"):
-            a2.plot(r["curves"]["step"], r["curves"]["capacity_lab"], lw=1, ls="--",
-                    color=line.get_color())
+            a2.plot(
+                r["curves"]["step"],
+                r["curves"]["capacity_lab"],
+                lw=1,
+                ls="--",
+                color=line.get_color(),
+            )
     a2.set_ylim(-0.5, top * 1.1 + 1)
     a2.set_xlabel("training step")
     a2.set_ylabel("capacity (dashed: the lab's reading)")
@@ -224,8 +302,15 @@ def main(args) -> int:
     check_options(args, RULES)
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
-    s = {"steps": args.steps, "batch_size": args.batch_size, "hidden_size": args.hidden,
-         "embed": args.embed, "optimizer": args.optimizer, "lr": args.lr, "n_eval": args.n_eval}
+    s = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "hidden_size": args.hidden,
+        "embed": args.embed,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "n_eval": args.n_eval,
+    }
     done = done_keys(args.out) if args.resume else set()
     runs = []
     for kind, backend, seed in itertools.product(args.kinds, args.backends, args.seeds):
@@ -236,15 +321,19 @@ def main(args) -> int:
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]
-        print(f"anbn {kind}/{backend} seed {seed}: capacity {m['capacity']} (lab's reading "
-              f"{m['capacity_lab']}), largest solved "
-              f"{m['max_solved']}, loss {m['final_loss']:.3f}, {m['train_time_s']:.1f} s")
+        print(
+            f"anbn {kind}/{backend} seed {seed}: capacity {m['capacity']} (lab's reading "
+            f"{m['capacity_lab']}), largest solved "
+            f"{m['max_solved']}, loss {m['final_loss']:.3f}, {m['train_time_s']:.1f} s"
+        )
     lab = summarize(runs, "capacity_lab")
     for (kind, backend), v in summarize(runs).items():
         w = lab[(kind, backend)]
-        print(f"anbn {kind}/{backend}: capacity over {v['seeds']} seeds min {v['min']} median "
-              f"{v['median']} max {v['max']} ({v['all']}); the lab's reading min "
-              f"{w['min']} median {w['median']} max {w['max']} ({w['all']})")
+        print(
+            f"anbn {kind}/{backend}: capacity over {v['seeds']} seeds min {v['min']} median "
+            f"{v['median']} max {v['max']} ({v['all']}); the lab's reading min "
+            f"{w['min']} median {w['median']} max {w['max']} ({w['all']})"
+        )
     if runs and not args.no_plots:
         plot_capacity(runs, args.out)
     return 0

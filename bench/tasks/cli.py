@@ -1,4 +1,5 @@
 """`python -m bench train TASK ...`: train one textbook task (charlm, names, anbn, poems)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ TASKS = {
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True,
-                                help="one of: " + ", ".join(TASKS))
+    sub = parser.add_subparsers(
+        dest="task", metavar="TASK", required=True, help="one of: " + ", ".join(TASKS)
+    )
     for name, help_text in TASKS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(f"bench.tasks.{name}").configure(p)

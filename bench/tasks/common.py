@@ -1,4 +1,5 @@
 """Helpers shared by the four textbook tasks: seeding, weight init, clipping, progress, records."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,13 +30,15 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     try:
         import numpy as np
-        np.random.seed(seed % (2 ** 32))
+
+        np.random.seed(seed % (2**32))
     except ImportError:  # pragma: no cover
         pass
 
 
-def make_cell(kind: str, backend: str, input_size: int, hidden_size: int, num_layers: int = 1,
-              **kwargs) -> nn.Module:
+def make_cell(
+    kind: str, backend: str, input_size: int, hidden_size: int, num_layers: int = 1, **kwargs
+) -> nn.Module:
     """cells.create with messages that name the valid kinds and backends."""
     if kind not in cells.KINDS:
         raise ValueError(f"unknown cell kind {kind!r}; expected one of {', '.join(cells.KINDS)}")
@@ -69,7 +73,9 @@ def init_weights(module: nn.Module, scheme: str, seed: int) -> None:
                 if isinstance(owner, nn.Linear):
                     fan = owner.in_features
                 else:
-                    fan = getattr(owner, "hidden_size", None) or (p.shape[-1] if p.dim() > 1 else p.shape[0])
+                    fan = getattr(owner, "hidden_size", None) or (
+                        p.shape[-1] if p.dim() > 1 else p.shape[0]
+                    )
                 bound = 1.0 / math.sqrt(fan)
                 p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
             elif is_bias or p.dim() < 2:
@@ -91,7 +97,7 @@ def clip_gradients(params: Iterable[torch.Tensor], theta: float) -> float:
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0
-    norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in params))
+    norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))
     if theta and theta > 0 and norm > theta:
         for p in params:
             p.grad.mul_(theta / norm)
@@ -109,13 +115,14 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; expected sgd, adam or rmsprop")
 
 
-def progress(iterable, total: Optional[int] = None, desc: str = "", enabled: Optional[bool] = None):
+def progress(iterable, total: int | None = None, desc: str = "", enabled: bool | None = None):
     """tqdm over epochs, silent when stderr is not a terminal."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
         return iterable
     from tqdm import tqdm
+
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
@@ -142,38 +149,48 @@ def split_list(value: str | Sequence, cast: Callable = str, name: str = "value")
             out.append(cast(v))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name}: {v!r} is not a valid {getattr(cast, '__name__', 'value')}") from None
+                f"{name}: {v!r} is not a valid {getattr(cast, '__name__', 'value')}"
+            ) from None
     return out
 
 
 def list_of(cast: Callable, name: str) -> Callable[[str], list]:
     def parse(value: str) -> list:
         return split_list(value, cast, name)
+
     parse.__name__ = f"list of {getattr(cast, '__name__', 'value')}"
     return parse
 
 
 def run_key(task: str, kind: str, backend: str, seed: int, settings: dict) -> str:
     """A stable id of one run's configuration, for --resume."""
-    blob = json.dumps({"task": task, "kind": kind, "backend": backend, "seed": seed,
-                       "settings": settings}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"task": task, "kind": kind, "backend": backend, "seed": seed, "settings": settings},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def done_keys(out_dir: str | os.PathLike) -> set[str]:
     from bench.records import iter_records
+
     if not Path(out_dir).exists():
         return set()
     return {r.get("run_key") for r in iter_records([out_dir]) if r.get("type") == "task"}
 
 
 def environment() -> dict[str, Any]:
-    return {"torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "host": platform.node()}
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "host": platform.node(),
+    }
 
 
-def provenance(record: dict, args, data_source: Optional[str] = None) -> dict:
+def provenance(record: dict, args, data_source: str | None = None) -> dict:
     """Add where the data came from (bench.data.SOURCES) and the suite mode, if any."""
     if data_source is not None:
         record["data_source"] = data_source
@@ -182,38 +199,94 @@ def provenance(record: dict, args, data_source: Optional[str] = None) -> dict:
     return record
 
 
-def task_record(task: str, kind: str, backend: str, seed: int, settings: dict, metrics: dict,
-                curves: dict, timings: dict, **extra) -> dict:
-    record = {"type": "task", "status": "ok", "task": task, "kind": kind, "backend": backend,
-              "seed": seed,
-              "run_key": run_key(task, kind, backend, seed, settings),
-              "settings": settings, "metrics": metrics, "curves": curves, "timings": timings,
-              "env": environment(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+def task_record(
+    task: str,
+    kind: str,
+    backend: str,
+    seed: int,
+    settings: dict,
+    metrics: dict,
+    curves: dict,
+    timings: dict,
+    **extra,
+) -> dict:
+    record = {
+        "type": "task",
+        "status": "ok",
+        "task": task,
+        "kind": kind,
+        "backend": backend,
+        "seed": seed,
+        "run_key": run_key(task, kind, backend, seed, settings),
+        "settings": settings,
+        "metrics": metrics,
+        "curves": curves,
+        "timings": timings,
+        "env": environment(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     record.update(extra)
     return record
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, kinds: str = "lstm",
-                         backends: str = "native", seeds: str = "0") -> None:
-    parser.add_argument("--kind", "--kinds", dest="kinds", type=list_of(str, "--kind"),
-                        default=split_list(kinds), help=f"cell kinds, comma list (default {kinds})")
-    parser.add_argument("--backend", "--backends", dest="backends", type=list_of(str, "--backend"),
-                        default=split_list(backends),
-                        help=f"backends, comma list (default {backends})")
-    parser.add_argument("--seed", "--seeds", dest="seeds", type=list_of(int, "--seed"),
-                        default=split_list(seeds, int), help=f"seeds, comma list (default {seeds})")
-    parser.add_argument("--data", default=None,
-                        help="data file or directory (else $CELLBENCH_DATA, the cache, a download)")
+def add_common_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    kinds: str = "lstm",
+    backends: str = "native",
+    seeds: str = "0",
+) -> None:
+    parser.add_argument(
+        "--kind",
+        "--kinds",
+        dest="kinds",
+        type=list_of(str, "--kind"),
+        default=split_list(kinds),
+        help=f"cell kinds, comma list (default {kinds})",
+    )
+    parser.add_argument(
+        "--backend",
+        "--backends",
+        dest="backends",
+        type=list_of(str, "--backend"),
+        default=split_list(backends),
+        help=f"backends, comma list (default {backends})",
+    )
+    parser.add_argument(
+        "--seed",
+        "--seeds",
+        dest="seeds",
+        type=list_of(int, "--seed"),
+        default=split_list(seeds, int),
+        help=f"seeds, comma list (default {seeds})",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="data file or directory (else $CELLBENCH_DATA, the cache, a download)",
+    )
     parser.add_argument("--out", required=True, help="output directory for records.jsonl and plots")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip runs whose configuration already has a record in --out")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: these small models gain little from more, and "
-                             "oversubscribed cores slow multi-threaded kernels down badly; 0: torch's "
-                             "default)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip runs whose configuration already has a record in --out",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: these small models gain little from more, and "
+        "oversubscribed cores slow multi-threaded kernels down badly; 0: torch's "
+        "default)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    parser.add_argument("--progress", dest="progress", action="store_true", default=None,
-                        help="force the tqdm progress bar (default: only on a terminal)")
+    parser.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="force the tqdm progress bar (default: only on a terminal)",
+    )
     # set by `python -m bench tasks`, so that the report can say which settings a run used
     parser.add_argument("--suite", choices=("short", "full"), default=None, help=argparse.SUPPRESS)
 
@@ -238,8 +311,12 @@ def known_optimizer(v: Any) -> bool:
     return str(v).lower() in OPTIMIZERS
 
 
-OPTIMIZER_RULE: Rule = ("optimizer", "--optimizer", f"one of {', '.join(OPTIMIZERS)}",
-                        known_optimizer)
+OPTIMIZER_RULE: Rule = (
+    "optimizer",
+    "--optimizer",
+    f"one of {', '.join(OPTIMIZERS)}",
+    known_optimizer,
+)
 COMMON_RULES: tuple[Rule, ...] = (
     ("threads", "--threads", "an integer >= 0 (0: torch's default)", at_least(0)),
     ("seeds", "--seed", "an integer >= 0", at_least(0)),
@@ -267,7 +344,9 @@ def apply_threads(args) -> None:
 def check_kinds_backends(kinds: Sequence[str], backends: Sequence[str]) -> None:
     for kind in kinds:
         if kind not in cells.KINDS:
-            raise ValueError(f"unknown cell kind {kind!r}; expected one of {', '.join(cells.KINDS)}")
+            raise ValueError(
+                f"unknown cell kind {kind!r}; expected one of {', '.join(cells.KINDS)}"
+            )
         for backend in backends:
             cells.get(kind, backend)  # raises with the valid names
 

@@ -7,6 +7,7 @@ cells.capabilities, so all of them compute the same thing; a backend that does n
 padded batch, and the logits are taken at each name's last valid step. Also the tutorial's own
 Elman cell (linear i2h / i2o on [input, hidden]) as `--model elman`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,23 +17,41 @@ import random
 import string
 import time
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from cells.capabilities import declared
-
 from bench import data as bdata
 from bench import records
+from cells.capabilities import declared
+
 from ..figures import save_figure
-from .common import (OPTIMIZER_RULE, add_common_arguments, apply_threads, at_least,
-                     check_kinds_backends, check_options, clip_gradients, done_keys, init_weights,
-                     list_of, make_cell, make_optimizer, open_unit, positive, progress, provenance,
-                     run_key, safe_name, seed_all, task_record)
+from .common import (
+    OPTIMIZER_RULE,
+    add_common_arguments,
+    apply_threads,
+    at_least,
+    check_kinds_backends,
+    check_options,
+    clip_gradients,
+    done_keys,
+    init_weights,
+    list_of,
+    make_cell,
+    make_optimizer,
+    open_unit,
+    positive,
+    progress,
+    provenance,
+    run_key,
+    safe_name,
+    seed_all,
+    task_record,
+)
 
 ALL_LETTERS = string.ascii_letters + " .,;'"
 N_LETTERS = len(ALL_LETTERS)  # 57, as in the tutorial
@@ -41,8 +60,11 @@ LETTER_INDEX = {c: i for i, c in enumerate(ALL_LETTERS)}
 
 def unicode_to_ascii(s: str) -> str:
     """The tutorial's unicodeToAscii: NFD, drop combining marks and anything not in ALL_LETTERS."""
-    return "".join(c for c in unicodedata.normalize("NFD", s)
-                   if unicodedata.category(c) != "Mn" and c in ALL_LETTERS)
+    return "".join(
+        c
+        for c in unicodedata.normalize("NFD", s)
+        if unicodedata.category(c) != "Mn" and c in ALL_LETTERS
+    )
 
 
 def load_names(data: str | None = None) -> dict[str, list[str]]:
@@ -57,8 +79,9 @@ def load_names(data: str | None = None) -> dict[str, list[str]]:
     return out
 
 
-def split_names(by_language: dict[str, list[str]], test_fraction: float = 0.2,
-                seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
+def split_names(
+    by_language: dict[str, list[str]], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
     """De-duplicate (name, language) pairs and split them by name string, stratified by language.
 
     A name spelled the same in several languages (e.g. 'Abel' in French and German) goes wholly to
@@ -127,9 +150,18 @@ class NamesClassifier(nn.Module):
     """One-hot letters -> recurrent cell (any kind/backend, 1-2 layers) -> linear on the last
     valid step; or the tutorial's Elman cell (model='elman')."""
 
-    def __init__(self, kind: str, backend: str, hidden_size: int = 128, num_layers: int = 1,
-                 n_classes: int = 18, model: str = "cell", pack: Optional[bool] = None,
-                 seed: int = 0, init: str = "default") -> None:
+    def __init__(
+        self,
+        kind: str,
+        backend: str,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        n_classes: int = 18,
+        model: str = "cell",
+        pack: bool | None = None,
+        seed: int = 0,
+        init: str = "default",
+    ) -> None:
         super().__init__()
         self.model = model
         if model == "elman":
@@ -142,8 +174,10 @@ class NamesClassifier(nn.Module):
         takes_packed = model == "cell" and declared(kind, backend).packed
         self.pack = takes_packed if pack is None else pack
         if self.pack and model == "cell" and not takes_packed:
-            raise ValueError(f"backend {backend!r} does not declare PackedSequence input "
-                             "(cells.capabilities); run it with padded batches (pack=False)")
+            raise ValueError(
+                f"backend {backend!r} does not declare PackedSequence input "
+                "(cells.capabilities); run it with padded batches (pack=False)"
+            )
         init_weights(self, init, seed)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -165,7 +199,7 @@ def _evaluate(model, pairs, batch_size: int, n_classes: int):
     total_loss = 0.0
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i: i + batch_size]
+            chunk = pairs[i : i + batch_size]
             x, lengths = encode([n for n, _ in chunk])
             y = torch.tensor([li for _, li in chunk])
             logits = model(x, lengths)
@@ -177,25 +211,40 @@ def _evaluate(model, pairs, batch_size: int, n_classes: int):
     return total_loss / max(1, len(pairs)), acc, confusion
 
 
-def run_one(kind: str, backend: str, seed: int, s: dict, train_pairs, test_pairs, languages,
-            show_progress=None) -> dict:
+def run_one(
+    kind: str,
+    backend: str,
+    seed: int,
+    s: dict,
+    train_pairs,
+    test_pairs,
+    languages,
+    show_progress=None,
+) -> dict:
     seed_all(seed)
     n_classes = len(languages)
-    model = NamesClassifier(kind, backend, s["hidden_size"], s["num_layers"], n_classes,
-                            s["model"], seed=seed)
+    model = NamesClassifier(
+        kind, backend, s["hidden_size"], s["num_layers"], n_classes, s["model"], seed=seed
+    )
     opt = make_optimizer(s["optimizer"], model.parameters(), s["lr"])
     rng = random.Random(seed)
-    curves = {"epoch": [], "train_loss": [], "train_accuracy": [], "test_loss": [],
-              "test_accuracy": []}
+    curves = {
+        "epoch": [],
+        "train_loss": [],
+        "train_accuracy": [],
+        "test_loss": [],
+        "test_accuracy": [],
+    }
     train_seconds, seen, chars = 0.0, 0, 0
     order = list(train_pairs)
-    for epoch in progress(range(s["epochs"]), total=s["epochs"], desc=f"names {kind}/{backend}",
-                          enabled=show_progress):
+    for epoch in progress(
+        range(s["epochs"]), total=s["epochs"], desc=f"names {kind}/{backend}", enabled=show_progress
+    ):
         rng.shuffle(order)
         total_loss, correct, count = 0.0, 0, 0
         start = time.perf_counter()
         for i in range(0, len(order), s["batch_size"]):
-            chunk = order[i: i + s["batch_size"]]
+            chunk = order[i : i + s["batch_size"]]
             x, lengths = encode([n for n, _ in chunk])
             y = torch.tensor([li for _, li in chunk])
             logits = model(x, lengths)
@@ -222,26 +271,44 @@ def run_one(kind: str, backend: str, seed: int, s: dict, train_pairs, test_pairs
         n = int(confusion[li].sum())
         per_class[lang] = float(confusion[li, li]) / n if n else None
     known = [v for v in per_class.values() if v is not None]
-    metrics = {"test_accuracy": test_acc, "test_loss": test_loss,
-               "balanced_accuracy": sum(known) / len(known) if known else None,
-               "train_accuracy": curves["train_accuracy"][-1], "train_loss": curves["train_loss"][-1],
-               "train_time_s": train_seconds, "names_per_s": seen / train_seconds if train_seconds else None,
-               "tokens_per_s": chars / train_seconds if train_seconds else None,
-               "epochs": s["epochs"]}
+    metrics = {
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "balanced_accuracy": sum(known) / len(known) if known else None,
+        "train_accuracy": curves["train_accuracy"][-1],
+        "train_loss": curves["train_loss"][-1],
+        "train_time_s": train_seconds,
+        "names_per_s": seen / train_seconds if train_seconds else None,
+        "tokens_per_s": chars / train_seconds if train_seconds else None,
+        "epochs": s["epochs"],
+    }
     timings = {"train_time_s": train_seconds, "names": seen, "characters": chars}
     label_kind = "elman" if s["model"] == "elman" else kind
     label_backend = "tutorial" if s["model"] == "elman" else backend
-    return task_record("names", label_kind, label_backend, seed, s, metrics, curves, timings,
-                       per_class_accuracy=per_class, confusion=confusion.tolist(),
-                       languages=languages, packed=bool(model.pack) and s["model"] == "cell",
-                       split={"train": len(train_pairs), "test": len(test_pairs)})
+    return task_record(
+        "names",
+        label_kind,
+        label_backend,
+        seed,
+        s,
+        metrics,
+        curves,
+        timings,
+        per_class_accuracy=per_class,
+        confusion=confusion.tolist(),
+        languages=languages,
+        packed=bool(model.pack) and s["model"] == "cell",
+        split={"train": len(train_pairs), "test": len(test_pairs)},
+    )
 
 
 def plot_confusion(record: dict, out_dir: str | Path) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     cm = np.array(record["confusion"], dtype=float)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     langs = record["languages"]
@@ -251,28 +318,51 @@ def plot_confusion(record: dict, out_dir: str | Path) -> Path:
     ax.set_yticks(range(len(langs)), langs, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true language")
-    ax.set_title(f"names {record['kind']}/{record['backend']} seed {record['seed']}: "
-                 f"test accuracy {record['metrics']['test_accuracy']:.3f}", fontsize=9)
+    ax.set_title(
+        f"names {record['kind']}/{record['backend']} seed {record['seed']}: "
+        f"test accuracy {record['metrics']['test_accuracy']:.3f}",
+        fontsize=9,
+    )
     fig.colorbar(im, ax=ax, fraction=0.046)
-    path = save_figure(fig, Path(out_dir) / (safe_name("names_confusion", record["kind"], record["backend"],
-                                      f"s{record['seed']}", record["run_key"][:6]) + ".png"))
+    path = save_figure(
+        fig,
+        Path(out_dir)
+        / (
+            safe_name(
+                "names_confusion",
+                record["kind"],
+                record["backend"],
+                f"s{record['seed']}",
+                record["run_key"][:6],
+            )
+            + ".png"
+        ),
+    )
     return path
 
 
 def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "names") -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for r in runs:
         c = r["curves"]
         label = f"{r['kind']}/{r['backend']} L{r['settings']['num_layers']} s{r['seed']}"
-        line, = a1.plot(c["epoch"], c["train_loss"], label=label + " train")
+        (line,) = a1.plot(c["epoch"], c["train_loss"], label=label + " train")
         a1.plot(c["epoch"], c["test_loss"], ls="--", color=line.get_color(), label=label + " test")
         a2.plot(c["epoch"], c["train_accuracy"], color=line.get_color(), label=label + " train")
-        a2.plot(c["epoch"], c["test_accuracy"], ls="--", color=line.get_color(), label=label + " test")
-    a1.set_xlabel("epoch"); a1.set_ylabel("cross-entropy"); a1.legend(fontsize=6)
-    a2.set_xlabel("epoch"); a2.set_ylabel("accuracy"); a2.legend(fontsize=6)
+        a2.plot(
+            c["epoch"], c["test_accuracy"], ls="--", color=line.get_color(), label=label + " test"
+        )
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("cross-entropy")
+    a1.legend(fontsize=6)
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.legend(fontsize=6)
     fig.suptitle("names: loss and accuracy")
     path = save_figure(fig, Path(out_dir) / f"{stem}_curves.png")
     return path
@@ -280,20 +370,34 @@ def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "names") -> P
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, kinds="lstm", backends="native")
-    parser.add_argument("--model", type=list_of(str, "--model"), default=["cell"],
-                        help="cell (a kind/backend from cells) and/or elman (the tutorial's RNN)")
+    parser.add_argument(
+        "--model",
+        type=list_of(str, "--model"),
+        default=["cell"],
+        help="cell (a kind/backend from cells) and/or elman (the tutorial's RNN)",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--hidden", "--hidden-size", dest="hidden", type=int, default=128)
-    parser.add_argument("--layers", "--num-layers", dest="layers",
-                        type=list_of(int, "--layers"), default=[1], help="1 and/or 2")
+    parser.add_argument(
+        "--layers",
+        "--num-layers",
+        dest="layers",
+        type=list_of(int, "--layers"),
+        default=[1],
+        help="1 and/or 2",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--optimizer", default="adam", help="sgd, adam, rmsprop")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
-    parser.add_argument("--max-train", type=int, default=0,
-                        help="use only this many training pairs (0: all; for short runs)")
+    parser.add_argument(
+        "--max-train",
+        type=int,
+        default=0,
+        help="use only this many training pairs (0: all; for short runs)",
+    )
     parser.set_defaults(func=main)
 
 
@@ -317,8 +421,9 @@ def main(args) -> int:
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
     found = bdata.find("names", args.data)
-    train_pairs, test_pairs, languages = split_names(load_names(found.path), args.test_fraction,
-                                                     args.split_seed)
+    train_pairs, test_pairs, languages = split_names(
+        load_names(found.path), args.test_fraction, args.split_seed
+    )
     if args.max_train and args.max_train > 0:
         sub = list(train_pairs)
         random.Random(args.split_seed).shuffle(sub)
@@ -330,13 +435,24 @@ def main(args) -> int:
         if model_name == "elman":
             combos += [("elman", "tutorial", 1, model_name)]
         else:
-            combos += [(k, b, layers, model_name) for k, b, layers in
-                       itertools.product(args.kinds, args.backends, args.layers)]
+            combos += [
+                (k, b, layers, model_name)
+                for k, b, layers in itertools.product(args.kinds, args.backends, args.layers)
+            ]
     for (kind, backend, layers, model_name), seed in itertools.product(combos, args.seeds):
-        s = {"model": model_name, "epochs": args.epochs, "hidden_size": args.hidden,
-             "num_layers": layers, "batch_size": args.batch_size, "optimizer": args.optimizer,
-             "lr": args.lr, "clip": args.clip, "test_fraction": args.test_fraction,
-             "split_seed": args.split_seed, "max_train": args.max_train}
+        s = {
+            "model": model_name,
+            "epochs": args.epochs,
+            "hidden_size": args.hidden,
+            "num_layers": layers,
+            "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "clip": args.clip,
+            "test_fraction": args.test_fraction,
+            "split_seed": args.split_seed,
+            "max_train": args.max_train,
+        }
         if model_name == "elman":
             kind_arg, backend_arg = args.kinds[0], args.backends[0]
         else:
@@ -344,15 +460,18 @@ def main(args) -> int:
         if run_key("names", kind, backend, seed, s) in done:
             print(f"names {kind}/{backend} seed {seed}: already recorded, skipped")
             continue
-        record = run_one(kind_arg, backend_arg, seed, s, train_pairs, test_pairs, languages,
-                         args.progress)
+        record = run_one(
+            kind_arg, backend_arg, seed, s, train_pairs, test_pairs, languages, args.progress
+        )
         provenance(record, args, found.source)
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]
-        print(f"names {record['kind']}/{record['backend']} L{layers} seed {seed}: test accuracy "
-              f"{m['test_accuracy']:.3f}, loss {m['test_loss']:.3f}, {m['names_per_s']:.0f} names/s, "
-              f"{m['train_time_s']:.1f} s")
+        print(
+            f"names {record['kind']}/{record['backend']} L{layers} seed {seed}: test accuracy "
+            f"{m['test_accuracy']:.3f}, loss {m['test_loss']:.3f}, {m['names_per_s']:.0f} names/s, "
+            f"{m['train_time_s']:.1f} s"
+        )
         if not args.no_plots:
             plot_confusion(record, args.out)
     if runs and not args.no_plots:

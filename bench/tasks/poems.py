@@ -9,6 +9,7 @@ one-poem-at-a-time loop, for tokens/s. Generation from a begin character, stoppi
 characters. Perplexity on held-out poems. `--corpus` picks the full corpus or the 3,000-poem
 sample shipped with cellbench (find_corpus).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import itertools
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,11 +28,28 @@ from torch.nn import functional as F
 
 from bench import data as bdata
 from bench import records
+
 from ..figures import save_figure
-from .common import (OPTIMIZER_RULE, add_common_arguments, apply_threads, at_least,
-                     check_kinds_backends, check_options, clip_gradients, done_keys, init_weights,
-                     make_cell, make_optimizer, open_unit, positive, progress, provenance, run_key,
-                     seed_all, task_record)
+from .common import (
+    OPTIMIZER_RULE,
+    add_common_arguments,
+    apply_threads,
+    at_least,
+    check_kinds_backends,
+    check_options,
+    clip_gradients,
+    done_keys,
+    init_weights,
+    make_cell,
+    make_optimizer,
+    open_unit,
+    positive,
+    progress,
+    provenance,
+    run_key,
+    seed_all,
+    task_record,
+)
 
 START, END, PAD, UNK = "G", "E", " ", "<unk>"
 BAD = ("_", "(", "（", "《", "[", START, END)
@@ -90,8 +108,9 @@ def find_corpus(corpus: str = "auto", data: str | None = None) -> bdata.Found:
         return bdata.find("poems_sample")
 
 
-def split_poems(text: str, max_poems: int = 0, test_fraction: float = 0.05,
-                seed: int = 0) -> tuple[list[str], list[str], CharVocab, int]:
+def split_poems(
+    text: str, max_poems: int = 0, test_fraction: float = 0.05, seed: int = 0
+) -> tuple[list[str], list[str], CharVocab, int]:
     """(train poems, held-out poems, vocabulary over both, number passing the filters)."""
     poems = parse_poems(text)
     total = len(poems)
@@ -106,16 +125,31 @@ def split_poems(text: str, max_poems: int = 0, test_fraction: float = 0.05,
     return train, test, CharVocab(train + test), total
 
 
-def load_poems(data: str | None = None, max_poems: int = 0, test_fraction: float = 0.05,
-               seed: int = 0, corpus: str = "full") -> tuple[list[str], list[str], CharVocab, int]:
+def load_poems(
+    data: str | None = None,
+    max_poems: int = 0,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+    corpus: str = "full",
+) -> tuple[list[str], list[str], CharVocab, int]:
     """split_poems of the corpus that find_corpus(corpus, data) picks."""
-    return split_poems(bdata.text_of(find_corpus(corpus, data).path), max_poems, test_fraction, seed)
+    return split_poems(
+        bdata.text_of(find_corpus(corpus, data).path), max_poems, test_fraction, seed
+    )
 
 
 class PoemLM(nn.Module):
-    def __init__(self, kind: str, backend: str, vocab_size: int, embed: int = 100,
-                 hidden_size: int = 128, num_layers: int = 2, seed: int = 0,
-                 init: str = "default") -> None:
+    def __init__(
+        self,
+        kind: str,
+        backend: str,
+        vocab_size: int,
+        embed: int = 100,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        seed: int = 0,
+        init: str = "default",
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.embedding = nn.Embedding(vocab_size, embed)
@@ -139,10 +173,14 @@ def _batch(encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def length_buckets(encoded: list[list[int]], batch_size: int, rng: random.Random) -> list[list[list[int]]]:
+def length_buckets(
+    encoded: list[list[int]], batch_size: int, rng: random.Random
+) -> list[list[list[int]]]:
     """Batches of similar length (the lab sorts poems by length), in shuffled order."""
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), rng.random()))
-    chunks = [[encoded[i] for i in order[j: j + batch_size]] for j in range(0, len(order), batch_size)]
+    chunks = [
+        [encoded[i] for i in order[j : j + batch_size]] for j in range(0, len(order), batch_size)
+    ]
     rng.shuffle(chunks)
     return chunks
 
@@ -152,17 +190,29 @@ def perplexity(model: PoemLM, encoded: list[list[int]], batch_size: int = 128) -
     total, count = 0.0, 0
     with torch.no_grad():
         for j in range(0, len(encoded), batch_size):
-            x, y = _batch(encoded[j: j + batch_size])
+            x, y = _batch(encoded[j : j + batch_size])
             logits, _ = model(x)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                           ignore_index=-100, reduction="sum"))
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    y.reshape(-1),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            )
             count += int((y != -100).sum())
     model.train()
     return math.exp(total / count) if count else float("nan")
 
 
-def generate(model: PoemLM, vocab: CharVocab, begin: str, max_len: int = 50, greedy: bool = False,
-             generator: Optional[torch.Generator] = None) -> str:
+def generate(
+    model: PoemLM,
+    vocab: CharVocab,
+    begin: str,
+    max_len: int = 50,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> str:
     """Start from 'G' + begin; sample (or argmax) until 'E' or max_len characters."""
     model.eval()
     out = list(begin)
@@ -171,7 +221,11 @@ def generate(model: PoemLM, vocab: CharVocab, begin: str, max_len: int = 50, gre
         while len(out) < max_len:
             probs = F.softmax(logits[-1, 0], dim=-1)
             probs[0] = 0  # never the padding
-            nxt = int(probs.argmax()) if greedy else int(torch.multinomial(probs, 1, generator=generator))
+            nxt = (
+                int(probs.argmax())
+                if greedy
+                else int(torch.multinomial(probs, 1, generator=generator))
+            )
             ch = vocab.idx_to_token[nxt]
             if ch == END:
                 break
@@ -199,27 +253,35 @@ def lab_loop_tokens_per_s(model: PoemLM, encoded: list[list[int]], lr: float, n:
     return tokens / seconds if seconds else float("nan")
 
 
-def run_one(kind: str, backend: str, seed: int, s: dict, train_poems, test_poems, vocab,
-            show_progress=None) -> dict:
+def run_one(
+    kind: str, backend: str, seed: int, s: dict, train_poems, test_poems, vocab, show_progress=None
+) -> dict:
     seed_all(seed)
-    model = PoemLM(kind, backend, len(vocab), s["embed"], s["hidden_size"], s["num_layers"], seed=seed)
+    model = PoemLM(
+        kind, backend, len(vocab), s["embed"], s["hidden_size"], s["num_layers"], seed=seed
+    )
     opt = make_optimizer(s["optimizer"], model.parameters(), s["lr"])
     enc_train = [vocab.encode(p) for p in train_poems]
     enc_test = [vocab.encode(p) for p in test_poems]
     rng = random.Random(seed)
-    lab_tps = lab_loop_tokens_per_s(model, enc_train, s["lr"], s["lab_loop_poems"]) \
-        if s["lab_loop_poems"] else None
+    lab_tps = (
+        lab_loop_tokens_per_s(model, enc_train, s["lr"], s["lab_loop_poems"])
+        if s["lab_loop_poems"]
+        else None
+    )
     curves = {"epoch": [], "train_perplexity": [], "test_perplexity": []}
     tokens, seconds = 0, 0.0
-    for epoch in progress(range(s["epochs"]), total=s["epochs"], desc=f"poems {kind}/{backend}",
-                          enabled=show_progress):
+    for epoch in progress(
+        range(s["epochs"]), total=s["epochs"], desc=f"poems {kind}/{backend}", enabled=show_progress
+    ):
         total, count = 0.0, 0
         start = time.perf_counter()
         for chunk in length_buckets(enc_train, s["batch_size"], rng):
             x, y = _batch(chunk)
             logits, _ = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(model.parameters(), s["clip"])
@@ -238,27 +300,52 @@ def run_one(kind: str, backend: str, seed: int, s: dict, train_poems, test_poems
     for ch in s["begin"]:
         samples[ch] = generate(model, vocab, ch, s["max_gen"], s["greedy"], gen)
     gen_seconds = time.perf_counter() - start
-    metrics = {"test_perplexity": curves["test_perplexity"][-1],
-               "train_perplexity": curves["train_perplexity"][-1],
-               "tokens_per_s": tokens / seconds if seconds else None,
-               "lab_loop_tokens_per_s": lab_tps, "train_time_s": seconds,
-               "generate_time_s": gen_seconds, "epochs": s["epochs"]}
+    metrics = {
+        "test_perplexity": curves["test_perplexity"][-1],
+        "train_perplexity": curves["train_perplexity"][-1],
+        "tokens_per_s": tokens / seconds if seconds else None,
+        "lab_loop_tokens_per_s": lab_tps,
+        "train_time_s": seconds,
+        "generate_time_s": gen_seconds,
+        "epochs": s["epochs"],
+    }
     timings = {"train_time_s": seconds, "tokens": tokens, "generate_time_s": gen_seconds}
-    return task_record("poems", kind, backend, seed, s, metrics, curves, timings, samples=samples,
-                       vocab_size=len(vocab), split={"train": len(train_poems), "test": len(test_poems)})
+    return task_record(
+        "poems",
+        kind,
+        backend,
+        seed,
+        s,
+        metrics,
+        curves,
+        timings,
+        samples=samples,
+        vocab_size=len(vocab),
+        split={"train": len(train_poems), "test": len(test_poems)},
+    )
 
 
 def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "poems") -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
         c = r["curves"]
-        label = f"{r['kind']}/{r['backend']} s{r['seed']} {(r.get('split') or {}).get('train')} poems"
-        line, = ax.plot(c["epoch"], c["train_perplexity"], marker="o", label=label + " train")
-        ax.plot(c["epoch"], c["test_perplexity"], marker="x", ls="--", color=line.get_color(),
-                label=label + " held-out")
+        label = (
+            f"{r['kind']}/{r['backend']} s{r['seed']} {(r.get('split') or {}).get('train')} poems"
+        )
+        (line,) = ax.plot(c["epoch"], c["train_perplexity"], marker="o", label=label + " train")
+        ax.plot(
+            c["epoch"],
+            c["test_perplexity"],
+            marker="x",
+            ls="--",
+            color=line.get_color(),
+            label=label + " held-out",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
@@ -271,8 +358,12 @@ def plot_curves(runs: list[dict], out_dir: str | Path, stem: str = "poems") -> P
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, kinds="lstm", backends="native")
     parser.add_argument("--epochs", type=int, default=50, help="epochs over the training poems")
-    parser.add_argument("--max-poems", type=int, default=0,
-                        help="random subset of the filtered poems (0: all ~57k lines' survivors)")
+    parser.add_argument(
+        "--max-poems",
+        type=int,
+        default=0,
+        help="random subset of the filtered poems (0: all ~57k lines' survivors)",
+    )
     parser.add_argument("--test-fraction", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--embed", type=int, default=100)
@@ -284,13 +375,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--begin", default=BEGIN_CHARS, help="begin characters for generation")
     parser.add_argument("--max-gen", type=int, default=50)
     parser.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    parser.add_argument("--lab-loop-poems", type=int, default=64,
-                        help="poems for the one-at-a-time tokens/s measurement (0: skip)")
+    parser.add_argument(
+        "--lab-loop-poems",
+        type=int,
+        default=64,
+        help="poems for the one-at-a-time tokens/s measurement (0: skip)",
+    )
     parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--corpus", default="auto", choices=CORPORA,
-                        help="full: poems_tang.txt (--data, $CELLBENCH_DATA, cache, download); "
-                             "sample: the 3,000 poems shipped with cellbench; auto (default): a "
-                             "local full copy, else the sample")
+    parser.add_argument(
+        "--corpus",
+        default="auto",
+        choices=CORPORA,
+        help="full: poems_tang.txt (--data, $CELLBENCH_DATA, cache, download); "
+        "sample: the 3,000 poems shipped with cellbench; auto (default): a "
+        "local full copy, else the sample",
+    )
     parser.set_defaults(func=main)
 
 
@@ -317,19 +416,36 @@ def main(args) -> int:
     apply_threads(args)
     check_kinds_backends(args.kinds, args.backends)
     found = find_corpus(args.corpus, args.data)
-    train_poems, test_poems, vocab, total = split_poems(bdata.text_of(found.path), args.max_poems,
-                                                        args.test_fraction, args.split_seed)
+    train_poems, test_poems, vocab, total = split_poems(
+        bdata.text_of(found.path), args.max_poems, args.test_fraction, args.split_seed
+    )
     if len(train_poems) < 1:
-        raise ValueError(f"--max-poems {args.max_poems} with --test-fraction {args.test_fraction} "
-                         "leaves no training poem; use a larger --max-poems")
-    s = {"epochs": args.epochs, "max_poems": args.max_poems, "test_fraction": args.test_fraction,
-         "batch_size": args.batch_size, "embed": args.embed, "hidden_size": args.hidden,
-         "num_layers": args.layers, "optimizer": args.optimizer, "lr": args.lr, "clip": args.clip,
-         "begin": args.begin, "max_gen": args.max_gen, "greedy": bool(args.greedy),
-         "lab_loop_poems": args.lab_loop_poems, "split_seed": args.split_seed,
-         "corpus": "sample" if found.source == "embedded" else "full"}
-    print(f"poems ({s['corpus']} corpus, {found.source} copy): {total} pass the filters; training "
-          f"on {len(train_poems)}, held out {len(test_poems)}, vocabulary {len(vocab)}")
+        raise ValueError(
+            f"--max-poems {args.max_poems} with --test-fraction {args.test_fraction} "
+            "leaves no training poem; use a larger --max-poems"
+        )
+    s = {
+        "epochs": args.epochs,
+        "max_poems": args.max_poems,
+        "test_fraction": args.test_fraction,
+        "batch_size": args.batch_size,
+        "embed": args.embed,
+        "hidden_size": args.hidden,
+        "num_layers": args.layers,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "clip": args.clip,
+        "begin": args.begin,
+        "max_gen": args.max_gen,
+        "greedy": bool(args.greedy),
+        "lab_loop_poems": args.lab_loop_poems,
+        "split_seed": args.split_seed,
+        "corpus": "sample" if found.source == "embedded" else "full",
+    }
+    print(
+        f"poems ({s['corpus']} corpus, {found.source} copy): {total} pass the filters; training "
+        f"on {len(train_poems)}, held out {len(test_poems)}, vocabulary {len(vocab)}"
+    )
     done = done_keys(args.out) if args.resume else set()
     runs = []
     for kind, backend, seed in itertools.product(args.kinds, args.backends, args.seeds):
@@ -342,9 +458,11 @@ def main(args) -> int:
         records.append(args.out, record)
         runs.append(record)
         m = record["metrics"]
-        print(f"poems {kind}/{backend} seed {seed}: held-out perplexity {m['test_perplexity']:.1f}, "
-              f"{m['tokens_per_s']:.0f} tokens/s batched vs {m['lab_loop_tokens_per_s'] or 0:.0f} "
-              f"one poem at a time, {m['train_time_s']:.1f} s")
+        print(
+            f"poems {kind}/{backend} seed {seed}: held-out perplexity {m['test_perplexity']:.1f}, "
+            f"{m['tokens_per_s']:.0f} tokens/s batched vs {m['lab_loop_tokens_per_s'] or 0:.0f} "
+            f"one poem at a time, {m['train_time_s']:.1f} s"
+        )
         for ch, text in list(record["samples"].items())[:3]:
             print(f"  {ch}: {text}")
     if runs and not args.no_plots:

@@ -5,6 +5,7 @@
 Each task runs through its own CLI entry point with the argument lists below, so a run here is
 reproducible by hand with `python -m bench train TASK ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,38 +28,87 @@ SHORT: dict[str, list[str]] = {
     "poems": ["--epochs", "1", "--max-poems", "500", "--lab-loop-poems", "16"],
 }
 FULL: dict[str, list[str]] = {
-    "charlm": ["--epochs", "500"],                       # d2l: 500 epochs, 10k chars, H 256, b 32, T 35
+    "charlm": ["--epochs", "500"],  # d2l: 500 epochs, 10k chars, H 256, b 32, T 35
     "names": ["--epochs", "10", "--layers", "1,2", "--model", "cell,elman"],
     "anbn": ["--steps", "10000", "--seeds", "0,1,2,3,4,5,6,7,8,9"],
     "poems": ["--epochs", "10", "--corpus", "full"],
 }
-DEFAULTS = {"short": ("lstm", "native,fused"), "full": ("rnn,gru,lstm", "naive,fused,scripted,native")}
+DEFAULTS = {
+    "short": ("lstm", "native,fused"),
+    "full": ("rnn,gru,lstm", "naive,fused,scripted,native"),
+}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--short", dest="mode", action="store_const", const="short",
-                      help="small slices, a few epochs (minutes)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="the textbook settings (hours on 2 CPU cores)")
+    mode.add_argument(
+        "--short",
+        dest="mode",
+        action="store_const",
+        const="short",
+        help="small slices, a few epochs (minutes)",
+    )
+    mode.add_argument(
+        "--full",
+        dest="mode",
+        action="store_const",
+        const="full",
+        help="the textbook settings (hours on 2 CPU cores)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="skip runs already recorded in --out")
-    parser.add_argument("--kinds", "--kind", dest="kinds", default=None,
-                        help="cell kinds, comma list (short: lstm; full: rnn,gru,lstm)")
-    parser.add_argument("--backends", "--backend", dest="backends", default=None,
-                        help="backends, comma list (short: native,fused; full: naive,fused,scripted,native)")
-    parser.add_argument("--tasks", type=list_of(str, "--tasks"), default=["charlm", "names", "anbn", "poems"],
-                        help="which tasks, comma list (default all four)")
-    parser.add_argument("--data", default=None, help="data directory (else $CELLBENCH_DATA, cache, download)")
-    parser.add_argument("--threads", default="1", help="torch threads per task (0: torch's default)")
+    parser.add_argument(
+        "--kinds",
+        "--kind",
+        dest="kinds",
+        default=None,
+        help="cell kinds, comma list (short: lstm; full: rnn,gru,lstm)",
+    )
+    parser.add_argument(
+        "--backends",
+        "--backend",
+        dest="backends",
+        default=None,
+        help="backends, comma list (short: native,fused; full: naive,fused,scripted,native)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=list_of(str, "--tasks"),
+        default=["charlm", "names", "anbn", "poems"],
+        help="which tasks, comma list (default all four)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="data directory (else $CELLBENCH_DATA, cache, download)"
+    )
+    parser.add_argument(
+        "--threads", default="1", help="torch threads per task (0: torch's default)"
+    )
     parser.set_defaults(func=main)
 
 
-def task_argv(task: str, mode: str, out: str, kinds: str, backends: str, resume: bool = False,
-              data: str | None = None, threads: str = "1") -> list[str]:
+def task_argv(
+    task: str,
+    mode: str,
+    out: str,
+    kinds: str,
+    backends: str,
+    resume: bool = False,
+    data: str | None = None,
+    threads: str = "1",
+) -> list[str]:
     argv = list((SHORT if mode == "short" else FULL)[task])
-    argv += ["--kind", kinds, "--backend", backends, "--out", out, "--threads", str(threads),
-             "--suite", mode]
+    argv += [
+        "--kind",
+        kinds,
+        "--backend",
+        backends,
+        "--out",
+        out,
+        "--threads",
+        str(threads),
+        "--suite",
+        mode,
+    ]
     if resume:
         argv.append("--resume")
     if data:
@@ -77,9 +127,16 @@ def _threads(value: str) -> int:
 
 
 def _failure_record(task: str, mode: str, kinds: str, backends: str, reason: str) -> dict:
-    return {"type": "task", "status": "failed", "task": task, "mode": mode, "kind": kinds,
-            "backend": backends, "reason": reason,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "type": "task",
+        "status": "failed",
+        "task": task,
+        "mode": mode,
+        "kind": kinds,
+        "backend": backends,
+        "reason": reason,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def main(args) -> int:
@@ -90,10 +147,13 @@ def main(args) -> int:
     kinds, backends = args.kinds or kinds, args.backends or backends
     try:
         if unknown:
-            raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown)}; expected any of "
-                             f"{', '.join(SHORT)}")
+            raise ValueError(
+                f"--tasks: unknown task(s) {', '.join(unknown)}; expected any of {', '.join(SHORT)}"
+            )
         threads = _threads(args.threads)
-        check_kinds_backends(split_list(kinds, str, "--kinds"), split_list(backends, str, "--backends"))
+        check_kinds_backends(
+            split_list(kinds, str, "--kinds"), split_list(backends, str, "--backends")
+        )
     except (ValueError, RuntimeError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -103,7 +163,9 @@ def main(args) -> int:
         module = importlib.import_module(f"bench.tasks.{task}")
         parser = argparse.ArgumentParser(prog=f"python -m bench train {task}")
         module.configure(parser)
-        argv = task_argv(task, args.mode, args.out, kinds, backends, args.resume, args.data, str(threads))
+        argv = task_argv(
+            task, args.mode, args.out, kinds, backends, args.resume, args.data, str(threads)
+        )
         print(f"== {task}: python -m bench train {task} {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
         reason = None
@@ -119,9 +181,13 @@ def main(args) -> int:
             print(f"error: {task}: {reason}", file=sys.stderr)
             records.append(args.out, _failure_record(task, args.mode, kinds, backends, reason))
             failures.append(task)
-        print(f"== {task}: {'FAILED' if reason else 'ok'} in {time.perf_counter() - t0:.1f} s",
-              flush=True)
-    print(f"tasks ({args.mode}): {len(args.tasks) - len(failures)}/{len(args.tasks)} ok in "
-          f"{time.perf_counter() - started:.1f} s; records in {args.out}"
-          + (f"; failed: {', '.join(failures)}" if failures else ""))
+        print(
+            f"== {task}: {'FAILED' if reason else 'ok'} in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+    print(
+        f"tasks ({args.mode}): {len(args.tasks) - len(failures)}/{len(args.tasks)} ok in "
+        f"{time.perf_counter() - started:.1f} s; records in {args.out}"
+        + (f"; failed: {', '.join(failures)}" if failures else "")
+    )
     return 1 if failures else 0

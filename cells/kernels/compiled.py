@@ -46,14 +46,16 @@ persistent Triton kernel (cells/kernels/triton_gpu.py).
 `compile_times()` reports the wall time of every call that triggered a compilation (the first
 call per kind, dtype and device), so the compile cost is observable.
 """
+
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import functools
 import time
 import weakref
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -76,15 +78,30 @@ def lstm_forward_step(xw_t: Tensor, h: Tensor, c: Tensor, w_t: Tensor, mm=None):
     return h, c, torch.cat([i, f, g, o], 1)
 
 
-def lstm_backward_step(dy_t: Tensor, dh: Tensor, dc: Tensor, acts: Tensor, c_prev: Tensor,
-                       c: Tensor, w: Tensor, mm=None):
+def lstm_backward_step(
+    dy_t: Tensor,
+    dh: Tensor,
+    dc: Tensor,
+    acts: Tensor,
+    c_prev: Tensor,
+    c: Tensor,
+    w: Tensor,
+    mm=None,
+):
     """Returns (d pre-activation gates, dh_{t-1}, dc_{t-1})."""
     dh = dh + dy_t
     i, f, g, o = acts.chunk(4, 1)
     tc = torch.tanh(c)
     dc = dc + dh * o * (1 - tc * tc)
-    da = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
-                    dh * tc * o * (1 - o)], 1)
+    da = torch.cat(
+        [
+            dc * g * i * (1 - i),
+            dc * c_prev * f * (1 - f),
+            dc * i * (1 - g * g),
+            dh * tc * o * (1 - o),
+        ],
+        1,
+    )
     return da, (mm or torch.mm)(da, w), dc * f
 
 
@@ -133,8 +150,8 @@ class Steps(NamedTuple):
     forward: Callable
     backward: Callable
     # optional: K steps per call (see chunk_steps); K = 0 means one step per call only
-    forward_chunk: Optional[Callable] = None
-    backward_chunk: Optional[Callable] = None
+    forward_chunk: Callable | None = None
+    backward_chunk: Callable | None = None
     chunk: int = 0
     # the steps' recurrent GEMMs use packed_mm (float32 CPU): the loops register the packed weight
     packed: bool = False
@@ -207,13 +224,15 @@ def _gemm_for(t: Tensor):
 def with_packed_gemm(step: Callable) -> Callable:
     """step(*args, mm=...) with the GEMM chosen from args[1] (h or dh). Decided when Dynamo
     traces (dtype and device are guarded anyway)."""
+
     def packed_step(*args):
         return step(*args, mm=_gemm_for(args[1]))
+
     packed_step.__name__ = packed_step.__qualname__ = step.__name__
     return packed_step
 
 
-def _packs(steps: "Steps", w: Tensor) -> bool:
+def _packs(steps: Steps, w: Tensor) -> bool:
     return steps.packed and _gemm_for(w) is not None
 
 
@@ -221,13 +240,16 @@ class _packed_for:
     """Context: while a loop runs, `packed_mm(x, b)` uses oneDNN's packed copy of b^T.
     A no-op unless `steps.packed` and b is float32 on the CPU."""
 
-    def __init__(self, steps: "Steps", b: Tensor, batch: int):
+    def __init__(self, steps: Steps, b: Tensor, batch: int):
         self.key = None
         if _packs(steps, b):
             weight = b.t().contiguous()  # (N, K): x @ b == linear(x, weight)
             self.key = id(b)
-            _PACKED[self.key] = (b, b._version,
-                                 torch.ops.mkldnn._reorder_linear_weight(weight, batch))
+            _PACKED[self.key] = (
+                b,
+                b._version,
+                torch.ops.mkldnn._reorder_linear_weight(weight, batch),
+            )
 
     def __enter__(self):
         return self
@@ -236,7 +258,6 @@ class _packed_for:
         if self.key is not None:
             _PACKED.pop(self.key, None)
         return False
-
 
 
 def chunk_steps(variant: str, k: int, packed: bool = False):
@@ -253,6 +274,7 @@ def chunk_steps(variant: str, k: int, packed: bool = False):
     if packed:
         fwd, bwd = with_packed_gemm(fwd), with_packed_gemm(bwd)
     if variant == "lstm":
+
         def forward_chunk(xw, h, c, w_t):
             hs, cs, acts = [], [], []
             for i in range(k):
@@ -266,6 +288,7 @@ def chunk_steps(variant: str, k: int, packed: bool = False):
                 das[i], dh, dc = bwd(dy[i], dh, dc, acts[i], cs[i - 1] if i else c_before, cs[i], w)
             return torch.stack(das), dh, dc
     elif variant == "gru":
+
         def forward_chunk(xw, h, w_t, b_hn):
             hs, acts = [], []
             for i in range(k):
@@ -279,6 +302,7 @@ def chunk_steps(variant: str, k: int, packed: bool = False):
                 das[i], dhws[i], dh = bwd(dy[i], dh, acts[i], hs[i - 1] if i else h_before, w)
             return torch.stack(das), torch.stack(dhws), dh
     else:
+
         def forward_chunk(xw, h, w_t):
             hs = []
             for i in range(k):
@@ -291,7 +315,9 @@ def chunk_steps(variant: str, k: int, packed: bool = False):
             for i in range(k - 1, -1, -1):
                 das[i], dh = bwd(dy[i], dh, hs[i], w)
             return torch.stack(das), dh
+
     return forward_chunk, backward_chunk
+
 
 # --------------------------------------------------------------------------------------------
 # The recurrence of one layer and direction with a hand-written, batched backward.
@@ -311,16 +337,24 @@ def _rows(x: Tensor, t0: int, n: int) -> Tensor:
     """x[t0: t0 + n] for contiguous x, never at storage offset 0 (see _front_padded): rows
     t0 >= 1 already sit at offset >= 2 (a row holds >= 2 elements: batch 1 runs as 2), so only
     the first rows are copied, into a front-padded buffer, instead of all of x."""
-    return x[t0: t0 + n] if t0 else _front_padded(x[:n])[1:]
+    return x[t0 : t0 + n] if t0 else _front_padded(x[:n])[1:]
 
 
-def _fresh(t: Optional[Tensor]) -> Optional[Tensor]:
+def _fresh(t: Tensor | None) -> Tensor | None:
     """A contiguous tensor that is not a view (one layout for Dynamo's guards)."""
     return None if t is None else t.clone(memory_format=torch.contiguous_format)
 
 
-def run_forward(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: Optional[Tensor],
-                w_hh: Tensor, b_hn: Optional[Tensor], on_first: Optional[Callable] = None):
+def run_forward(
+    variant: str,
+    steps: Steps,
+    xw: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    b_hn: Tensor | None,
+    on_first: Callable | None = None,
+):
     """Python loop over steps. Returns lists (one tensor per step) hs, cs, acts (cs, acts may
     be empty)."""
     on_first = on_first or _plain
@@ -351,17 +385,28 @@ def _plain(fn, *args):
     return fn(*args)
 
 
-def run_backward(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optional[Tensor],
-                 hs, h0: Tensor, c0: Optional[Tensor], cs, acts, w_hh: Tensor,
-                 on_first: Callable = _plain):
+def run_backward(
+    variant: str,
+    steps: Steps,
+    dy: Tensor,
+    dh: Tensor,
+    dc: Tensor | None,
+    hs,
+    h0: Tensor,
+    c0: Tensor | None,
+    cs,
+    acts,
+    w_hh: Tensor,
+    on_first: Callable = _plain,
+):
     """Reverse loop over steps; hs, cs, acts index by step (lists or stacked tensors).
 
     Returns dxw, dh0, dc0, dW_hh, db_hn (dc0 and db_hn may be None)."""
     seq = dy.size(0)
     dy_padded = _front_padded(dy)
     dh, dc, h0, c0 = _fresh(dh), _fresh(dc), _fresh(h0), _fresh(c0)
-    dxws: list[Optional[Tensor]] = [None] * seq
-    dhws: list[Optional[Tensor]] = [None] * seq
+    dxws: list[Tensor | None] = [None] * seq
+    dhws: list[Tensor | None] = [None] * seq
     with _packed_for(steps, w_hh, dy.size(1)):
         for t in range(seq - 1, -1, -1):
             call = on_first if t == seq - 1 else _plain
@@ -380,7 +425,7 @@ def run_backward(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optiona
     hidden = h0.size(1)
     h_prev_all = torch.stack([h0] + [hs[t] for t in range(seq - 1)])
     dw = d_rec.reshape(-1, d_rec.size(2)).t().mm(h_prev_all.reshape(-1, hidden))
-    db_hn = d_rec[:, :, 2 * hidden:].sum((0, 1)) if variant == "gru" else None
+    db_hn = d_rec[:, :, 2 * hidden :].sum((0, 1)) if variant == "gru" else None
     return dxw, dh, dc, dw, db_hn
 
 
@@ -388,28 +433,37 @@ class _Unit(NamedTuple):
     """Steps t0 .. t0+n-1 of a chunked forward, run by one call: n == 0 marks a single step
     (tensors (B, ...)), else a chunk of n steps (tensors (n, B, ...)). `h_before`, `c_before`:
     the state entering the unit (fresh tensors)."""
+
     t0: int
     n: int
     hs: Tensor
-    cs: Optional[Tensor]
-    acts: Optional[Tensor]
+    cs: Tensor | None
+    acts: Tensor | None
     h_before: Tensor
-    c_before: Optional[Tensor]
+    c_before: Tensor | None
 
 
 class Chunked(NamedTuple):
     """What a chunked forward keeps for the backward: the units in time order."""
+
     units: list
     y: Tensor
     h_n: Tensor
-    c_n: Optional[Tensor]
+    c_n: Tensor | None
 
     def __len__(self) -> int:
         return self.y.size(0)
 
 
-def run_forward_chunked(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: Optional[Tensor],
-                        w_hh: Tensor, b_hn: Optional[Tensor]) -> Chunked:
+def run_forward_chunked(
+    variant: str,
+    steps: Steps,
+    xw: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    b_hn: Tensor | None,
+) -> Chunked:
     """The first T % K steps one per call, then the rest K per call (`steps.forward_chunk`).
     Remainder first: single steps then only ever see fresh state tensors, and every chunk's
     xw view sits at a storage offset >= 2 of the front-padded buffer (one layout each)."""
@@ -453,8 +507,16 @@ def run_forward_chunked(variant: str, steps: Steps, xw: Tensor, h0: Tensor, c0: 
     return Chunked(units, y, h, c)
 
 
-def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc: Optional[Tensor],
-                         rec: Chunked, h0: Tensor, w_hh: Tensor):
+def run_backward_chunked(
+    variant: str,
+    steps: Steps,
+    dy: Tensor,
+    dh: Tensor,
+    dc: Tensor | None,
+    rec: Chunked,
+    h0: Tensor,
+    w_hh: Tensor,
+):
     """Reverse of run_forward_chunked. Returns dxw, dh0, dc0, dW_hh, db_hn."""
     dy_padded = _front_padded(dy)
     dh, dc = _fresh(dh), _fresh(dc)
@@ -465,13 +527,15 @@ def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc:
     with _packed_for(steps, w_hh, dy.size(1)):
         for u in reversed(rec.units):
             if u.n:
-                dy_c = dy_padded[u.t0 + 1: u.t0 + 1 + u.n]
+                dy_c = dy_padded[u.t0 + 1 : u.t0 + 1 + u.n]
                 if variant == "lstm":
-                    da, dh, dc = chunk_call(steps.backward_chunk, dy_c, dh, dc, u.acts, u.cs,
-                                            u.c_before, w_hh)
+                    da, dh, dc = chunk_call(
+                        steps.backward_chunk, dy_c, dh, dc, u.acts, u.cs, u.c_before, w_hh
+                    )
                 elif variant == "gru":
-                    da, dhw, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.acts, u.hs, u.h_before,
-                                             w_hh)
+                    da, dhw, dh = chunk_call(
+                        steps.backward_chunk, dy_c, dh, u.acts, u.hs, u.h_before, w_hh
+                    )
                     dhws.append(dhw)
                 else:
                     da, dh = chunk_call(steps.backward_chunk, dy_c, dh, u.hs, w_hh)
@@ -479,7 +543,9 @@ def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc:
             else:
                 dy_t = dy_padded[u.t0 + 1]
                 if variant == "lstm":
-                    da, dh, dc = step_call(steps.backward, dy_t, dh, dc, u.acts, u.c_before, u.cs, w_hh)
+                    da, dh, dc = step_call(
+                        steps.backward, dy_t, dh, dc, u.acts, u.c_before, u.cs, w_hh
+                    )
                 elif variant == "gru":
                     da, dhw, dh = step_call(steps.backward, dy_t, dh, u.acts, u.h_before, w_hh)
                     dhws.append(dhw.unsqueeze(0))
@@ -493,7 +559,7 @@ def run_backward_chunked(variant: str, steps: Steps, dy: Tensor, dh: Tensor, dc:
     hidden = h0.size(1)
     h_prev_all = torch.cat([h0.unsqueeze(0), rec.y[:-1]])
     dw = d_rec.reshape(-1, d_rec.size(2)).t().mm(h_prev_all.reshape(-1, hidden))
-    db_hn = d_rec[:, :, 2 * hidden:].sum((0, 1)) if variant == "gru" else None
+    db_hn = d_rec[:, :, 2 * hidden :].sum((0, 1)) if variant == "gru" else None
     return dxw, dh, dc, dw, db_hn
 
 
@@ -501,6 +567,7 @@ def _no_duck_sizing():
     """While compiling, do not assume that two sizes that happen to be equal (say T + 1 and H)
     are always equal: that guess costs a recompile when they differ."""
     from torch.fx.experimental import _config
+
     return _config.patch(use_duck_shape=False)
 
 
@@ -544,30 +611,62 @@ class Recurrence(torch.autograd.Function):
         h0, c0, w_hh = ctx.saved_tensors
         per_step = ctx.per_step
         del ctx.per_step
-        dy = torch.zeros((len(per_step[0]) if isinstance(per_step, tuple) else len(per_step),)
-                         + tuple(h0.shape), dtype=h0.dtype, device=h0.device) \
-            if dy is None else dy
+        dy = (
+            torch.zeros(
+                (len(per_step[0]) if isinstance(per_step, tuple) else len(per_step),)
+                + tuple(h0.shape),
+                dtype=h0.dtype,
+                device=h0.device,
+            )
+            if dy is None
+            else dy
+        )
         dh = torch.zeros_like(h0) if dh_n is None else dh_n
         dc = None
         if ctx.variant == "lstm":
             dc = torch.zeros_like(c0) if dc_n is None else dc_n
         if isinstance(per_step, Chunked):
-            dxw, dh0, dc0, dw, db_hn = run_backward_chunked(ctx.variant, ctx.steps, dy, dh, dc,
-                                                            per_step, h0, w_hh)
+            dxw, dh0, dc0, dw, db_hn = run_backward_chunked(
+                ctx.variant, ctx.steps, dy, dh, dc, per_step, h0, w_hh
+            )
         else:
             hs, cs, acts = per_step
-            dxw, dh0, dc0, dw, db_hn = run_backward(ctx.variant, ctx.steps, dy, dh, dc, hs, h0,
-                                                    c0, cs, acts, w_hh,
-                                                    _timed("backward", ctx.variant))
+            dxw, dh0, dc0, dw, db_hn = run_backward(
+                ctx.variant,
+                ctx.steps,
+                dy,
+                dh,
+                dc,
+                hs,
+                h0,
+                c0,
+                cs,
+                acts,
+                w_hh,
+                _timed("backward", ctx.variant),
+            )
         need = ctx.needs_input_grad
-        return (None, None, None, dxw if need[3] else None, dh0 if need[4] else None,
-                dc0 if need[5] else None, dw if need[6] else None,
-                db_hn if need[7] else None)
+        return (
+            None,
+            None,
+            None,
+            dxw if need[3] else None,
+            dh0 if need[4] else None,
+            dc0 if need[5] else None,
+            dw if need[6] else None,
+            db_hn if need[7] else None,
+        )
 
 
-def recurrent_layer(variant: str, steps: Steps, x: Tensor, state: State, weights: LayerWeights,
-                    forward_impl: Optional[Callable] = None, pad_batch_one: bool = True
-                    ) -> tuple[Tensor, State]:
+def recurrent_layer(
+    variant: str,
+    steps: Steps,
+    x: Tensor,
+    state: State,
+    weights: LayerWeights,
+    forward_impl: Callable | None = None,
+    pad_batch_one: bool = True,
+) -> tuple[Tensor, State]:
     """run_layer for backends built on `Recurrence` (compiled, triton)."""
     w_ih, w_hh, b_ih, b_hh = weights
     hidden = w_hh.size(1)
@@ -575,8 +674,8 @@ def recurrent_layer(variant: str, steps: Steps, x: Tensor, state: State, weights
     if b_ih is None or b_hh is None:
         bias = None
     elif variant == "gru":
-        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden:])])
-        b_hn = b_hh[2 * hidden:]
+        bias = b_ih + torch.cat([b_hh[: 2 * hidden], torch.zeros_like(b_hh[2 * hidden :])])
+        b_hn = b_hh[2 * hidden :]
     else:
         bias = b_ih + b_hh
     xw = loops.project_input(x, w_ih, bias)
@@ -604,6 +703,7 @@ def _python_forward(variant: str, steps: Steps) -> Callable:
         if steps.chunk and w_hh.size(1) > 1:
             return run_forward_chunked(variant, steps, xw, h0, c0, w_hh, b_hn)
         return run_forward(variant, steps, xw, h0, c0, w_hh, b_hn, _timed("forward", variant))
+
     return forward_impl
 
 
@@ -616,6 +716,7 @@ _COMPILE_TIMES: dict[str, float] = {}
 
 def _graph_count() -> int:
     from torch._dynamo.utils import counters
+
     return counters["stats"]["unique_graphs"]
 
 
@@ -623,6 +724,7 @@ def _timed(direction: str, variant: str) -> Callable:
     """Call wrapper for the first step of a loop, where compilation happens: compiles without
     duck sizing and logs the wall time if it compiled a graph. (The config patch stays off
     the other steps: active, it costs ~35 us per compiled call.)"""
+
     def call(fn, *args):
         before = _graph_count()
         start = time.perf_counter()
@@ -632,6 +734,7 @@ def _timed(direction: str, variant: str) -> Callable:
             key = f"{variant}.{direction}[{args[0].dtype}, {args[0].device.type}]"
             _COMPILE_TIMES[key] = _COMPILE_TIMES.get(key, 0.0) + time.perf_counter() - start
         return out
+
     return call
 
 
@@ -652,11 +755,17 @@ def compiled_steps(variant: str) -> Steps:
             fwd, bwd = with_packed_gemm(fwd), with_packed_gemm(bwd)
         fwd_chunk = bwd_chunk = None
         if CHUNK > 1:
-            fwd_chunk, bwd_chunk = (torch.compile(f, dynamic=True)
-                                    for f in chunk_steps(variant, CHUNK, packed))
-        _COMPILED[variant] = Steps(torch.compile(fwd, dynamic=True),
-                                   torch.compile(bwd, dynamic=True),
-                                   fwd_chunk, bwd_chunk, CHUNK if CHUNK > 1 else 0, packed)
+            fwd_chunk, bwd_chunk = (
+                torch.compile(f, dynamic=True) for f in chunk_steps(variant, CHUNK, packed)
+            )
+        _COMPILED[variant] = Steps(
+            torch.compile(fwd, dynamic=True),
+            torch.compile(bwd, dynamic=True),
+            fwd_chunk,
+            bwd_chunk,
+            CHUNK if CHUNK > 1 else 0,
+            packed,
+        )
     return _COMPILED[variant]
 
 
@@ -680,8 +789,15 @@ def compiled_steps(variant: str) -> Steps:
 SHORT_STEPS = 5  # < one K-step chunk: below this, packing and chunking cannot pay for themselves
 
 
-def lstm_infer_step(x_t: Tensor, h: Tensor, c: Tensor, w_ih_t: Tensor, w_hh_t: Tensor,
-                    b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+def lstm_infer_step(
+    x_t: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_ih_t: Tensor,
+    w_hh_t: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+):
     gates = torch.mm(x_t, w_ih_t) + torch.mm(h, w_hh_t)
     if b_ih is not None:
         gates = gates + (b_ih + b_hh)
@@ -690,8 +806,9 @@ def lstm_infer_step(x_t: Tensor, h: Tensor, c: Tensor, w_ih_t: Tensor, w_hh_t: T
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def gru_infer_step(x_t: Tensor, h: Tensor, w_ih_t: Tensor, w_hh_t: Tensor,
-                   b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+def gru_infer_step(
+    x_t: Tensor, h: Tensor, w_ih_t: Tensor, w_hh_t: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+):
     xw, hw = torch.mm(x_t, w_ih_t), torch.mm(h, w_hh_t)
     if b_ih is not None:
         xw, hw = xw + b_ih, hw + b_hh
@@ -706,12 +823,16 @@ def _rnn_infer_step(activation: Callable) -> Callable:
     def rnn_infer_step(x_t, h, w_ih_t, w_hh_t, b_ih, b_hh):
         a = torch.mm(x_t, w_ih_t) + torch.mm(h, w_hh_t)
         return activation(a if b_ih is None else a + (b_ih + b_hh))
+
     return rnn_infer_step
 
 
-INFER_STEPS: dict[str, Callable] = {"lstm": lstm_infer_step, "gru": gru_infer_step,
-                                    "rnn_tanh": _rnn_infer_step(torch.tanh),
-                                    "rnn_relu": _rnn_infer_step(torch.relu)}
+INFER_STEPS: dict[str, Callable] = {
+    "lstm": lstm_infer_step,
+    "gru": gru_infer_step,
+    "rnn_tanh": _rnn_infer_step(torch.tanh),
+    "rnn_relu": _rnn_infer_step(torch.relu),
+}
 _COMPILED_INFER: dict[str, Callable] = {}
 _WARM: set = set()  # (variant, dtype, device type) whose infer step has been called
 
@@ -733,11 +854,11 @@ def _infer_call(variant: str, fn: Callable, *args):
     return out
 
 
-def _same(t: Optional[Tensor]) -> Optional[Tensor]:
+def _same(t: Tensor | None) -> Tensor | None:
     return t
 
 
-def _one_layout(t: Optional[Tensor]) -> Optional[Tensor]:
+def _one_layout(t: Tensor | None) -> Tensor | None:
     """t itself when contiguous at storage offset 0, else a fresh copy: one layout for Dynamo's
     guards (offset 0 vs > 0 would be two graphs) without a copy in the usual case."""
     if t is None or (t.is_contiguous() and t.storage_offset() == 0):
@@ -761,8 +882,9 @@ def _transposed(w: Tensor) -> Tensor:
     return w_t
 
 
-def infer_short(variant: str, x: Tensor, state: State, weights: LayerWeights,
-                eager: bool = False) -> tuple[Tensor, State]:
+def infer_short(
+    variant: str, x: Tensor, state: State, weights: LayerWeights, eager: bool = False
+) -> tuple[Tensor, State]:
     """run_layer without autograd for a few steps: one inference step per time step, compiled,
     or run eagerly (`eager`: no Dynamo call, no layout normalisation)."""
     if eager:
@@ -797,13 +919,15 @@ def variant_of(module: RecurrentBase) -> str:
     return f"rnn_{module.nonlinearity}" if module.kind == "rnn" else module.kind
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """Cheap checks only (compiling here would slow down every `cells.backends()` call)."""
     try:
         import torch._dynamo
+
         if not torch._dynamo.is_dynamo_supported():
             return f"torch.compile (Dynamo) does not support this Python ({torch.__version__})"
         from torch._inductor import config as inductor_config
+
         cxx = inductor_config.cpp.cxx
         names = [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c]
         if not any(shutil.which(n) for n in names + ["g++", "clang++"]):

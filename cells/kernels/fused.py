@@ -1,7 +1,8 @@
 """`fused`: one GEMM for the input projection of all steps, one recurrent GEMM per step."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -14,8 +15,12 @@ class FusedLoop(RecurrentBase):
     """Runs the loops of `cells.loops`; subclasses swap in compiled versions of the same loops."""
 
     capabilities = Capabilities(proj_size=True)
-    loop_functions: dict[str, Callable] = {"rnn": loops.rnn_loop, "gru": loops.gru_loop,
-                                           "lstm": loops.lstm_loop, "lstmp": loops.lstmp_loop}
+    loop_functions: dict[str, Callable] = {
+        "rnn": loops.rnn_loop,
+        "gru": loops.gru_loop,
+        "lstm": loops.lstm_loop,
+        "lstmp": loops.lstmp_loop,
+    }
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         if self.proj_size:

@@ -21,12 +21,13 @@ user already set those flags; a later, different thread count gets a warning, as
 be applied. Copies: input, states and parameters are copied into JAX (parameters only when
 they change); outputs come back without a copy (DLPack) in inference, copied in training.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,34 +39,40 @@ from .peer_base import PeerBase
 _PINNED: dict[str, Any] = {"threads": None}
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     return _missing("jax")
 
 
-def pin_threads(threads: int) -> Optional[int]:
+def pin_threads(threads: int) -> int | None:
     """Set XLA's CPU threads before JAX starts its backend; return the count in force (None:
     the user's own XLA_FLAGS decide)."""
     from jax._src import xla_bridge
+
     if _PINNED["threads"] is None and not xla_bridge.backends_are_initialized():
         flags = os.environ.get("XLA_FLAGS", "")
         if "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags:
             _PINNED["threads"] = "user"
         else:
             eigen = "true" if threads > 1 else "false"
-            os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen={eigen} "
-                                       f"intra_op_parallelism_threads={threads}").strip()
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_cpu_multi_thread_eigen={eigen} "
+                f"intra_op_parallelism_threads={threads}"
+            ).strip()
             _PINNED["threads"] = threads
     elif _PINNED["threads"] is None:
         _PINNED["threads"] = "started"  # JAX was started by someone else: its own defaults
     pinned = _PINNED["threads"]
     if isinstance(pinned, int) and pinned != threads:
-        warnings.warn(f"jax: XLA's CPU threads were fixed at {pinned} when JAX started; "
-                      f"{threads} requested now cannot be applied in this process", stacklevel=3)
+        warnings.warn(
+            f"jax: XLA's CPU threads were fixed at {pinned} when JAX started; "
+            f"{threads} requested now cannot be applied in this process",
+            stacklevel=3,
+        )
     return pinned if isinstance(pinned, int) else None
 
 
-@functools.lru_cache(maxsize=None)
-def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: Optional[str]):
+@functools.cache
+def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: str | None):
     """Jitted (forward, forward-with-pullback, pullback) of the stack for one configuration."""
     import jax
     import jax.numpy as jnp
@@ -92,6 +99,7 @@ def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: O
         def rnn(carry, xw):
             h = act(xw + carry[0] @ w_hh.T + b_hh)
             return (h,), h
+
         return {"lstm": lstm, "gru": gru, "rnn": rnn}[kind]
 
     def stack(params, x, states, masks):
@@ -103,8 +111,9 @@ def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: O
                 w_ih, w_hh, *biases = params[index]
                 b_ih, b_hh = biases if biases else (0.0, 0.0)
                 xw = x @ w_ih.T + b_ih
-                carry, y = lax.scan(step(w_hh, b_hh), tuple(s[index] for s in states), xw,
-                                    reverse=bool(d))
+                carry, y = lax.scan(
+                    step(w_hh, b_hh), tuple(s[index] for s in states), xw, reverse=bool(d)
+                )
                 outs.append(y)
                 for store, s in zip(finals, carry):
                     store.append(s)
@@ -121,6 +130,7 @@ def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: O
 
 def _to_jax(t: Tensor):
     import jax.numpy as jnp
+
     return jnp.array(t.detach().numpy())  # a copy: JAX's buffers are immutable
 
 
@@ -131,23 +141,34 @@ class JaxEngine:
         self.threads = pin_threads(threads)
         D = module.num_directions
         self.forward, self.with_pullback, self.pullback = stack_functions(
-            module.kind, module.num_layers, D, module.nonlinearity)
-        self.params = [tuple(_to_jax(w) for w in module.layer_weights(layer, d) if w is not None)
-                       for layer in range(module.num_layers) for d in range(D)]
+            module.kind, module.num_layers, D, module.nonlinearity
+        )
+        self.params = [
+            tuple(_to_jax(w) for w in module.layer_weights(layer, d) if w is not None)
+            for layer in range(module.num_layers)
+            for d in range(D)
+        ]
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
-        outs = self.forward(self.params, _to_jax(x), tuple(_to_jax(s) for s in states),
-                            [_to_jax(m) for m in masks])
+        outs = self.forward(
+            self.params, _to_jax(x), tuple(_to_jax(s) for s in states), [_to_jax(m) for m in masks]
+        )
         outs = [torch.from_dlpack(o) for o in outs]
         return outs[0], tuple(outs[1:])
 
 
 class _JaxStack(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, engine: JaxEngine, masks: list[Tensor], n_states: int, x: Tensor, *rest: Tensor):
+    def forward(
+        ctx, engine: JaxEngine, masks: list[Tensor], n_states: int, x: Tensor, *rest: Tensor
+    ):
         states = rest[:n_states]
         outs, ctx.pullback_fn = engine.with_pullback(
-            engine.params, _to_jax(x), tuple(_to_jax(s) for s in states), [_to_jax(m) for m in masks])
+            engine.params,
+            _to_jax(x),
+            tuple(_to_jax(s) for s in states),
+            [_to_jax(m) for m in masks],
+        )
         ctx.engine, ctx.n_params = engine, len(rest) - n_states
         # copied out: a caller's in-place edit must not reach buffers the pullback may share
         return tuple(torch.tensor(o.__array__()) for o in outs)
@@ -167,13 +188,14 @@ class JaxLoop(PeerBase):
     inference_only = False
 
     @staticmethod
-    def unavailable_reason() -> Optional[str]:
+    def unavailable_reason() -> str | None:
         return unavailable_reason()
 
     def build_engine(self, threads: int, masked: bool) -> JaxEngine:
         return JaxEngine(self, threads)
 
-    def run_with_grad(self, engine: JaxEngine, x: Tensor, states: State,
-                      masks: list[Tensor]) -> tuple[Tensor, State]:
+    def run_with_grad(
+        self, engine: JaxEngine, x: Tensor, states: State, masks: list[Tensor]
+    ) -> tuple[Tensor, State]:
         outs = _JaxStack.apply(engine, masks, len(states), x, *states, *self.flat_parameters())
         return outs[0], tuple(outs[1:])

@@ -3,6 +3,7 @@
 One weight matrix per gate, taken as a slice of the torch.nn-layout parameters (so gradients
 land in torch.nn's tensors), separate matmuls per gate and per time step, in a Python loop.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,12 @@ class NaiveLoop(RecurrentBase):
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         outputs = []
         if self.kind == "lstm":
-            (wxi, whi, bxi, bhi), (wxf, whf, bxf, bhf), (wxg, whg, bxg, bhg), (wxo, who, bxo, bho) = \
-                _per_gate(weights, 4)
+            (
+                (wxi, whi, bxi, bhi),
+                (wxf, whf, bxf, bhf),
+                (wxg, whg, bxg, bhg),
+                (wxo, who, bxo, bho),
+            ) = _per_gate(weights, 4)
             w_hr = weights[4] if len(weights) > 4 else None  # proj_size: h = (o * tanh(c)) W_hr^T
             h, c = state
             for x_t in x:

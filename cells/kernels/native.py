@@ -3,6 +3,7 @@
 Only the shared input checks are added, so that every backend refuses bad input with the same
 messages; the computation is torch.nn's own (PackedSequence, proj_size and autocast included).
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,11 +25,16 @@ class _Checked:
 
     def forward(self, input, hx=None):
         data = input.data if isinstance(input, PackedSequence) else input
-        if not torch.compiler.is_compiling() and isinstance(data, Tensor) \
-                and torch._C._functorch.is_functorch_wrapped_tensor(data):
-            raise RuntimeError("backend 'native' does not support torch.func transforms (vmap, grad, "
-                               f"jacrev): torch has no batching rule for aten::{self.kind}; backends "
-                               f"that do: {', '.join(backends_with('vmap', self.kind))}")
+        if (
+            not torch.compiler.is_compiling()
+            and isinstance(data, Tensor)
+            and torch._C._functorch.is_functorch_wrapped_tensor(data)
+        ):
+            raise RuntimeError(
+                "backend 'native' does not support torch.func transforms (vmap, grad, "
+                f"jacrev): torch has no batching rule for aten::{self.kind}; backends "
+                f"that do: {', '.join(backends_with('vmap', self.kind))}"
+            )
         if isinstance(input, PackedSequence):
             check_packed(self, input.data, int(input.batch_sizes[0]), hx)
         else:

@@ -11,9 +11,8 @@ plugin chose its own buffers (checked per call).
 
 Training is refused at backward with cells.errors.Unsupported (see peer_base).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -24,12 +23,13 @@ from .ort import _contiguous, _missing, onnx_model
 from .peer_base import PeerBase
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     return _missing("onnx", "openvino")
 
 
 def _core():
     import openvino as ov
+
     global _CORE
     if _CORE is None:
         _CORE = ov.Core()
@@ -43,8 +43,12 @@ class OpenVinoEngine:
     """One compiled model and one infer request."""
 
     def __init__(self, module: PeerBase, threads: int, masked: bool) -> None:
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                       "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        self.config = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         model = _core().read_model(onnx_model(module, masked).SerializeToString())
         self.compiled = _core().compile_model(model, "CPU", self.config)
         self.request = self.compiled.create_infer_request()
@@ -53,6 +57,7 @@ class OpenVinoEngine:
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
         import openvino as ov
+
         T, B = x.shape[:2]
         feeds = [_contiguous(t) for t in (x, *states, *masks)]
         for name, t in zip(self.inputs, feeds):
@@ -74,7 +79,7 @@ class OpenVinoLoop(PeerBase):
     """OpenVINO's CPU plugin, f32 pinned; inference only."""
 
     @staticmethod
-    def unavailable_reason() -> Optional[str]:
+    def unavailable_reason() -> str | None:
         return unavailable_reason()
 
     def build_engine(self, threads: int, masked: bool) -> OpenVinoEngine:

@@ -14,10 +14,11 @@ making a non-contiguous input contiguous (batch_first) is paid, as a torch user 
 
 Training is refused at backward with cells.errors.Unsupported (see peer_base).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,15 +33,16 @@ GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
-def _missing(*packages: str) -> Optional[str]:
+def _missing(*packages: str) -> str | None:
     import importlib.util
+
     absent = [p for p in packages if importlib.util.find_spec(p) is None]
     if absent:
         return f"needs {' and '.join(absent)}: pip install cellbench[peers]"
     return None
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     return _missing("onnx", "onnxruntime")
 
 
@@ -59,16 +61,27 @@ def onnx_model(module: PeerBase, masked: bool = False):
     lstm = kind == "lstm"
     state_names = ["h0", "c0"] if lstm else ["h0"]
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", module.input_size])]
-    inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [L * D, "B", H]) for s in state_names]
-    inputs += [helper.make_tensor_value_info(f"mask_{i}", TensorProto.FLOAT, ["T", "B", D * H])
-               for i in range(L - 1)] if masked else []
+    inputs += [
+        helper.make_tensor_value_info(s, TensorProto.FLOAT, [L * D, "B", H]) for s in state_names
+    ]
+    inputs += (
+        [
+            helper.make_tensor_value_info(f"mask_{i}", TensorProto.FLOAT, ["T", "B", D * H])
+            for i in range(L - 1)
+        ]
+        if masked
+        else []
+    )
     nodes, inits = [], []
 
     def const(name: str, values: list[int]) -> str:
         inits.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
         return name
 
-    attrs: dict[str, Any] = {"hidden_size": H, "direction": "bidirectional" if D == 2 else "forward"}
+    attrs: dict[str, Any] = {
+        "hidden_size": H,
+        "direction": "bidirectional" if D == 2 else "forward",
+    }
     if kind == "gru":
         attrs["linear_before_reset"] = 1
     if kind == "rnn":
@@ -78,26 +91,54 @@ def onnx_model(module: PeerBase, masked: bool = False):
         weights = [module.layer_weights(layer, d) for d in range(D)]
         W = np.stack([_reorder(w[0], kind) for w in weights])
         R = np.stack([_reorder(w[1], kind) for w in weights])
-        inits += [numpy_helper.from_array(W, f"W_{layer}"), numpy_helper.from_array(R, f"R_{layer}")]
+        inits += [
+            numpy_helper.from_array(W, f"W_{layer}"),
+            numpy_helper.from_array(R, f"R_{layer}"),
+        ]
         bias = ""
         if module.bias:
-            inits.append(numpy_helper.from_array(np.stack([np.concatenate(
-                [_reorder(w[2], kind), _reorder(w[3], kind)]) for w in weights]), f"B_{layer}"))
+            inits.append(
+                numpy_helper.from_array(
+                    np.stack(
+                        [
+                            np.concatenate([_reorder(w[2], kind), _reorder(w[3], kind)])
+                            for w in weights
+                        ]
+                    ),
+                    f"B_{layer}",
+                )
+            )
             bias = f"B_{layer}"
         layer_states = []
         for s in state_names:
             if L == 1:
                 layer_states.append(s)
                 continue
-            nodes.append(helper.make_node("Slice", [s, const(f"{s}_start_{layer}", [layer * D]),
-                                                    const(f"{s}_end_{layer}", [(layer + 1) * D]),
-                                                    const(f"{s}_axis_{layer}", [0])], [f"{s}_{layer}"]))
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [
+                        s,
+                        const(f"{s}_start_{layer}", [layer * D]),
+                        const(f"{s}_end_{layer}", [(layer + 1) * D]),
+                        const(f"{s}_axis_{layer}", [0]),
+                    ],
+                    [f"{s}_{layer}"],
+                )
+            )
             layer_states.append(f"{s}_{layer}")
         outs = [f"Y_{layer}", f"h_n_{layer}"] + ([f"c_n_{layer}"] if lstm else [])
         if L == 1:
             outs = ["Y_0", "h_n"] + (["c_n"] if lstm else [])
-        nodes.append(helper.make_node(ONNX_OP[kind], [layer_in, f"W_{layer}", f"R_{layer}", bias, ""]
-                                      + layer_states, outs, name=f"{kind}_{layer}", **attrs))
+        nodes.append(
+            helper.make_node(
+                ONNX_OP[kind],
+                [layer_in, f"W_{layer}", f"R_{layer}", bias, ""] + layer_states,
+                outs,
+                name=f"{kind}_{layer}",
+                **attrs,
+            )
+        )
         for s, out in zip(state_names, outs[1:]):
             finals[s].append(out)
         # Y: (T, D, B, H) -> (T, B, D*H), directions side by side as torch.nn concatenates them
@@ -105,11 +146,18 @@ def onnx_model(module: PeerBase, masked: bool = False):
         out_name = "output" if last else f"out_{layer}"
         y_name = out_name if last or not masked else f"pre_{layer}"
         if D == 2:
-            nodes.append(helper.make_node("Transpose", [f"Y_{layer}"], [f"Yt_{layer}"], perm=[0, 2, 1, 3]))
-            nodes.append(helper.make_node("Reshape", [f"Yt_{layer}", const(f"shape_{layer}", [0, 0, -1])],
-                                          [y_name]))
+            nodes.append(
+                helper.make_node("Transpose", [f"Y_{layer}"], [f"Yt_{layer}"], perm=[0, 2, 1, 3])
+            )
+            nodes.append(
+                helper.make_node(
+                    "Reshape", [f"Yt_{layer}", const(f"shape_{layer}", [0, 0, -1])], [y_name]
+                )
+            )
         else:
-            nodes.append(helper.make_node("Squeeze", [f"Y_{layer}", const(f"axis_{layer}", [1])], [y_name]))
+            nodes.append(
+                helper.make_node("Squeeze", [f"Y_{layer}", const(f"axis_{layer}", [1])], [y_name])
+            )
         if masked and not last:
             nodes.append(helper.make_node("Mul", [f"pre_{layer}", f"mask_{layer}"], [out_name]))
         layer_in = out_name
@@ -117,11 +165,14 @@ def onnx_model(module: PeerBase, masked: bool = False):
         for s, outs in finals.items():
             nodes.append(helper.make_node("Concat", outs, [s.replace("0", "_n")], axis=0))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["T", "B", D * H])]
-    outputs += [helper.make_tensor_value_info(s.replace("0", "_n"), TensorProto.FLOAT, [L * D, "B", H])
-                for s in state_names]
+    outputs += [
+        helper.make_tensor_value_info(s.replace("0", "_n"), TensorProto.FLOAT, [L * D, "B", H])
+        for s in state_names
+    ]
     graph = helper.make_graph(nodes, f"cellbench_{kind}", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="cellbench")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellbench"
+    )
     onnx.checker.check_model(model)
     return model
 
@@ -135,6 +186,7 @@ class OrtEngine:
 
     def __init__(self, module: PeerBase, threads: int, masked: bool) -> None:
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -144,8 +196,9 @@ class OrtEngine:
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         self.model = onnx_model(module, masked)
-        self.session = ort.InferenceSession(self.model.SerializeToString(), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
         self.L, self.D, self.H = module.num_layers, module.num_directions, module.hidden_size
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
@@ -175,7 +228,7 @@ class OrtLoop(PeerBase):
     """ONNX Runtime's recurrent operators; inference only."""
 
     @staticmethod
-    def unavailable_reason() -> Optional[str]:
+    def unavailable_reason() -> str | None:
         return unavailable_reason()
 
     def build_engine(self, threads: int, masked: bool) -> OrtEngine:

@@ -10,9 +10,11 @@ masks are fed; any change rebuilds it.
 Inter-layer dropout (training mode, dropout > 0) is applied inside the engine by multiplying
 with masks drawn from torch's generator, so `torch.manual_seed` governs it as for torch.nn.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -28,13 +30,21 @@ class PeerBase(RecurrentBase):
     # float32 on the CPU, the module's own forward only: no packed input, no torch.func,
     # torch.compile, jit.script or ONNX export through it, no meta-device construction
     capabilities: ClassVar[Any] = Capabilities(
-        devices=("cpu",), dtypes=(torch.float32,), packed=False, compile_in_model=False, vmap=False,
-        double_backward=False, script_in_model=False, onnx_export=False, meta_init=False)
+        devices=("cpu",),
+        dtypes=(torch.float32,),
+        packed=False,
+        compile_in_model=False,
+        vmap=False,
+        double_backward=False,
+        script_in_model=False,
+        onnx_export=False,
+        meta_init=False,
+    )
     inference_only: ClassVar[bool] = True  # False where the peer computes gradients too
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._engine: Optional[tuple[tuple, Any]] = None
+        self._engine: tuple[tuple, Any] | None = None
         self.check_dtype_device()
 
     # pickling and deepcopy: the engine is native state, rebuilt on first use
@@ -46,17 +56,25 @@ class PeerBase(RecurrentBase):
     def check_dtype_device(self) -> None:
         param = next(self.parameters())
         if param.dtype != torch.float32:
-            raise TypeError(f"backend {self.backend!r} runs float32 only, got parameters of dtype "
-                            f"{param.dtype} (float64 and half precision are not offered; use "
-                            ".float() or another backend)")
+            raise TypeError(
+                f"backend {self.backend!r} runs float32 only, got parameters of dtype "
+                f"{param.dtype} (float64 and half precision are not offered; use "
+                ".float() or another backend)"
+            )
         if param.device.type != "cpu":
-            raise Unsupported(f"backend {self.backend!r} runs on the CPU only, got parameters on "
-                              f"{param.device}")
+            raise Unsupported(
+                f"backend {self.backend!r} runs on the CPU only, got parameters on {param.device}"
+            )
 
     def flat_parameters(self) -> list[Tensor]:
         """Per layer and direction: w_ih, w_hh (, b_ih, b_hh), torch.nn's order."""
-        return [w for layer in range(self.num_layers) for d in range(self.num_directions)
-                for w in self.layer_weights(layer, d) if w is not None]
+        return [
+            w
+            for layer in range(self.num_layers)
+            for d in range(self.num_directions)
+            for w in self.layer_weights(layer, d)
+            if w is not None
+        ]
 
     def engine(self, masked: bool) -> Any:
         """The engine for the current parameters, thread count and dropout use (cached)."""
@@ -76,16 +94,23 @@ class PeerBase(RecurrentBase):
             return []
         keep = 1.0 - self.dropout
         shape = (x.size(0), x.size(1), self.hidden_size * self.num_directions)
-        return [torch.empty(shape, dtype=x.dtype).bernoulli_(keep).div_(keep) if keep > 0
-                else torch.zeros(shape, dtype=x.dtype) for _ in range(self.num_layers - 1)]
+        return [
+            torch.empty(shape, dtype=x.dtype).bernoulli_(keep).div_(keep)
+            if keep > 0
+            else torch.zeros(shape, dtype=x.dtype)
+            for _ in range(self.num_layers - 1)
+        ]
 
     def needs_grad(self, x: Tensor, states: State) -> bool:
         return torch.is_grad_enabled() and (
-            x.requires_grad or any(s.requires_grad for s in states)
-            or any(p.requires_grad for p in self.parameters()))
+            x.requires_grad
+            or any(s.requires_grad for s in states)
+            or any(p.requires_grad for p in self.parameters())
+        )
 
-    def run_stack(self, x: Tensor, states: State,
-                  lengths: Optional[list[int]] = None) -> tuple[Tensor, State]:
+    def run_stack(
+        self, x: Tensor, states: State, lengths: list[int] | None = None
+    ) -> tuple[Tensor, State]:
         if lengths is not None:  # capabilities say packed=False, so the base never passes it
             raise Unsupported(f"backend {self.backend!r} does not accept PackedSequence input")
         self.check_dtype_device()
@@ -95,15 +120,23 @@ class PeerBase(RecurrentBase):
             return engine.run(x, states, masks)
         if self.inference_only:
             # Forward works (a drop-in may be called outside no_grad); backward refuses.
-            message = (f"{self.backend} supports inference only (infer, generate); use jax, numba "
-                       "or native for training")
-            outs = _Refused.apply(lambda: _flatten(engine.run(x, states, masks)), message,
-                                  x, *states, *self.flat_parameters())
+            message = (
+                f"{self.backend} supports inference only (infer, generate); use jax, numba "
+                "or native for training"
+            )
+            outs = _Refused.apply(
+                lambda: _flatten(engine.run(x, states, masks)),
+                message,
+                x,
+                *states,
+                *self.flat_parameters(),
+            )
             return outs[0], tuple(outs[1:])
         return self.run_with_grad(engine, x, states, masks)
 
-    def run_with_grad(self, engine: Any, x: Tensor, states: State,
-                      masks: list[Tensor]) -> tuple[Tensor, State]:
+    def run_with_grad(
+        self, engine: Any, x: Tensor, states: State, masks: list[Tensor]
+    ) -> tuple[Tensor, State]:
         raise NotImplementedError
 
 

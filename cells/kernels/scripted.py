@@ -13,11 +13,12 @@ must-use-LLVM off, run in TensorExpr's IR interpreter (>100x slower: one d2l-siz
 training step took minutes). So without LLVM the switch is ignored with a warning, and
 `cpu_fusion_status()` says why. Measurements: docs/compiled-and-triton.md.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -35,10 +36,15 @@ def _script_all() -> None:
         return
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                                    category=DeprecationWarning)
-            for kind, fn in (("rnn", loops.rnn_loop), ("gru", loops.gru_loop), ("lstm", loops.lstm_loop),
-                             ("lstmp", loops.lstmp_loop)):
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning
+            )
+            for kind, fn in (
+                ("rnn", loops.rnn_loop),
+                ("gru", loops.gru_loop),
+                ("lstm", loops.lstm_loop),
+                ("lstmp", loops.lstmp_loop),
+            ):
                 _SCRIPTED[kind] = torch.jit.script(fn)
         if os.environ.get("CELLBENCH_SCRIPTED_CPU_FUSION") == "1":
             _enable_cpu_fusion()
@@ -53,8 +59,10 @@ _FUSION_STATUS = "off (set CELLBENCH_SCRIPTED_CPU_FUSION=1 to try the TensorExpr
 def _enable_cpu_fusion() -> None:
     global _FUSION_STATUS
     if not torch._C._llvm_enabled():
-        _FUSION_STATUS = ("off: CELLBENCH_SCRIPTED_CPU_FUSION=1 ignored, this torch build has no LLVM, "
-                          "which TensorExpr needs to generate CPU code")
+        _FUSION_STATUS = (
+            "off: CELLBENCH_SCRIPTED_CPU_FUSION=1 ignored, this torch build has no LLVM, "
+            "which TensorExpr needs to generate CPU code"
+        )
         warnings.warn(f"cells 'scripted': {_FUSION_STATUS}", RuntimeWarning, stacklevel=3)
         return
     torch._C._jit_override_can_fuse_on_cpu(True)

@@ -24,10 +24,10 @@ Triton was imported (then the kernel runs on CPU tensors in Triton's interpreter
 slow). CELLBENCH_TRITON_TF32=1 lets tl.dot use tf32 for float32 on GPUs (faster, but outside
 the float32 equivalence tolerance on long sequences).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -38,7 +38,8 @@ from .compiled import EAGER_STEPS, recurrent_layer, variant_of
 try:
     import triton
     import triton.language as tl
-    _IMPORT_ERROR: Optional[str] = None
+
+    _IMPORT_ERROR: str | None = None
 except Exception as exc:  # ImportError, or a broken install
     triton = tl = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -48,18 +49,21 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     if _IMPORT_ERROR is not None:
         return f"triton is not importable ({_IMPORT_ERROR}); pip install triton (Linux x86_64)"
     if not (torch.cuda.is_available() or interpreted()):
-        return ("triton needs a CUDA GPU (torch.cuda.is_available() is False); set "
-                "TRITON_INTERPRET=1 before importing triton to run its interpreter on the CPU")
+        return (
+            "triton needs a CUDA GPU (torch.cuda.is_available() is False); set "
+            "TRITON_INTERPRET=1 before importing triton to run its interpreter on the CPU"
+        )
     return None
 
 
 _VARIANT_CODE = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3}
 
 if triton is not None:
+
     @triton.jit
     def _tanh(x):
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
@@ -71,10 +75,25 @@ if triton is not None:
         return tl.load(w_ptr + (q * H + rh[None, :]) * H + rk[:, None], mask=mask, other=0.0)
 
     @triton.jit
-    def _recurrence_fwd(xw_ptr, w_ptr, bhn_ptr, y_ptr, c_ptr, acts_ptr, T, B, H,
-                        VARIANT: tl.constexpr, G: tl.constexpr, RESIDENT: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-                        PRECISION: tl.constexpr, ACC: tl.constexpr):
+    def _recurrence_fwd(
+        xw_ptr,
+        w_ptr,
+        bhn_ptr,
+        y_ptr,
+        c_ptr,
+        acts_ptr,
+        T,
+        B,
+        H,
+        VARIANT: tl.constexpr,
+        G: tl.constexpr,
+        RESIDENT: tl.constexpr,
+        BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+        ACC: tl.constexpr,
+    ):
         """y (T+1, B, H) holds h0 in row 0 and h_t in row t+1; c likewise (LSTM).
         acts (T, B, 4H): LSTM [i, f, g, o], GRU [r, z, n, W_hn h + b_hn]; unused for RNN."""
         pid = tl.program_id(0)
@@ -101,8 +120,11 @@ if triton is not None:
                 a3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
                 for k0 in range(0, H, BLOCK_K):
                     rk = k0 + tl.arange(0, BLOCK_K)
-                    hk = tl.load(h_prev_ptr + rb[:, None] * H + rk[None, :],
-                                 mask=bmask[:, None] & (rk[None, :] < H), other=0.0)
+                    hk = tl.load(
+                        h_prev_ptr + rb[:, None] * H + rk[None, :],
+                        mask=bmask[:, None] & (rk[None, :] < H),
+                        other=0.0,
+                    )
                     if RESIDENT:
                         a0 += tl.dot(hk, w0, input_precision=PRECISION, out_dtype=ACC)
                         if G > 1:
@@ -111,16 +133,32 @@ if triton is not None:
                         if G > 3:
                             a3 += tl.dot(hk, w3, input_precision=PRECISION, out_dtype=ACC)
                     else:
-                        a0 += tl.dot(hk, _w_tile(w_ptr, 0, rh, rk, H), input_precision=PRECISION,
-                                     out_dtype=ACC)
+                        a0 += tl.dot(
+                            hk,
+                            _w_tile(w_ptr, 0, rh, rk, H),
+                            input_precision=PRECISION,
+                            out_dtype=ACC,
+                        )
                         if G > 1:
-                            a1 += tl.dot(hk, _w_tile(w_ptr, 1, rh, rk, H),
-                                         input_precision=PRECISION, out_dtype=ACC)
-                            a2 += tl.dot(hk, _w_tile(w_ptr, 2, rh, rk, H),
-                                         input_precision=PRECISION, out_dtype=ACC)
+                            a1 += tl.dot(
+                                hk,
+                                _w_tile(w_ptr, 1, rh, rk, H),
+                                input_precision=PRECISION,
+                                out_dtype=ACC,
+                            )
+                            a2 += tl.dot(
+                                hk,
+                                _w_tile(w_ptr, 2, rh, rk, H),
+                                input_precision=PRECISION,
+                                out_dtype=ACC,
+                            )
                         if G > 3:
-                            a3 += tl.dot(hk, _w_tile(w_ptr, 3, rh, rk, H),
-                                         input_precision=PRECISION, out_dtype=ACC)
+                            a3 += tl.dot(
+                                hk,
+                                _w_tile(w_ptr, 3, rh, rk, H),
+                                input_precision=PRECISION,
+                                out_dtype=ACC,
+                            )
                 x_row = xw_ptr + t * B * G * H + rb[:, None] * (G * H) + rh[None, :]
                 out_off = rb[:, None] * H + rh[None, :]
                 acts_row = acts_ptr + t * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
@@ -154,7 +192,9 @@ if triton is not None:
                     o = tl.sigmoid(x3 + a3)
                     c = f * cp + i * g
                     h = o * _tanh(c)
-                    tl.store(c_ptr + (t + 1) * B * H + out_off, c.to(c_ptr.dtype.element_ty), mask=m2)
+                    tl.store(
+                        c_ptr + (t + 1) * B * H + out_off, c.to(c_ptr.dtype.element_ty), mask=m2
+                    )
                     tl.store(acts_row, i.to(acts_ptr.dtype.element_ty), mask=m2)
                     tl.store(acts_row + H, f.to(acts_ptr.dtype.element_ty), mask=m2)
                     tl.store(acts_row + 2 * H, g.to(acts_ptr.dtype.element_ty), mask=m2)
@@ -167,12 +207,15 @@ def _pow2(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(n)))
 
 
-def triton_forward(variant: str, xw: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
-                   b_hn: Optional[Tensor]):
+def triton_forward(
+    variant: str, xw: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hn: Tensor | None
+):
     """Runs the kernel; returns (hs (T,B,H), cs (T,B,H) or None, acts (T,B,4H) or None)."""
     if not (xw.is_cuda or interpreted()):
-        raise RuntimeError("backend 'triton' runs on CUDA tensors (or on the CPU only with "
-                           "TRITON_INTERPRET=1); move the module to a GPU")
+        raise RuntimeError(
+            "backend 'triton' runs on CUDA tensors (or on the CPU only with "
+            "TRITON_INTERPRET=1); move the module to a GPU"
+        )
     seq, batch, hidden = xw.size(0), xw.size(1), h0.size(1)
     gates = 4 if variant == "lstm" else 3 if variant == "gru" else 1
     xw = xw.contiguous()
@@ -187,14 +230,33 @@ def triton_forward(variant: str, xw: Tensor, h0: Tensor, c0: Optional[Tensor], w
     bhn = b_hn.contiguous() if b_hn is not None else y  # unused unless GRU
     block = _pow2(hidden, 16, 64)
     block_b = _pow2(batch, 16, 32)
-    precision = "tf32" if os.environ.get("CELLBENCH_TRITON_TF32") == "1" and xw.dtype == torch.float32 \
+    precision = (
+        "tf32"
+        if os.environ.get("CELLBENCH_TRITON_TF32") == "1" and xw.dtype == torch.float32
         else "ieee"
+    )
     acc = tl.float64 if xw.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(batch, block_b),)
-    _recurrence_fwd[grid](xw, w_hh, bhn, y, c if c is not None else y, acts if acts is not None else y,
-                          seq, batch, hidden, VARIANT=_VARIANT_CODE[variant], G=gates,
-                          RESIDENT=hidden <= block, BLOCK_B=block_b, BLOCK_H=block, BLOCK_K=block,
-                          PRECISION=precision, ACC=acc, num_warps=4)
+    _recurrence_fwd[grid](
+        xw,
+        w_hh,
+        bhn,
+        y,
+        c if c is not None else y,
+        acts if acts is not None else y,
+        seq,
+        batch,
+        hidden,
+        VARIANT=_VARIANT_CODE[variant],
+        G=gates,
+        RESIDENT=hidden <= block,
+        BLOCK_B=block_b,
+        BLOCK_H=block,
+        BLOCK_K=block,
+        PRECISION=precision,
+        ACC=acc,
+        num_warps=4,
+    )
     return y[1:], (c[1:] if c is not None else None), acts
 
 
@@ -209,5 +271,12 @@ class TritonLoop(RecurrentBase):
         def forward_impl(xw, h0, c0, w_hh, b_hn):
             return triton_forward(variant, xw, h0, c0, w_hh, b_hn)
 
-        return recurrent_layer(variant, EAGER_STEPS[variant], x, state, weights,
-                               forward_impl=forward_impl, pad_batch_one=False)
+        return recurrent_layer(
+            variant,
+            EAGER_STEPS[variant],
+            x,
+            state,
+            weights,
+            forward_impl=forward_impl,
+            pad_batch_one=False,
+        )

@@ -15,6 +15,7 @@ Every class is the correct stepwise kernel with one deliberate mistake:
 | ResetBeforeMatmulGRU | gru | the other published GRU: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn) | every config |
 | StatelessRNN | rnn | every step starts from the initial state instead of h_{t-1} | seq_len >= 2 |
 """
+
 from __future__ import annotations
 
 import torch

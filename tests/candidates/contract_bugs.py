@@ -18,6 +18,7 @@ single forward and backward pass on a fresh module never shows:
 | CallCounterLSTM | state-dict | registers a persistent call counter at the first forward |
 | PackedAtFirstCallLSTM | module-copies | packs [W_ih W_hh] at the first call and keeps using that tensor |
 """
+
 from __future__ import annotations
 
 import os
@@ -118,8 +119,9 @@ class FirstBatchLSTM(StepLSTM):
     def forward(self, input, hx=None):
         if hx is None:
             if self._zeros is None:
-                self._zeros = torch.zeros(_zero_state_shape(self, input), dtype=input.dtype,
-                                          device=input.device)
+                self._zeros = torch.zeros(
+                    _zero_state_shape(self, input), dtype=input.dtype, device=input.device
+                )
             hx = (self._zeros, self._zeros)
         return super().forward(input, hx)
 
@@ -138,7 +140,9 @@ class DropoutInEvalLSTM(StepLSTM):
         if self._layer > 0 and self.dropout:
             if not reverse:  # one mask per layer input, shared by both directions
                 ones = torch.ones_like(torch.stack(xs))
-                self._mask = nn.functional.dropout(ones, self.dropout, training=True)  # not self.training
+                self._mask = nn.functional.dropout(
+                    ones, self.dropout, training=True
+                )  # not self.training
             xs = [x * m for x, m in zip(xs, self._mask.unbind(0))]
         return super().run_direction(xs, state, weights, reverse)
 

@@ -27,6 +27,7 @@ next 6 (an untimed call, then the same), so the default trigger, call 10, is in 
 test knows when to act), and `CELLBENCH_FAULTY_HANG_CHILD=1` makes `hangs` start a sleeping
 child process first, a stand-in for a compiler's worker processes.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,6 +89,7 @@ class Raises(FusedLoop):
 
 class _Counted(FusedLoop):
     """Counts forward calls (after a short sleep) and calls `fault()` from call number AT on."""
+
     AT_VARIABLE = ""
 
     def forward(self, input, hx=None):
@@ -124,6 +126,7 @@ class Segfault(_Counted):
     def fault(self) -> None:
         try:
             import resource
+
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a planted crash
         except (ImportError, ValueError, OSError):
             pass
@@ -135,12 +138,19 @@ class Segfault(_Counted):
 class Hog(FusedLoop):
     def forward(self, input, hx=None):
         gib = _env_number("CELLBENCH_FAULTY_HOG_GIB", 64.0)
-        torch.zeros(int(gib * 2 ** 30), dtype=torch.uint8)  # zeros, not empty: pages are touched
+        torch.zeros(int(gib * 2**30), dtype=torch.uint8)  # zeros, not empty: pages are touched
         return super().forward(input, hx)
 
 
-FAULTY: dict[str, type] = {"wrongshape": WrongShape, "nan": NaNs, "linear": Linear, "raises": Raises,
-                           "hangs": Hangs, "segfault": Segfault, "hog": Hog}
+FAULTY: dict[str, type] = {
+    "wrongshape": WrongShape,
+    "nan": NaNs,
+    "linear": Linear,
+    "raises": Raises,
+    "hangs": Hangs,
+    "segfault": Segfault,
+    "hog": Hog,
+}
 
 
 def register() -> None:

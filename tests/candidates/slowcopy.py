@@ -4,6 +4,7 @@ Importing this module registers "copy" for rnn, gru and lstm. Each forward call 
 $CELLBENCH_TEST_SLEEP_S seconds (read at call time; default 0), so one registered copy serves as
 both the unchanged rerun and the artificially slowed backend.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,6 +40,7 @@ class CopyLSTM(nn.LSTM):
 def register() -> None:
     """Zero-argument registration function (also usable as a `cellbench.backends` entry point)."""
     import cells
+
     for kind, cls in (("rnn", CopyRNN), ("gru", CopyGRU), ("lstm", CopyLSTM)):
         cells.register(kind, "copy", cls, replace=True)
 

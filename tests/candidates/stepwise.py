@@ -6,6 +6,7 @@ torch.nn's names, shapes and initialisation, so that `state_dict()` moves to tor
 LSTM. Supported: num_layers, bias, batch_first, bidirectional, hx given or None, unbatched input,
 nonlinearity tanh/relu for the RNN. Not supported (raises at construction): dropout, proj_size.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,20 @@ class _Stepwise(nn.Module):
     GATES = 0  # rows of the weight matrices in units of hidden_size
     STATES = 1  # 1: h, 2: (h, c)
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, nonlinearity: str = "tanh"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        nonlinearity: str = "tanh",
+    ):
         super().__init__()
         if dropout:
             raise ValueError("this kernel does not implement dropout")
@@ -37,12 +49,18 @@ class _Stepwise(nn.Module):
             width = input_size if layer == 0 else hidden_size * self.directions
             for direction in range(self.directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (self.GATES * hidden_size, width),
-                          "weight_hh": (self.GATES * hidden_size, hidden_size)}
+                shapes = {
+                    "weight_ih": (self.GATES * hidden_size, width),
+                    "weight_hh": (self.GATES * hidden_size, hidden_size),
+                }
                 if bias:
-                    shapes.update(bias_ih=(self.GATES * hidden_size,), bias_hh=(self.GATES * hidden_size,))
+                    shapes.update(
+                        bias_ih=(self.GATES * hidden_size,), bias_hh=(self.GATES * hidden_size,)
+                    )
                 for stem, shape in shapes.items():
-                    p = nn.Parameter(torch.empty(shape, device=device, dtype=dtype).uniform_(-bound, bound))
+                    p = nn.Parameter(
+                        torch.empty(shape, device=device, dtype=dtype).uniform_(-bound, bound)
+                    )
                     self.register_parameter(stem + suffix, p)
 
     def weights(self, layer: int, direction: int):
@@ -76,8 +94,13 @@ class _Stepwise(nn.Module):
             x = input.transpose(0, 1) if self.batch_first else input
         batch = x.shape[1]
         if hx is None:
-            zeros = torch.zeros(self.num_layers * self.directions, batch, self.hidden_size,
-                                dtype=input.dtype, device=input.device)
+            zeros = torch.zeros(
+                self.num_layers * self.directions,
+                batch,
+                self.hidden_size,
+                dtype=input.dtype,
+                device=input.device,
+            )
             states = (zeros,) * self.STATES
         else:
             states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
@@ -89,13 +112,20 @@ class _Stepwise(nn.Module):
             per_direction = []
             for direction in range(self.directions):
                 index = layer * self.directions + direction
-                outs, final = self.run_direction(xs, tuple(s[index] for s in states),
-                                                 self.weights(layer, direction), bool(direction))
+                outs, final = self.run_direction(
+                    xs,
+                    tuple(s[index] for s in states),
+                    self.weights(layer, direction),
+                    bool(direction),
+                )
                 per_direction.append(outs)
                 for store, s in zip(finals, final):
                     store.append(s)
-            xs = per_direction[0] if self.directions == 1 else \
-                [torch.cat(pair, dim=-1) for pair in zip(*per_direction)]
+            xs = (
+                per_direction[0]
+                if self.directions == 1
+                else [torch.cat(pair, dim=-1) for pair in zip(*per_direction)]
+            )
         output = torch.stack(xs)
         final_states = [torch.stack(store) for store in finals]
         if unbatched:
@@ -109,10 +139,32 @@ class _Stepwise(nn.Module):
 class StepRNN(_Stepwise):
     GATES, STATES = 1, 1
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, nonlinearity)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            device,
+            dtype,
+            nonlinearity,
+        )
 
     def step(self, x, state, w_ih, w_hh, b_ih, b_hh, t):
         pre = self.affine(x, w_ih, b_ih) + self.affine(state[0], w_hh, b_hh)
@@ -122,10 +174,30 @@ class StepRNN(_Stepwise):
 class StepGRU(_Stepwise):
     GATES, STATES = 3, 1
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            device,
+            dtype,
+        )
 
     def step(self, x, state, w_ih, w_hh, b_ih, b_hh, t):
         (h,) = state
@@ -140,10 +212,31 @@ class StepGRU(_Stepwise):
 class StepLSTM(_Stepwise):
     GATES, STATES = 4, 2
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            device,
+            dtype,
+        )
 
     def gates(self, x, h, w_ih, w_hh, b_ih, b_hh):
         """Pre-activations split in torch.nn's row order i, f, g, o."""

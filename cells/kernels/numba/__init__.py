@@ -24,9 +24,17 @@ Files: module.py (NumbaLoop, the step path, warm_up), layer.py (numpy drivers an
 Function), lstm.py and gru_rnn.py (kernels), gemm.py (GEMM helpers), jit.py (compile options,
 activations), threads.py (thread counts, BLAS threads), workspace.py (reused scratch memory).
 """
+
 from .module import NumbaLoop, unavailable_reason, warm_up
 from .threads import blas_threads, set_blas_threads
 from .workspace import WORKSPACE, release_workspace
 
-__all__ = ["NumbaLoop", "unavailable_reason", "warm_up", "blas_threads", "set_blas_threads",
-           "WORKSPACE", "release_workspace"]
+__all__ = [
+    "NumbaLoop",
+    "unavailable_reason",
+    "warm_up",
+    "blas_threads",
+    "set_blas_threads",
+    "WORKSPACE",
+    "release_workspace",
+]

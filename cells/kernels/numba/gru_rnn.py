@@ -15,6 +15,7 @@ call. The input projection and dx (GEMMs over all T*B rows) are split by rows, d
 Per step and block one recurrent GEMM for all gates (the GRU's transposed: gemm.wdot); bias
 gradients are summed in the pointwise loops, which run over contiguous rows of H elements.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,7 @@ def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save, nthreads):
         bias[k] = b_ih[k] + b_hh[k]
     for k in range(2 * H, G):
         bias[k] = b_ih[k]
-    bhn = b_hh[2 * H:].copy()
+    bhn = b_hh[2 * H :].copy()
     xw = np.empty((TB, G), x2.dtype)
     split_rows_dot(x2, w_ih.T, xw, nthreads)
     hs[0] = h0
@@ -76,8 +77,17 @@ def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save, nthreads):
         _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, 0, B)
     else:
         for k in prange(nthreads):
-            _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save,
-                          block(B, k, nthreads), block(B, k + 1, nthreads))
+            _gru_fwd_rows(
+                xw,
+                w_hh,
+                bias,
+                bhn,
+                hs,
+                acts,
+                save,
+                block(B, k, nthreads),
+                block(B, k + 1, nthreads),
+            )
     return one
 
 
@@ -140,12 +150,27 @@ def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, 
     dbh = np.zeros((nthreads, G), dy.dtype)
     w_hhT = np.ascontiguousarray(w_hh.T)
     if nthreads == 1:
-        _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[0], dbh[0], need_dh0, need_dw,
-                      0, B)
+        _gru_bwd_rows(
+            dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[0], dbh[0], need_dh0, need_dw, 0, B
+        )
     else:
         for k in prange(nthreads):
-            _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[k], dbh[k], need_dh0,
-                          need_dw, block(B, k, nthreads), block(B, k + 1, nthreads))
+            _gru_bwd_rows(
+                dy,
+                dh,
+                dhw,
+                hs,
+                acts,
+                w_hhT,
+                dGx,
+                dGh,
+                dbi[k],
+                dbh[k],
+                need_dh0,
+                need_dw,
+                block(B, k, nthreads),
+                block(B, k + 1, nthreads),
+            )
     db_ih = dbi[0].copy()
     db_hh = dbh[0].copy()
     for k in range(1, nthreads):
@@ -205,8 +230,9 @@ def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu, nthreads):
         _rnn_fwd_rows(xw, w_hh, bias, hs, relu, 0, B)
     else:
         for k in prange(nthreads):
-            _rnn_fwd_rows(xw, w_hh, bias, hs, relu, block(B, k, nthreads),
-                          block(B, k + 1, nthreads))
+            _rnn_fwd_rows(
+                xw, w_hh, bias, hs, relu, block(B, k, nthreads), block(B, k + 1, nthreads)
+            )
     return one
 
 
@@ -248,8 +274,19 @@ def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, 
         _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[0], relu, need_dh0, need_dw, 0, B)
     else:
         for k in prange(nthreads):
-            _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[k], relu, need_dh0, need_dw,
-                          block(B, k, nthreads), block(B, k + 1, nthreads))
+            _rnn_bwd_rows(
+                dy,
+                dh,
+                hs,
+                w_hh,
+                dG,
+                dbs[k],
+                relu,
+                need_dh0,
+                need_dw,
+                block(B, k, nthreads),
+                block(B, k + 1, nthreads),
+            )
     db = dbs[0].copy()
     for k in range(1, nthreads):
         for q in range(H):

@@ -1,9 +1,8 @@
 """One layer, one direction of backend `numba`: numpy drivers around the kernels, and the
 `torch.autograd.Function` whose forward and backward each call them on zero-copy numpy views
 of the torch tensors (`Tensor.numpy()` / `torch.from_numpy`)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ def as_numpy(t: Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def bias_or_zeros(b: Optional[Tensor], rows: int, dtype) -> np.ndarray:
+def bias_or_zeros(b: Tensor | None, rows: int, dtype) -> np.ndarray:
     return np.zeros(rows, dtype) if b is None else as_numpy(b)
 
 
@@ -44,7 +43,11 @@ def forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: i
     if kind == "lstm":  # hidden units split over threads (lstm.py)
         G = 4 * H
         nth = lstm_threads(H, I, B)
-        wp, bp, z = WORKSPACE.take((G, H + I), dt), np.empty(G, dt), WORKSPACE.take((T + 1, H + I, B), dt)
+        wp, bp, z = (
+            WORKSPACE.take((G, H + I), dt),
+            np.empty(G, dt),
+            WORKSPACE.take((T + 1, H + I, B), dt),
+        )
         cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
         gates = WORKSPACE.take((T if save else 1, G, B), dt)
         L.pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp)
@@ -68,13 +71,27 @@ class LayerFunction(torch.autograd.Function):
     w_ih, w_hh, b_ih, b_hh (None without bias). Outputs: y (T, B, H), h_T (, c_T for LSTM)."""
 
     @staticmethod
-    def forward(ctx, kind: str, relu: bool, x: Tensor, h0: Tensor, c0: Optional[Tensor],
-                w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    def forward(
+        ctx,
+        kind: str,
+        relu: bool,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ):
         T, B, I = x.shape
         rows = w_ih.shape[0]
         xn = as_numpy(x).reshape(T * B, I)
-        wn = (as_numpy(w_ih), as_numpy(w_hh), bias_or_zeros(b_ih, rows, xn.dtype),
-              bias_or_zeros(b_hh, rows, xn.dtype))
+        wn = (
+            as_numpy(w_ih),
+            as_numpy(w_hh),
+            bias_or_zeros(b_ih, rows, xn.dtype),
+            bias_or_zeros(b_hh, rows, xn.dtype),
+        )
         states = (as_numpy(h0),) if c0 is None else (as_numpy(h0), as_numpy(c0))
         hs, finals, saved = forward(kind, relu, xn, states, wn, B, True)
         y = torch.from_numpy(hs[1:])
@@ -98,8 +115,13 @@ class LayerFunction(torch.autograd.Function):
         dt = xn.dtype
         # the LSTM kernel reads dy once, through a transpose, so any strides will do: no copy
         # of y.sum()'s expanded gradient (a 0-stride view)
-        dyn = np.zeros((T, B, H), dt) if dy is None else \
-            dy.detach().numpy() if kind == "lstm" else as_numpy(dy)
+        dyn = (
+            np.zeros((T, B, H), dt)
+            if dy is None
+            else dy.detach().numpy()
+            if kind == "lstm"
+            else as_numpy(dy)
+        )
         dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh)
         dc0 = None
         if kind == "lstm":  # every gradient from lstm.py, already in torch's row order
@@ -111,11 +133,13 @@ class LayerFunction(torch.autograd.Function):
             wpT, dyT = WORKSPACE.take((H, G), dt), WORKSPACE.take((T, H, B), dt)
             dg, dg_all = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((G, T * B), dt)
             L.pack_hh_t(w_hh, nth, wpT)  # nth: the forward's unit blocks
-            db_ih, dh0, dc0 = L.backward(dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth,
-                                         dyT, dg, dg_all)
+            db_ih, dh0, dc0 = L.backward(
+                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all
+            )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
-            dw_ih, dw_hh, dx2 = L.weight_grads(dg_all, hs[:T].reshape(T * B, H), xn, w_ih,
-                                               need_dw, need_dx, nw)
+            dw_ih, dw_hh, dx2 = L.weight_grads(
+                dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, nw
+            )
             WORKSPACE.give(wpT, dyT, dg, dg_all)
             db_hh = db_ih.copy()
         else:
@@ -123,22 +147,33 @@ class LayerFunction(torch.autograd.Function):
             if kind == "gru":
                 (acts,) = ctx.arrays[4:]
                 dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
-                    dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n)
+                    dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n
+                )
             else:
                 dx2, dh0, dGh, db_ih = K.rnn_backward(
-                    dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n)
+                    dyn, dhn, xn, hs, w_ih, w_hh, ctx.relu, need_dx, need_dh0, need_dw, n
+                )
                 dGx, db_hh = dGh, db_ih.copy()
             dw_ih = dw_hh = None
             if need_dw:  # the two GEMMs over all T*B rows, the reduction split over threads
                 G = gate_rows(kind, H)
                 dw_ih = wgrad(dGx.reshape(T * B, -1), xn, wgrad_threads(G, I, T * B))
-                dw_hh = wgrad(dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H),
-                              wgrad_threads(G, H, T * B))
+                dw_hh = wgrad(
+                    dGh.reshape(T * B, -1), hs[:T].reshape(T * B, H), wgrad_threads(G, H, T * B)
+                )
 
         def out(flag, arr):
             return torch.from_numpy(arr) if flag and arr is not None else None
 
         dx = out(need_dx, dx2)
-        return (None, None, None if dx is None else dx.view(T, B, I), out(need[3], dh0),
-                out(need[4], dc0), out(need[5], dw_ih), out(need[6], dw_hh),
-                out(need[7] and ctx.has_bias, db_ih), out(need[8] and ctx.has_bias, db_hh))
+        return (
+            None,
+            None,
+            None if dx is None else dx.view(T, B, I),
+            out(need[3], dh0),
+            out(need[4], dc0),
+            out(need[5], dw_ih),
+            out(need[6], dw_hh),
+            out(need[7] and ctx.has_bias, db_ih),
+            out(need[8] and ctx.has_bias, db_hh),
+        )

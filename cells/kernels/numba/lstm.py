@@ -29,6 +29,7 @@ pointwise loops vectorise over the batch):
   dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x: one GEMM each per thread over an even share
   of the rows (K = T*B), written straight into torch's layout.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -91,7 +92,7 @@ def _pack_hh_t_block(w_hh, nth, out, k):
     a = _block(H, k, nth)
     hk = _block(H, k + 1, nth) - a
     for q in range(4):
-        _transpose(w_hh[q * H + a:q * H + a + hk], out[:, 4 * a + q * hk:4 * a + (q + 1) * hk])
+        _transpose(w_hh[q * H + a : q * H + a + hk], out[:, 4 * a + q * hk : 4 * a + (q + 1) * hk])
 
 
 @njit(**PAR)
@@ -115,8 +116,8 @@ def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
     ts = t if save else 0
     cp = t if save else t & 1
     cn = t + 1 if save else (t + 1) & 1
-    g = gates[ts, 4 * a:4 * b]
-    _rowdot(wp[4 * a:4 * b], z[t], g)
+    g = gates[ts, 4 * a : 4 * b]
+    _rowdot(wp[4 * a : 4 * b], z[t], g)
     r0 = 4 * a
     for u in range(hk):  # one pass per unit: its four gate rows, the cell and h
         j = a + u
@@ -186,8 +187,9 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
             _fwd_units(t, wp, bp, z, cells, gates, save, 0, H)
         else:
             for k in prange(nth):
-                _fwd_units(t, wp, bp, z, cells, gates, save,
-                           _block(H, k, nth), _block(H, k + 1, nth))
+                _fwd_units(
+                    t, wp, bp, z, cells, gates, save, _block(H, k, nth), _block(H, k + 1, nth)
+                )
     if nth == 1:
         _store_h(z, hs, 0, T)
     else:
@@ -220,10 +222,10 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
         dcr = dc[j]
         dyr = dyT[t, j]
         di, df, dgg, do = dg[p, ri], dg[p, rf], dg[p, rg], dg[p, ro]
-        ai = dg_all[j, t * B:(t + 1) * B]  # torch's row order: gate q of unit j is row q*H + j
-        af = dg_all[H + j, t * B:(t + 1) * B]
-        ag = dg_all[2 * H + j, t * B:(t + 1) * B]
-        ao = dg_all[3 * H + j, t * B:(t + 1) * B]
+        ai = dg_all[j, t * B : (t + 1) * B]  # torch's row order: gate q of unit j is row q*H + j
+        af = dg_all[H + j, t * B : (t + 1) * B]
+        ag = dg_all[2 * H + j, t * B : (t + 1) * B]
+        ao = dg_all[3 * H + j, t * B : (t + 1) * B]
         si = sf = sg = so = zero
         for n in range(B):
             i = gi[n]
@@ -298,8 +300,21 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             _load_dy(dy, dyT, _block(T, k, nth), _block(T, k + 1, nth))
         for t in range(T - 1, -1, -1):
             for k in prange(nth):
-                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db,
-                                _block(H, k, nth), _block(H, k + 1, nth))
+                _bwd_step_units(
+                    t,
+                    dyT,
+                    dh,
+                    dc,
+                    cells,
+                    gates,
+                    wpT,
+                    dg,
+                    dg_all,
+                    db,
+                    need_db,
+                    _block(H, k, nth),
+                    _block(H, k + 1, nth),
+                )
         if need_dh0:
             for k in prange(nth):
                 a = _block(H, k, nth)
@@ -346,8 +361,19 @@ def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
         _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, G)
         return dw_ih, dw_hh, parts[0]
     for k in prange(nth):
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k],
-                    _block(G, k, nth), _block(G, k + 1, nth))
+        _wgrad_rows(
+            dg_all,
+            hs_prev,
+            x2,
+            w_ih,
+            need_dw,
+            need_dx,
+            dw_ih,
+            dw_hh,
+            parts[k],
+            _block(G, k, nth),
+            _block(G, k + 1, nth),
+        )
     return dw_ih, dw_hh, parts.sum(axis=0)
 
 
@@ -357,7 +383,7 @@ def _step_units(wp, bp, z, c, out, a, b):
     hk = b - a
     one = wp.dtype.type(1)
     two = wp.dtype.type(2)
-    g = np.dot(wp[4 * a:4 * b], z)
+    g = np.dot(wp[4 * a : 4 * b], z)
     for r in range(4 * hk):
         g[r] = act_sigmoid(g[r] + bp[4 * a + r])
     for u in range(hk):

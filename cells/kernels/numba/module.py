@@ -1,11 +1,11 @@
 """`NumbaLoop`, the RecurrentBase subclass of backend `numba`: its availability, its dtype and
 device refusals, the general path (one `layer.LayerFunction` per layer and direction, or the
 kernels directly when nothing needs a gradient), and the batch-1 step path for generation."""
+
 from __future__ import annotations
 
 import importlib
 import time
-from typing import Optional
 
 import numpy as np
 import torch
@@ -17,10 +17,12 @@ from .threads import default_blas_threads, lstm_threads
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
-def _missing_dependency() -> Optional[str]:
+def _missing_dependency() -> str | None:
     """Why the kernels cannot be imported here, naming the missing package; None if they can."""
-    needs = (("numba", "numba", "the kernels are numba code"),
-             ("scipy", "scipy.linalg.cython_blas", "numba's np.dot calls scipy's BLAS"))
+    needs = (
+        ("numba", "numba", "the kernels are numba code"),
+        ("scipy", "scipy.linalg.cython_blas", "numba's np.dot calls scipy's BLAS"),
+    )
     for package, module, why in needs:
         try:
             importlib.import_module(module)
@@ -34,24 +36,27 @@ if _IMPORT_ERROR is None:
     from . import gru_rnn as K
     from . import lstm as L
     from .layer import LayerFunction, as_numpy, bias_or_zeros, forward
+
     default_blas_threads()
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     return _IMPORT_ERROR
 
 
 def _check_dtype(dtype: torch.dtype, what: str) -> None:
     if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
-                        "(use .float() or .double(), or another backend)")
+        raise TypeError(
+            f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
+            "(use .float() or .double(), or another backend)"
+        )
 
 
 class NumbaLoop(RecurrentBase):
     """Backend `numba`: numba kernels for the time loop, forward and backward."""
 
     @staticmethod
-    def unavailable_reason() -> Optional[str]:
+    def unavailable_reason() -> str | None:
         return _IMPORT_ERROR
 
     def __init__(self, *args, **kwargs) -> None:
@@ -59,7 +64,9 @@ class NumbaLoop(RecurrentBase):
         p = next(self.parameters())
         _check_dtype(p.dtype, "the parameters' dtype")
         if p.device.type != "cpu":
-            raise RuntimeError(f"backend 'numba' runs on the CPU only; parameters are on {p.device}")
+            raise RuntimeError(
+                f"backend 'numba' runs on the CPU only; parameters are on {p.device}"
+            )
         self._fast = None  # cached numpy views of the weights for the batch-1 step path
         self._last_state = None  # (h_n, c_n, their numpy views) that the step path returned last
         self._single = self.num_layers == 1 and not self.bidirectional
@@ -93,14 +100,22 @@ class NumbaLoop(RecurrentBase):
                 return fast[0]
         params = self.layer_weights(0, 0)
         w_ih, w_hh = params[0], params[1]
-        if w_ih.dtype not in SUPPORTED_DTYPES or w_ih.device.type != "cpu" or not all(
-                p.is_contiguous() for p in params if p is not None):
+        if (
+            w_ih.dtype not in SUPPORTED_DTYPES
+            or w_ih.device.type != "cpu"
+            or not all(p.is_contiguous() for p in params if p is not None)
+        ):
             self._fast = None
             return None
         rows = w_ih.shape[0]
         dt = torch.empty(0, dtype=w_ih.dtype).numpy().dtype
-        arrays = (w_ih.detach().numpy(), w_hh.detach().numpy(), bias_or_zeros(params[2], rows, dt),
-                  bias_or_zeros(params[3], rows, dt), w_ih.dtype)
+        arrays = (
+            w_ih.detach().numpy(),
+            w_hh.detach().numpy(),
+            bias_or_zeros(params[2], rows, dt),
+            bias_or_zeros(params[3], rows, dt),
+            w_ih.dtype,
+        )
         if self.kind == "lstm":  # a packed copy: see lstm.step
             nth = lstm_threads(self.hidden_size, self.input_size, 1)
             wp = np.empty((rows, self.hidden_size + self.input_size), dt)
@@ -118,15 +133,22 @@ class NumbaLoop(RecurrentBase):
         with its checks and messages."""
         shape = input.shape
         batched = len(shape) == 3
-        if not ((batched and shape[0] == 1 and shape[1] == 1) or (len(shape) == 2 and shape[0] == 1)):
+        if not (
+            (batched and shape[0] == 1 and shape[1] == 1) or (len(shape) == 2 and shape[0] == 1)
+        ):
             return None
         weights = self._fast_weights()
         if weights is None:
             return None
         dtype = weights[4]
         npdt = weights[0].dtype
-        if shape[-1] != self.input_size or input.dtype is not dtype or not input.is_cpu \
-                or input.requires_grad or not input.is_contiguous():
+        if (
+            shape[-1] != self.input_size
+            or input.dtype is not dtype
+            or not input.is_cpu
+            or input.requires_grad
+            or not input.is_contiguous()
+        ):
             return None
         H = self.hidden_size
         kind = self.kind
@@ -138,15 +160,27 @@ class NumbaLoop(RecurrentBase):
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 hs, cs = hx
-                if type(cs) is not Tensor or cs.shape != state_shape or cs.dtype is not dtype \
-                        or not cs.is_cpu or cs.requires_grad or not cs.is_contiguous():
+                if (
+                    type(cs) is not Tensor
+                    or cs.shape != state_shape
+                    or cs.dtype is not dtype
+                    or not cs.is_cpu
+                    or cs.requires_grad
+                    or not cs.is_contiguous()
+                ):
                     return None
                 last = self._last_state  # the state this path returned last: numpy views known
                 c = last[3] if last is not None and cs is last[1] else cs.numpy().reshape(H)
             else:
                 hs = hx
-            if type(hs) is not Tensor or hs.shape != state_shape or hs.dtype is not dtype \
-                    or not hs.is_cpu or hs.requires_grad or not hs.is_contiguous():
+            if (
+                type(hs) is not Tensor
+                or hs.shape != state_shape
+                or hs.dtype is not dtype
+                or not hs.is_cpu
+                or hs.requires_grad
+                or not hs.is_contiguous()
+            ):
                 return None
             last = self._last_state
             h = last[2] if last is not None and hs is last[0] else hs.numpy().reshape(H)
@@ -182,8 +216,10 @@ class NumbaLoop(RecurrentBase):
     def run_layer(self, x: Tensor, state: State, weights) -> tuple[Tensor, State]:
         _check_dtype(x.dtype, "the input's dtype")
         if x.device.type != "cpu" or weights[0].device.type != "cpu":
-            raise RuntimeError("backend 'numba' runs on the CPU only; got tensors on "
-                               f"{x.device} and {weights[0].device}")
+            raise RuntimeError(
+                "backend 'numba' runs on the CPU only; got tensors on "
+                f"{x.device} and {weights[0].device}"
+            )
         relu = self.nonlinearity == "relu"
         c0 = state[1] if self.kind == "lstm" else None
         tensors = (x, state[0], c0) + tuple(weights)
@@ -193,8 +229,12 @@ class NumbaLoop(RecurrentBase):
         T, B, I = x.shape
         rows = weights[0].shape[0]
         xn = as_numpy(x).reshape(T * B, I)
-        wn = (as_numpy(weights[0]), as_numpy(weights[1]), bias_or_zeros(weights[2], rows, xn.dtype),
-              bias_or_zeros(weights[3], rows, xn.dtype))
+        wn = (
+            as_numpy(weights[0]),
+            as_numpy(weights[1]),
+            bias_or_zeros(weights[2], rows, xn.dtype),
+            bias_or_zeros(weights[3], rows, xn.dtype),
+        )
         states = tuple(as_numpy(s) for s in state)
         hs, finals, _ = forward(self.kind, relu, xn, states, wn, B, False)
         return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
@@ -214,7 +254,9 @@ def warm_up(kinds=("rnn", "gru", "lstm"), dtypes=(torch.float32, torch.float64))
     for kind in kinds:
         for dtype in dtypes:
             start = time.perf_counter()
-            variants = [{}] if kind != "rnn" else [{"nonlinearity": "tanh"}, {"nonlinearity": "relu"}]
+            variants = (
+                [{}] if kind != "rnn" else [{"nonlinearity": "tanh"}, {"nonlinearity": "relu"}]
+            )
             for extra in variants:
                 module = create(kind, "numba", 3, 4, dtype=dtype, **extra)
                 x = torch.randn(2, 2, 3, dtype=dtype, requires_grad=True)

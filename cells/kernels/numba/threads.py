@@ -19,10 +19,10 @@ The result depends only on the shape and numba's thread count (numba.set_num_thr
 NUMBA_NUM_THREADS), never on timing, and the kernels' results do not depend on it beyond
 float rounding.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 MIN_WORK = 1 << 17  # multiply-adds per thread between two joins
 MIN_ROWS = 8  # batch rows per thread (GRU, RNN)
@@ -31,6 +31,7 @@ MIN_WGRAD_ROWS = 64  # T*B rows per thread for the GRU's and RNN's weight-gradie
 
 def numba_threads() -> int:
     import numba
+
     return numba.get_num_threads()
 
 
@@ -84,7 +85,7 @@ def set_blas_threads(n: int) -> bool:
     return True
 
 
-def blas_threads() -> Optional[int]:
+def blas_threads() -> int | None:
     """The thread count of scipy's OpenBLAS, or None if it was not found."""
     found = _openblas()
     if found is None:

@@ -1,4 +1,5 @@
 """Scratch memory of the numba kernels, reused across calls of the same shape."""
+
 from __future__ import annotations
 
 import threading
