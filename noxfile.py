@@ -1,5 +1,5 @@
 """Entry points: `nox -s bench` (the main job), `nox -s tests`, `nox -s textbook`, `nox -s regress`,
-and `nox -s isolated` (CI's check of a clean install).
+`nox -s lint` (ruff and mypy) and `nox -s isolated` (CI's check of a clean install).
 
 Environments see the system site-packages, so a GPU user's own torch (and numba, triton) is
 used as it is. Where no torch is importable, the CPU build torch==2.13.0 is installed; on a
@@ -105,6 +105,15 @@ def bench(session: nox.Session) -> None:
 # Backends that cannot be available after a plain `pip install -e .` on a CPU machine: they need a
 # GPU, or an optional extra (`cellbench[peers]`) that the plain install leaves out.
 GPU_OR_EXTRA = ("triton", "ort", "openvino", "jax")
+
+
+@nox.session(**VENV)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy over the public API, as configured in pyproject.toml."""
+    install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session(venv_params=[])
