@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("bench.sweep", "measure a grid of kinds x backends x modes x shapes"),
@@ -29,7 +30,7 @@ class UsageError(ValueError):
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (naming the option and the valid range) and exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -89,7 +90,7 @@ def import_modules(names: list[str]) -> None:
             ) from None
 
 
-def add_import_option(parser: argparse.ArgumentParser) -> None:
+def add_import_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--import",
         dest="imports",

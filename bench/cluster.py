@@ -96,7 +96,7 @@ class _Forwarder(threading.Thread):
 
     def __init__(self, path: Path, cases: list[Case], send) -> None:
         super().__init__(daemon=True, name="cellbench-forwarder")
-        from .sweep import group_key
+        from .planning import group_key
 
         self.path, self.send, self.group_key = path, send, group_key
         self.expected: dict[tuple, set] = {}
@@ -165,7 +165,7 @@ def run_shard(
     import ray
 
     from .cli import import_modules
-    from .sweep import run_sweep
+    from .runner import run_sweep
 
     import_modules(
         args.imports
@@ -234,7 +234,7 @@ def run_on_ray(
 ) -> dict[str, int]:
     """Measure `cases` as Ray tasks, one per shard; records are appended to args.out as groups end.
     Returns the count of records per status, as bench.sweep.run_sweep does."""
-    from .sweep import comparison_groups, done_keys, repair_torn_tail, shard_of
+    from .planning import comparison_groups, done_keys, repair_torn_tail, shard_of
 
     check_args(args)
     ray = _import_ray()
@@ -260,8 +260,8 @@ def run_on_ray(
         devices = {c.device for c in pending} or {"cpu"}
         device = "cpu" if devices == {"cpu"} else "cuda"
         count = args.shard_count or min(slots(ray, device), len(comparison_groups(pending)) or 1)
-        shards = {k: [c for c in pending if shard_of(c, count) == k] for k in range(1, count + 1)}
-        shards = {f"{k}/{count}": s for k, s in shards.items() if s}
+        split = {k: [c for c in pending if shard_of(c, count) == k] for k in range(1, count + 1)}
+        shards = {f"{k}/{count}": s for k, s in split.items() if s}
         request, what = task_resources(ray, device)
         threads = max((c.threads for c in pending), default=0)
         if device == "cpu" and request.get("num_cpus", 0) and threads > request["num_cpus"]:

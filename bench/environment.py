@@ -8,6 +8,7 @@ import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str | None:
@@ -108,8 +109,8 @@ def collect() -> dict:
     try:
         import numpy as np
 
-        info = np.show_config(mode="dicts") if hasattr(np, "show_config") else None
-        blas = (info or {}).get("Build Dependencies", {}).get("blas", {})
+        info: Any = (np.show_config(mode="dicts") if hasattr(np, "show_config") else None) or {}
+        blas = info.get("Build Dependencies", {}).get("blas", {})
         env["numpy_blas"] = (
             " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or None
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,14 +35,16 @@ class Verdict:
 def _reference(module: nn.Module, kind: str) -> nn.Module:
     from cells.equivalence import Config, reference_module
 
+    # torch.nn's constructor arguments, which every backend keeps as attributes
+    shape: Any = module
     ref = reference_module(
         Config(
             kind,
-            module.input_size,
-            module.hidden_size,
-            num_layers=module.num_layers,
-            bias=module.bias,
-            bidirectional=module.bidirectional,
+            int(shape.input_size),
+            int(shape.hidden_size),
+            num_layers=int(shape.num_layers),
+            bias=bool(shape.bias),
+            bidirectional=bool(shape.bidirectional),
             nonlinearity=getattr(module, "nonlinearity", None) or "tanh",
         )
     )

@@ -1,25 +1,27 @@
-"""The measurement engine: one case (kind, backend, mode, shape, device, dtype, threads) -> numbers.
+"""One case (kind, backend, mode, shape, device, dtype, threads, convention) -> numbers.
 
-Timing uses torch.utils.benchmark.Timer.blocked_autorange: it synchronises CUDA around each
-block, pins torch's thread count for the measurement, picks a block size large enough that the
-timer overhead is negligible, and reports per-call times per block. We take the median and the
-inter-quartile range (IQR) over the blocks; a case with IQR / median above a threshold is
-flagged `noisy`. The first call (where TorchScript, torch.compile and numba pay their
-compilation) is timed on its own as `first_call_s`, and a few warm-up calls follow it before
-timing starts, so neither enters the median.
+`run_case` builds a case's module in the worker, times its first call on its own (where
+TorchScript, torch.compile and numba compile: `first_call_s`), passes it through the correctness
+gate (bench.gate), warms it up and times one round with torch.utils.benchmark (bench.machine);
+`retime` times further rounds of the kept workload for the engine (bench.timing).
 
 Modes (the workload that is timed, one call = one sequence):
-  train     module.train(); grads cleared; y, _ = module(x); y.sum().backward()
-            (x needs no gradient, as with one-hot or embedded tokens; the optimizer step is
-            excluded unless optimizer_step=True, then a plain SGD step is included)
+  train     module.train(); y, _ = module(x); y.sum().backward(); gradients cleared afterwards
+            (the optimizer step is excluded unless optimizer_step=True, then a plain SGD step
+            is included)
   infer     module.eval(); under torch.no_grad(): y, _ = module(x)
   generate  batch 1, module.eval(), under torch.no_grad(), one token at a time carrying the
             state: for t in range(T): y, state = module(x[t:t+1], state), state starting None
 
-FLOP convention (2 FLOPs per multiply-add, matrix multiplies only, pointwise work excluded,
-input projection included): forward = cells.kinds.forward_flops; train = 3 x forward
-(backward ~ 2 x forward: gradients of the weights and of the states); generate = forward at
-batch 1. The optimizer step is not counted.
+Conventions (what a train call computes and what its FLOPs count; docs/bench.md):
+  full       x needs no gradient (one-hot or embedded tokens); backward computes the weight
+             gradients and the state gradients. FLOPs `matmul-all`: every matrix multiply,
+             input projection included; train = 3 x forward.
+  recurrent  the parameters are frozen and x needs a gradient, so backward computes only the
+             input and state gradients (cuDNN's backward-data, as DeepBench times it). FLOPs
+             `matmul-recurrent`: only the multiplies by the recurrent weights W_hh; train =
+             2 x that forward (h W_hh^T forward, dgates W_hh backward). The input projection is
+             still computed and timed: torch.nn modules compute it inside their forward.
 """
 
 from __future__ import annotations
@@ -29,21 +31,70 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .machine import (  # re-exported: the worker, the report and the tests import them here
+    MEMORY_METHOD_CPU,
+    MEMORY_METHOD_CUDA,
+    cpu_peak_bytes,
+    measure_peak,
+    peak_memory,
+    set_threads,
+    sync,
+    thread_env,
+    time_calls,
+)
+
+__all__ = [
+    "CASE_FIELDS",
+    "CONVENTIONS",
+    "DTYPES",
+    "FLOP_CONVENTION",
+    "FLOP_CONVENTIONS",
+    "FLOP_NAMES",
+    "MEMORY_METHOD_CPU",
+    "MEMORY_METHOD_CUDA",
+    "MODES",
+    "NOISE_THRESHOLD",
+    "Case",
+    "Options",
+    "build_workload",
+    "cpu_peak_bytes",
+    "derived",
+    "error_message",
+    "measure_peak",
+    "mode_flops",
+    "peak_memory",
+    "retime",
+    "run_case",
+    "set_threads",
+    "thread_env",
+    "time_calls",
+    "tokens_per_call",
+]
+
 MODES: tuple[str, ...] = ("train", "infer", "generate")
 DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
 NOISE_THRESHOLD = 0.10  # IQR / median above this flags a case as noisy
-FLOP_CONVENTION = (
-    "FLOPs count matrix multiplies only (2 per multiply-add), input projection included, "
-    "pointwise gate work excluded: forward = sum over layers, directions and steps of "
-    "2*G*B*H*(I_layer+H), G = 4 (LSTM), 3 (GRU), 1 (RNN). train = 3 x forward (backward ~ 2 x "
-    "forward), optimizer step not counted; infer = forward; generate = forward at batch 1. "
+CONVENTIONS: tuple[str, ...] = ("full", "recurrent")
+# the record's `flop_convention` of each measurement convention
+FLOP_NAMES: dict[str, str] = {"full": "matmul-all", "recurrent": "matmul-recurrent"}
+_PEAK_TEXT = (
     "GFLOP/s = FLOPs / median time; % of peak = GFLOP/s / the float32 GEMM peak measured at the "
     "start of the run with the best BLAS present (torch or numpy)."
 )
-MEMORY_METHOD_CPU = "torch.profiler CPU allocator: peak live bytes allocated during one call"
-MEMORY_METHOD_CUDA = (
-    "torch.cuda.max_memory_allocated during one call, minus the bytes allocated before"
-)
+FLOP_CONVENTIONS: dict[str, str] = {
+    "matmul-all": "FLOPs count matrix multiplies only (2 per multiply-add), input projection "
+    "included, pointwise gate work excluded: forward = sum over layers, directions and steps of "
+    "2*G*B*H*(I_layer+H), G = 4 (LSTM), 3 (GRU), 1 (RNN). train = 3 x forward (backward ~ 2 x "
+    "forward: weight and state gradients), optimizer step not counted; infer = forward; "
+    "generate = forward at batch 1. " + _PEAK_TEXT,
+    "matmul-recurrent": "FLOPs count only the multiplies by the recurrent weights (2 per "
+    "multiply-add): forward = sum over layers, directions and steps of 2*G*B*H*H; the input "
+    "projection and the weight gradients are not counted. train (weights frozen) = 2 x forward "
+    "(the state-gradient GEMM); infer = forward; generate = forward at batch 1. The time still "
+    "includes the input projection, which torch.nn modules compute inside their forward. "
+    + _PEAK_TEXT,
+}
+FLOP_CONVENTION = FLOP_CONVENTIONS["matmul-all"]  # the default convention's text
 
 
 @dataclass(unsafe_hash=True)
@@ -63,6 +114,7 @@ class Case:
     dtype: str = "float32"
     threads: int = 1
     optimizer_step: bool = False
+    convention: str = "full"  # one of CONVENTIONS: what a train call computes and FLOPs count
 
     def key(self) -> tuple:
         return tuple(getattr(self, name) for name in CASE_FIELDS)
@@ -71,7 +123,7 @@ class Case:
         return (
             f"{self.kind}/{self.backend}/{self.mode} I{self.input_size} H{self.hidden_size} "
             f"L{self.num_layers} B{self.batch} T{self.seq_len} {self.device} {self.dtype} "
-            f"t{self.threads}"
+            f"t{self.threads}" + ("" if self.convention == "full" else f" {self.convention}")
         )
 
     def as_dict(self) -> dict:
@@ -91,13 +143,22 @@ def mode_flops(
     seq_len: int,
     num_layers: int = 1,
     bidirectional: bool = False,
+    convention: str = "full",
 ) -> int:
-    """FLOPs of one timed call in `mode`, under the convention in FLOP_CONVENTION."""
-    from cells.kinds import forward_flops
+    """FLOPs of one timed call in `mode` under `convention` (FLOP_CONVENTIONS[FLOP_NAMES[...]])."""
+    from cells.kinds import forward_flops, spec
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if convention not in CONVENTIONS:
+        raise ValueError(
+            f"unknown convention {convention!r}; expected one of {', '.join(CONVENTIONS)}"
+        )
     b = 1 if mode == "generate" else batch
+    if convention == "recurrent":  # h W_hh^T per step; its backward: dgates W_hh (no dW)
+        directions = 2 if bidirectional else 1
+        forward = directions * num_layers * 2 * spec(kind).gates * b * hidden_size**2 * seq_len
+        return 2 * forward if mode == "train" else forward
     forward = forward_flops(kind, input_size, hidden_size, b, seq_len, num_layers, bidirectional)
     return 3 * forward if mode == "train" else forward
 
@@ -116,6 +177,7 @@ def derived(case: Case, median_s: float | None, peak_gflops: float | None) -> di
         case.batch,
         case.seq_len,
         case.num_layers,
+        convention=case.convention,
     )
     out: dict[str, Any] = {
         "flops": flops,
@@ -129,78 +191,6 @@ def derived(case: Case, median_s: float | None, peak_gflops: float | None) -> di
         if peak_gflops:
             out["pct_of_peak"] = 100.0 * out["gflops"] / peak_gflops
     return out
-
-
-# --- threads -----------------------------------------------------------------------------------
-def set_threads(threads: int) -> dict:
-    """Set torch's and numba's thread counts; returns what each library reports afterwards."""
-    import torch
-
-    torch.set_num_threads(threads)
-    got = {"torch_threads": torch.get_num_threads(), "numba_threads": None}
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        got["numba_threads"] = numba.get_num_threads()
-    except Exception:  # numba absent or its threading layer unusable: torch still counts
-        pass
-    return got
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment for a fresh process: BLAS libraries read these at load time."""
-    n = str(threads)
-    return {
-        "OMP_NUM_THREADS": n,
-        "MKL_NUM_THREADS": n,
-        "OPENBLAS_NUM_THREADS": n,
-        "NUMBA_NUM_THREADS": str(max(threads, 1)),
-    }
-
-
-# --- the machine's peak ----------------------------------------------------------------------
-def measure_peak(device: str = "cpu", size: int = 2048, repeats: int = 3) -> dict:
-    """float32 GEMM size^3 through torch and (on CPU) numpy; the best median GFLOP/s is the peak."""
-    import torch
-
-    flops = 2.0 * size**3
-    results: dict[str, float | None] = {}
-
-    def best_of(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-        fn()
-        sync()  # warm-up: thread pools, page faults
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return flops / sorted(times)[len(times) // 2] / 1e9
-
-    dev = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    a = torch.randn(size, size, device=dev)
-    b = torch.randn(size, size, device=dev)
-    try:
-        results["torch"] = best_of(lambda: torch.mm(a, b), sync)
-    except Exception:
-        results["torch"] = None
-    if dev.type == "cpu":
-        try:
-            an, bn = a.numpy(), b.numpy()
-            results["numpy"] = best_of(lambda: an @ bn, lambda: None)
-        except Exception:
-            results["numpy"] = None
-    valid = {k: v for k, v in results.items() if v}
-    best = max(valid, key=valid.get) if valid else None
-    return {
-        "peak_gflops": valid.get(best) if best else None,
-        "peak_source": best,
-        "peak_by_library": results,
-        "peak_gemm": f"float32 {size}x{size}x{size}",
-        "peak_device": device,
-    }
 
 
 # --- workloads -------------------------------------------------------------------------------
@@ -228,7 +218,7 @@ def build_workload(case: Case) -> tuple[Callable[[], Any], Any]:
         )
         module.eval()
 
-        def call():
+        def generate_call() -> Any:
             with torch.no_grad():
                 state = None
                 y = None
@@ -236,7 +226,7 @@ def build_workload(case: Case) -> tuple[Callable[[], Any], Any]:
                     y, state = module(x[t : t + 1], state)
                 return y
 
-        return call, module
+        return generate_call, module
 
     x = torch.randn(case.seq_len, case.batch, case.input_size, generator=gen).to(
         device=device, dtype=dtype
@@ -244,100 +234,32 @@ def build_workload(case: Case) -> tuple[Callable[[], Any], Any]:
     if case.mode == "infer":
         module.eval()
 
-        def call():
+        def infer_call() -> Any:
             with torch.no_grad():
                 return module(x)[0]
 
-        return call, module
+        return infer_call, module
 
     module.train()
+    if case.convention == "recurrent":
+        # frozen weights: autograd computes no weight gradient; x's gradient is what remains
+        # of backward (with the state gradients), as cuDNN's backward-data
+        module.requires_grad_(False)
+        x.requires_grad_(True)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=1e-6) if case.optimizer_step else None
+    optimizer = torch.optim.SGD(params, lr=1e-6) if case.optimizer_step and params else None
 
-    def call():
+    def train_call() -> Any:
         y, _ = module(x)
         y.sum().backward()
         if optimizer is not None:
             optimizer.step()
         for p in params:  # cleared here, not at the start, so a call frees what it allocates
             p.grad = None
+        x.grad = None
         return y
 
-    return call, module
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
-
-
-def cpu_peak_bytes(fn: Callable[[], Any]) -> int | None:
-    """Peak live bytes that torch's CPU allocator hands out during one call of fn (allocations
-    made before the call are not counted; memory allocated outside torch, e.g. numpy arrays
-    inside a numba kernel, is not seen)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
-    ]
-    if not events:
-        return None
-    events.sort()
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return int(peak)
-
-
-def peak_memory(fn: Callable[[], Any], device: str) -> tuple[int | None, str]:
-    """Peak memory of one call and the name of the method used."""
-    import torch
-
-    if device.startswith("cuda"):
-        dev = torch.device(device)
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        before = torch.cuda.memory_allocated(dev)
-        fn()
-        torch.cuda.synchronize(dev)
-        return int(torch.cuda.max_memory_allocated(dev) - before), MEMORY_METHOD_CUDA
-    try:
-        return cpu_peak_bytes(fn), MEMORY_METHOD_CPU
-    except Exception as exc:  # the profiler is optional machinery: never fail a case over it
-        return None, f"unavailable ({type(exc).__name__}: {exc})"
-
-
-def time_calls(
-    fn: Callable[[], Any],
-    threads: int,
-    min_run_time: float,
-    min_repeats: int = 5,
-    timer: Callable[[], float] | None = None,
-    max_extra_s: float | None = None,
-) -> list[float]:
-    """Per-call times from torch.utils.benchmark's blocked_autorange, topped up with single
-    blocks until there are at least `min_repeats` of them (so that an IQR exists even for
-    calls longer than min_run_time)."""
-    from torch.utils.benchmark import Timer
-
-    kwargs = {"timer": timer} if timer is not None else {}
-    t = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, **kwargs)
-    m = t.blocked_autorange(min_run_time=min_run_time)
-    times = list(m.times)
-    clock = timer or time.perf_counter
-    start = clock()
-    while len(times) < min_repeats:
-        times.append(t.timeit(m.number_per_run).times[0])
-        if max_extra_s is not None and clock() - start > max_extra_s:
-            break
-    return times
+    return train_call, module
 
 
 @dataclass
@@ -411,10 +333,10 @@ def run_case(
     clock = timer or time.perf_counter
     try:
         fn, module = build_workload(case)
-        _sync(case.device)
+        sync(case.device)
         t0 = clock()
         fn()
-        _sync(case.device)
+        sync(case.device)
     except Unsupported as exc:  # a declared limit of the backend (ORT cannot train), not a fault
         return {"status": "unsupported", "error": error_message(exc)}
     result: dict[str, Any] = {
@@ -425,7 +347,14 @@ def run_case(
         "check_error": None,
     }
     if options.check:
-        verdict = check(module, case)
+        frozen = [p for p in module.parameters() if not p.requires_grad]
+        for p in frozen:  # the gate checks every gradient, also under the recurrent convention
+            p.requires_grad_(True)
+        try:
+            verdict = check(module, case)
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
         result["check_s"], result["check_error"] = verdict.seconds, verdict.worst
         if not verdict.passed:
             return {**result, "status": "incorrect", "error": verdict.reason}

@@ -11,6 +11,7 @@ An `input_size` of None means "equal to hidden_size" (DeepBench's convention).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cells.kinds import KINDS
 
@@ -42,6 +43,13 @@ class Preset:
 
 D2L = Block()
 QUICK_EXCLUDE = ("compiled", "triton", "ort", "openvino", "jax")
+
+# the scaling preset: one axis at a time around the d2l size
+SCALING_AXES: tuple[dict[str, Any], ...] = (
+    {"hidden_size": (64, 128, 256, 512, 1024)},
+    {"batch": (1, 4, 16, 64, 256)},
+    {"seq_len": (10, 35, 100, 300, 1000)},
+)
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
@@ -87,11 +95,7 @@ PRESETS: dict[str, Preset] = {
                 modes=("train", "infer"),
                 **axis,
             )
-            for axis in (
-                dict(hidden_size=(64, 128, 256, 512, 1024)),
-                dict(batch=(1, 4, 16, 64, 256)),
-                dict(seq_len=(10, 35, 100, 300, 1000)),
-            )
+            for axis in SCALING_AXES
         ),
         settings={
             "min_run_time": 0.03,

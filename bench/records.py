@@ -75,7 +75,7 @@ class CaseRecord(Case):
     ratio_to_native: float | None = None
     ratio_ci95: list | None = None  # [low, high]
     ratio_rounds: int | None = None  # rounds paired with native's
-    flop_convention: str | None = None  # bench.measure.FLOP_CONVENTIONS key
+    flop_convention: str | None = None  # a bench.measure.FLOP_CONVENTIONS key
     first_call_s: float | None = None
     peak_mem_bytes: int | None = None
     mem_method: str | None = None
@@ -99,7 +99,7 @@ class CaseRecord(Case):
                 raise RecordError(f"case record without {name!r}")
         if data["status"] not in STATUSES:
             raise RecordError(f"status {data['status']!r} is not one of {', '.join(STATUSES)}")
-        values = {}
+        values: dict[str, Any] = {}
         for name, value in data.items():
             if name not in known or value is None:
                 continue

@@ -20,23 +20,52 @@ from pathlib import Path
 import pandas as pd
 
 from .figures import save_figure
-from .measure import FLOP_CONVENTION, MEMORY_METHOD_CPU, MEMORY_METHOD_CUDA, Options
+from .measure import (
+    FLOP_CONVENTION,
+    FLOP_CONVENTIONS,
+    MEMORY_METHOD_CPU,
+    MEMORY_METHOD_CUDA,
+    Options,
+)
 from .records import SPEC_FIELDS, STATUSES, iter_records, read_cases
-from .stats import undecided
+from .report_tables import (
+    CONTEXT,
+    SHAPE,
+    SHORT,
+    detail_table,
+    environment_section,
+    failures_section,
+    human,
+    human_bytes,
+    markdown,
+    num,
+    order,
+    ratio_text,
+    speed_table,
+)
 
-SHAPE = ["input_size", "hidden_size", "num_layers", "batch", "seq_len"]
-CONTEXT = ["device", "dtype", "threads", "optimizer_step"]
-SHORT = {
-    "input_size": "I",
-    "hidden_size": "H",
-    "num_layers": "L",
-    "batch": "B",
-    "seq_len": "T",
-    "device": "device",
-    "dtype": "dtype",
-    "threads": "threads",
-    "optimizer_step": "opt. step",
-}
+# re-exported: bench.validate, bench.gpu_check and the tests use them from here
+__all__ = [
+    "CONTEXT",
+    "FLOP_CONVENTION",
+    "MEMORY_METHOD_CPU",
+    "MEMORY_METHOD_CUDA",
+    "SHAPE",
+    "SHORT",
+    "TIMING_METHOD",
+    "configure",
+    "detail_table",
+    "environment_section",
+    "failures_section",
+    "human",
+    "human_bytes",
+    "load",
+    "main",
+    "ratio_text",
+    "render",
+    "speed_table",
+]
+
 TIMING_METHOD = (
     "before any timing, each module passes the correctness gate at its case's shape (outputs, states "
     "and, for train, every gradient against float64 torch.nn on the same weights; a case that fails "
@@ -64,54 +93,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="markdown file to write (default: FIRST_DIR/report.md)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.set_defaults(func=main)
-
-
-# --- formatting --------------------------------------------------------------------------------
-def human(value: float | None, unit: str = "") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{suffix}{unit}"
-    return f"{value:.3g}{unit}"
-
-
-def human_bytes(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    value = float(value)
-    for factor, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if value >= factor:
-            return f"{value / factor:.1f} {suffix}"
-    return f"{value:.0f} B"
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
-
-
-def ratio_text(ratio, ci) -> str:
-    """`×1.49 (1.42–1.57)`, marked undecided when the interval contains 1.0."""
-    point = _num(ratio)
-    if point is None:
-        return ""
-    if (
-        not isinstance(ci, (list, tuple))
-        or len(ci) != 2
-        or _num(ci[0]) is None
-        or _num(ci[1]) is None
-    ):
-        return f"×{point:.2f}"
-    text = f"×{point:.2f} ({ci[0]:.2f}–{ci[1]:.2f})"
-    return text + " *undecided*" if undecided(ci[0], ci[1]) and point != 1.0 else text
-
-
-def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -145,120 +126,12 @@ def _varying(df: pd.DataFrame, columns: list[str]) -> list[str]:
     return [c for c in columns if c in df and df[c].astype(str).nunique() > 1]
 
 
-def _order(labels) -> list[str]:
-    preferred = ["native", "naive", "fused", "scripted", "compiled", "numba", "triton"]
-    rank = {name: i for i, name in enumerate(preferred)}
-    return sorted(labels, key=lambda s: (rank.get(s.split(" [")[0], len(rank)), s))
-
-
-# --- sections ------------------------------------------------------------------------------------
-def speed_table(df: pd.DataFrame, shape_cols: list[str]) -> tuple[pd.DataFrame, list[dict]]:
-    """One row per shape, one column per backend: 'tokens/s (×ratio (CI), % of peak)'; and the
-    fastest correct backend of each shape (only `ok` cases, which passed the correctness gate)."""
-    rows, fastest = [], []
-    labels = _order(df["label"].unique())
-    for shape, group in df.groupby(shape_cols, sort=True, dropna=False):
-        shape = shape if isinstance(shape, tuple) else (shape,)
-        row = {SHORT.get(c, c): str(v) for c, v in zip(shape_cols, shape)}
-        ok = group[group["status"] == "ok"]
-        by_label = {r["label"]: r for _, r in group.iterrows()}
-        for label in labels:
-            r = by_label.get(label)
-            if r is None:
-                row[label] = ""
-                continue
-            if r["status"] != "ok":
-                row[label] = r["status"]
-                continue
-            tps = _num(r["tokens_per_s"])
-            parts = (
-                ["reference"]
-                if r["backend"] == "native"
-                else [p for p in (ratio_text(r.get("ratio_to_native"), r.get("ratio_ci95")),) if p]
-            )
-            pct = _num(r.get("pct_of_peak"))
-            if pct is not None:
-                parts.append(f"{pct:.1f}%")
-            noisy = "~" if bool(r.get("noisy")) else ""
-            row[label] = f"{noisy}{human(tps)}" + (f" ({', '.join(parts)})" if parts else "")
-        if not ok.empty and ok["tokens_per_s"].notna().any():
-            # rank by the paired ratio to native where the group has one (the statistic with an
-            # interval); by tokens/s otherwise (no native in the group)
-            paired = ok["ratio_to_native"].notna().any()
-            best = ok.loc[
-                (ok["ratio_to_native"] if paired else ok["tokens_per_s"]).astype(float).idxmax()
-            ]
-            row["fastest"] = best["label"]
-            fastest.append(
-                {
-                    **{
-                        SHORT.get(c, c): str(best[c])
-                        for c in SHAPE + [c for c in shape_cols if c not in SHAPE]
-                    },
-                    "fastest": best["label"],
-                    "tokens/s": human(_num(best["tokens_per_s"])),
-                    "× native (95% CI)": "reference"
-                    if best["backend"] == "native"
-                    else (ratio_text(best.get("ratio_to_native"), best.get("ratio_ci95")) or "–"),
-                    "GFLOP/s": f"{_num(best['gflops']):.1f}" if _num(best["gflops"]) else "–",
-                    "% of peak": f"{_num(best['pct_of_peak']):.1f}"
-                    if _num(best.get("pct_of_peak"))
-                    else "–",
-                }
-            )
-        else:
-            row["fastest"] = "–"
-        rows.append(row)
-    return pd.DataFrame(rows), fastest
-
-
-def _int(value) -> int | None:
-    v = _num(value)
-    return None if v is None else int(v)
-
-
-def detail_table(df: pd.DataFrame, shape_cols: list[str]) -> pd.DataFrame:
-    """Every ok case with its raw figures (median, IQR, first call, memory, GFLOP/s)."""
-    ok = df[df["status"] == "ok"].copy()
-    rows = []
-    for _, r in ok.sort_values(shape_cols + ["label"]).iterrows():
-        row = {SHORT.get(c, c): str(r[c]) for c in shape_cols}
-        med, iqr = _num(r["median_s"]), _num(r["iqr_s"])
-        row.update(
-            {
-                "backend": r["label"],
-                "median": (f"{med:.3g} s" if med >= 1 else f"{med * 1e3:.3g} ms") if med else "–",
-                "IQR/median": (f"{iqr / med:.1%}" + (" noisy" if r.get("noisy") else ""))
-                if med and iqr is not None
-                else "–",
-                "blocks (rounds)": f"{_int(r.get('repeats'))} ({_int(r.get('rounds')) or 1})",
-                "stop": str(r.get("stop_reason") or "–"),
-                "check": (
-                    f"{_num(r.get('check_error')):.2g} of tol."
-                    if _num(r.get("check_error")) is not None
-                    else "not run"
-                ),
-                "tokens/s": human(_num(r["tokens_per_s"])),
-                "GFLOP/s": f"{_num(r['gflops']):.2f}" if _num(r["gflops"]) is not None else "–",
-                "% peak": f"{_num(r.get('pct_of_peak')):.1f}"
-                if _num(r.get("pct_of_peak")) is not None
-                else "–",
-                "first call": f"{_num(r['first_call_s']):.3g} s"
-                if _num(r["first_call_s"]) is not None
-                else "–",
-                "peak memory": human_bytes(_num(r.get("peak_mem_bytes"))),
-            }
-        )
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _interval(row, tokens: bool) -> tuple[float, float, float]:
     """(value, low, high) of tokens/s or % of peak: the 95% bootstrap interval of the median
     round time (bench.stats), turned into throughput; the point itself when rounds are missing."""
     from .stats import median_ci
 
-    value = _num(row["tokens_per_s"] if tokens else row.get("pct_of_peak"))
+    value = num(row["tokens_per_s"] if tokens else row.get("pct_of_peak"))
     times = row.get("round_times")
     if value is None or not isinstance(times, list) or len(times) < 2:
         return (value or math.nan,) * 3
@@ -287,7 +160,7 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
     )
     ticks = sorted(group[x].astype(float).unique())
     for ax, tokens in zip(axes[0], (True, False)):
-        for label in _order(group["label"].unique()):
+        for label in order(group["label"].unique()):
             g = group[group["label"] == label].sort_values(x)
             if g[x].nunique() < 2:
                 continue
@@ -313,70 +186,6 @@ def _plot(df: pd.DataFrame, x: str, fixed: list[str], title: str, path: Path) ->
     axes[0][0].legend(fontsize=8)
     save_figure(fig, path)
     return True
-
-
-def environment_section(runs: pd.DataFrame) -> str:
-    if runs.empty:
-        return "_No run records: environment and peak unknown._\n"
-    rows = []
-    for _, r in runs.iterrows():
-        env = r.get("environment") if isinstance(r.get("environment"), dict) else {}
-        peaks = r.get("peaks") if isinstance(r.get("peaks"), list) else []
-        peak_text = (
-            "; ".join(
-                f"{human((p.get('peak_gflops') or 0) * 1e9)}FLOP/s ({p.get('peak_source')}, {p.get('device')}, "
-                f"{p.get('threads')} threads; "
-                + ", ".join(
-                    f"{k} {v:.0f}" for k, v in (p.get("peak_by_library") or {}).items() if v
-                )
-                + ")"
-                for p in peaks
-                if p.get("peak_gflops")
-            )
-            or "not measured"
-        )
-        rows.append(
-            {
-                "dir": r.get("dir"),
-                "run": r.get("run_id"),
-                "time": env.get("time"),
-                "cases": f"{r.get('pending')}/{r.get('cases')}",
-                "CPU": f"{env.get('cpu_model')} ({env.get('cpu_cores')} cores)",
-                "GPU": env.get("gpu_name") or "–",
-                "threads (torch/numba)": f"{env.get('torch_threads')}/{env.get('numba_threads')}",
-                "torch": env.get("torch"),
-                "numba": env.get("numba"),
-                "numpy": env.get("numpy"),
-                "cuDNN": env.get("cudnn") or "–",
-                "git": (env.get("git_commit") or "–")[:12],
-                "BLAS overrides": ", ".join(
-                    f"{k}={v}" for k, v in (env.get("blas_env") or {}).items()
-                )
-                or "none",
-                "float32 GEMM peak (GFLOP/s by library)": peak_text,
-            }
-        )
-    return _markdown(pd.DataFrame(rows)) + "\n"
-
-
-def failures_section(df: pd.DataFrame) -> str:
-    bad = df[df["status"] != "ok"]
-    if bad.empty:
-        return "No failed, incorrect, skipped or unmeasured cases.\n"
-    rows = [
-        {
-            "kind": r["kind"],
-            "backend": r["label"],
-            "mode": r["mode"],
-            "shape": " ".join(f"{SHORT[c]}{r[c]}" for c in SHAPE),
-            "device": r["device"],
-            "dtype": r["dtype"],
-            "status": r["status"],
-            "reason": str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300],
-        }
-        for _, r in bad.sort_values(["status", "kind", "backend", "mode"]).iterrows()
-    ]
-    return _markdown(pd.DataFrame(rows)) + "\n"
 
 
 def tasks_section(paths: list[str], out_dir: Path, fig_dir: Path) -> str:
@@ -443,14 +252,14 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
                 ] + context
                 lines += [f"## {kind} — {mode}", ""]
                 table, fastest = speed_table(part, shape_cols)
-                lines += [_markdown(table), ""]
+                lines += [markdown(table), ""]
                 all_fastest += [{"kind": kind, "mode": mode, **f} for f in fastest]
                 detail = detail_table(part, shape_cols)
                 if not detail.empty:
                     lines += [
                         "<details><summary>raw figures</summary>",
                         "",
-                        _markdown(detail),
+                        markdown(detail),
                         "",
                         "</details>",
                         "",
@@ -481,7 +290,7 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
                                 "",
                             ]
         if all_fastest:
-            lines += ["## Fastest backend per shape", "", _markdown(pd.DataFrame(all_fastest)), ""]
+            lines += ["## Fastest backend per shape", "", markdown(pd.DataFrame(all_fastest)), ""]
         lines += ["## Failed, incorrect, skipped and unmeasured cases", "", failures_section(df)]
     methods = (
         sorted({str(m) for m in df.get("mem_method", pd.Series(dtype=object)).dropna()})
@@ -492,7 +301,7 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
         "## Method",
         "",
         f"- **Timing**: {TIMING_METHOD}",
-        f"- **FLOP convention**: {FLOP_CONVENTION}",
+        *flop_lines(df),
         f"- **Peak memory**: CPU: {MEMORY_METHOD_CPU} (allocations outside torch, e.g. inside a "
         f"numba kernel, are not seen); CUDA: {MEMORY_METHOD_CUDA}."
         + (f" Methods in these records: {'; '.join(methods)}." if methods else ""),
@@ -505,6 +314,18 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
     if tasks:
         lines += ["", tasks.strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def flop_lines(df: pd.DataFrame) -> list[str]:
+    """The Method section's FLOP conventions: each named in the records (matmul-all for records
+    written before the field existed)."""
+    names = ["matmul-all"]
+    if not df.empty and "flop_convention" in df:
+        names = sorted({str(n) for n in df["flop_convention"].dropna()} or {"matmul-all"})
+    return [
+        f"- **FLOP convention `{n}`**: {FLOP_CONVENTIONS.get(n, 'unknown to this version')}"
+        for n in names
+    ]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -110,7 +110,7 @@ class GroupTimer:
             ),
             None,
         )
-        out = {}
+        out: dict[int, tuple[float, float, float, int]] = {}
         if ref is None:
             return out
         for i, e in enumerate(self.entries):

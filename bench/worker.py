@@ -12,33 +12,37 @@ variables set for the run's thread count before torch and numpy load, and it imp
 The worker's stdout and stderr go to a log file (compiler chatter, profiler warnings, and
 faulthandler's Python stack on a fatal signal), whose new lines are quoted when the worker dies.
 
-No orphans (docs/bench.md, "Process isolation"): the worker leads its own process group, so one
-killpg also ends the helpers it starts (torch.compile's compile workers). It dies with the sweep
-(Linux's parent-death signal, else a watchdog thread); a "reaper" it forks at start-up kills its
-group once it is gone; and the sweep's SIGTERM/SIGINT/SIGHUP handlers and atexit hook kill the
-group of every live worker.
+No orphans: the worker leads its own process group, so one killpg also ends the helpers it
+starts (torch.compile's compile workers); bench.isolation makes that group end with the sweep
+and the sweep's workers end with it (docs/bench.md, "Process isolation").
 
 This module imports nothing heavy at the top: the child sets its environment first.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import importlib
 import multiprocessing
 import os
-import select
 import signal
 import sys
-import threading
-import time
 import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-WATCH_INTERVAL_S = 0.5  # how often the watchdog thread and the reaper look for a dead parent
+from .isolation import (
+    die_with_parent,
+    install_exit_handlers,
+    kill_group,
+    start_reaper,
+    track,
+    untrack,
+    watch_parent,
+)
+
+__all__ = ["InProcess", "Worker", "describe_exit", "handle", "log_tail", "prepare", "watch_parent"]
 
 
 def _redirect_output(log_path: str | None) -> None:
@@ -106,71 +110,6 @@ def prepare(threads: int, imports: list[str]) -> dict:
     for name in imports:
         importlib.import_module(name)
     return got
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the group led by `pid` (a worker after setsid), or `pid` alone if it leads none.
-    No waiting: safe inside a signal handler."""
-    try:
-        os.killpg(pid, signal.SIGKILL)  # only ever a group whose id is the worker's own pid
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def watch_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> None:
-    """Block until this process is re-parented (its parent `parent_pid` died), then SIGKILL this
-    process's group. Run in a daemon thread: the fallback where there is no parent-death signal."""
-    while os.getppid() == parent_pid:
-        time.sleep(interval)
-    _kill_group(os.getpid())
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make this process (and, as group leader, its group) end when `parent_pid` ends."""
-    if sys.platform.startswith("linux"):
-        # sent when the *thread* that started us exits: workers are started from the main thread
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody will signal
-        _kill_group(os.getpid())
-    threading.Thread(
-        target=watch_parent, args=(parent_pid,), daemon=True, name="cellbench-parent-watchdog"
-    ).start()
-
-
-def start_reaper() -> None:
-    """Fork a process that SIGKILLs this group leader's group once this process is gone, so that
-    its children (compile workers), which no parent-death signal covers, end with it however it
-    ends. The reaper waits for EOF on a pipe only this process writes to, and checks its parent
-    pid too (a forked grandchild may hold the write end). Call before any thread exists."""
-    if not hasattr(os, "fork"):
-        return
-    read_fd, write_fd = os.pipe()  # non-inheritable: exec'd children never hold the write end
-    worker_pid = os.getpid()
-    if os.fork() == 0:  # the reaper: plain os calls only, nothing of the worker's state
-        try:
-            os.close(write_fd)
-            # hold nothing of the worker's: its pipe to the sweep must reach EOF when it dies
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.closerange(3, read_fd)
-            os.closerange(read_fd + 1, max(read_fd + 2, os.sysconf("SC_OPEN_MAX")))
-            while os.getppid() == worker_pid:
-                ready, _, _ = select.select([read_fd], [], [], WATCH_INTERVAL_S)
-                if ready and not os.read(read_fd, 1):
-                    break
-            os.killpg(worker_pid, signal.SIGKILL)  # the worker's own group (it called setsid)
-        finally:
-            os._exit(0)
-    os.close(read_fd)  # the worker keeps write_fd open until it exits
 
 
 def _serve(
@@ -254,55 +193,6 @@ def log_tail(path: str | None, since: int = 0, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-# --- the sweep's side: every live worker's group is killed on every way out ---------------------
-_live: dict[int, Worker] = {}  # pid -> worker, for the exit handlers
-_previous_handlers: dict[int, Any] = {}  # signal -> the handler ours replaced
-EXIT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
-
-
-def stop_all_workers() -> None:
-    """SIGKILL every live worker and its helpers now (the atexit and signal paths)."""
-    for pid in list(_live):
-        _kill_group(pid)
-
-
-def _on_exit_signal(signum: int, frame) -> None:
-    stop_all_workers()
-    previous = _previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):  # e.g. Python's SIGINT handler: KeyboardInterrupt, as before
-        previous(signum, frame)
-        return
-    # instead of the default sudden death: `finally` blocks run and write what was measured
-    raise SystemExit(128 + signum)
-
-
-def _install_exit_handlers() -> None:
-    """Route SIGTERM/SIGINT/SIGHUP through stop_all_workers (main thread only: Python's rule)."""
-    if threading.current_thread() is not threading.main_thread():
-        return  # the atexit hook and the workers' parent-death signal still hold
-    for name in EXIT_SIGNALS:
-        signum = getattr(signal, name, None)
-        if signum is None or signum in _previous_handlers:
-            continue
-        current = signal.getsignal(signum)
-        if current in (signal.SIG_IGN, None) or current is _on_exit_signal:
-            continue  # ignored on purpose (nohup), or set outside Python: leave it
-        _previous_handlers[signum] = current
-        signal.signal(signum, _on_exit_signal)
-
-
-def _restore_exit_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum, previous in list(_previous_handlers.items()):
-        if signal.getsignal(signum) is _on_exit_signal:
-            signal.signal(signum, previous)
-        del _previous_handlers[signum]
-
-
-atexit.register(stop_all_workers)
-
-
 class Worker:
     """One child process serving requests; restarted on demand after it dies or is killed.
 
@@ -319,8 +209,8 @@ class Worker:
     ) -> None:
         self.threads, self.imports, self.log_path = threads, list(imports), log_path
         self.startup_timeout = startup_timeout
-        self.process = None
-        self.conn = None
+        self.process: BaseProcess | None = None
+        self.conn: Connection | None = None
         self.info: dict = {}
         self.starts = 0
         self._log_mark = 0  # log size when the current request was sent: quote only what follows
@@ -331,7 +221,7 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self._log_mark = _log_size(self.log_path)
-        self.process = ctx.Process(
+        process = ctx.Process(
             target=_serve,
             daemon=True,
             name="cellbench-worker",
@@ -344,9 +234,11 @@ class Worker:
                 os.getpid(),
             ),
         )
-        _install_exit_handlers()
-        self.process.start()
-        _live[self.process.pid] = self
+        install_exit_handlers()  # before the child exists: a signal from now on kills it too
+        process.start()
+        self.process = process
+        if process.pid is not None:
+            track(process.pid)
         child.close()
         self.conn = parent
         self.starts += 1
@@ -375,10 +267,8 @@ class Worker:
             return None
         self.process.join(timeout=5)
         code = self.process.exitcode
-        if code is not None:
-            _live.pop(self.process.pid, None)
-            if not _live:
-                _restore_exit_handlers()
+        if code is not None and self.process.pid is not None:
+            untrack(self.process.pid)
         self.process = None
         if self.conn is not None:
             self.conn.close()
@@ -401,8 +291,8 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and everything in its process group."""
-        if self.process is not None and self.process.is_alive():
-            _kill_group(self.process.pid)
+        if self.process is not None and self.process.is_alive() and self.process.pid:
+            kill_group(self.process.pid)
         self._reap()
 
     def call(self, message: tuple, timeout: float | None) -> tuple:
@@ -414,12 +304,15 @@ class Worker:
             if problem:
                 return ("failed", problem)
         self._log_mark = _log_size(self.log_path)
+        conn = self.conn
+        if conn is None:  # not after a successful start; for the type checker
+            return ("failed", "the worker has no connection")
         try:
-            self.conn.send(message)
+            conn.send(message)
         except (OSError, BrokenPipeError) as exc:
             self.kill()
             return ("failed", f"could not reach the worker: {exc}")
-        if not self.conn.poll(timeout):
+        if not conn.poll(timeout):
             self.kill()
             return (
                 "failed",
@@ -427,7 +320,7 @@ class Worker:
                 f"{self._tail()}".strip(),
             )
         try:
-            return self.conn.recv()
+            return conn.recv()
         except (EOFError, OSError):
             code = self._reap()
             return ("failed", f"worker process died ({describe_exit(code)}) {self._tail()}".strip())
