@@ -113,22 +113,31 @@ _FIGURES = """
 000|scratch LSTM|predict time||0.59110|s|六、2 完整代码结果展示: 预测时间 (s)|10 prefixes x 100 greedy characters
 000|concise LSTM batch 64|train perplexity|epoch 500|2.3||六、3 1) 批量大小增加 (64)|@tm10k
 000|concise LSTM batch 64|tokens/s||560241.0|tokens/s|六、3 1) 批量大小增加 (64)|@gpu
+000|concise LSTM batch 64|train time||11.34689|s|六、3 1) 批量大小增加 (64): 训练时间 (s)|@gpu
 000|concise LSTM batch 16|train perplexity|epoch 500|1.0||六、3 1) 批量大小减少 (16)|@tm10k
 000|concise LSTM batch 16|tokens/s||194261.0|tokens/s|六、3 1) 批量大小减少 (16)|@gpu
+000|concise LSTM batch 16|train time||28.09903|s|六、3 1) 批量大小减少 (16): 训练时间 (s)|@gpu
 000|concise LSTM num_steps 60|train perplexity|epoch 500|1.1||六、3 2) 序列长度增加 (60)|@tm10k
 000|concise LSTM num_steps 60|tokens/s||383954.6|tokens/s|六、3 2) 序列长度增加 (60)|@gpu
+000|concise LSTM num_steps 60|train time||16.03161|s|六、3 2) 序列长度增加 (60): 训练时间 (s)|@gpu
 000|concise LSTM lr 5|train perplexity|epoch 500|1.0||六、3 3) 学习率增加 (5)|@tm10k
 000|concise LSTM lr 5|tokens/s||298662.2|tokens/s|六、3 3) 学习率增加 (5)|@gpu
+000|concise LSTM lr 5|train time||18.47233|s|六、3 3) 学习率增加 (5): 训练时间 (s)|@gpu
 000|concise LSTM lr 0.1|train perplexity|epoch 500|9.9||六、3 3) 学习率减少 (0.1)|@tm10k
 000|concise LSTM lr 0.1|tokens/s||389662.1|tokens/s|六、3 3) 学习率减少 (0.1)|@gpu
+000|concise LSTM lr 0.1|train time||15.42866|s|六、3 3) 学习率减少 (0.1): 训练时间 (s)|@gpu
 000|concise LSTM larger hidden|train perplexity|epoch 500|1.0||六、3 4) 隐藏层大小增加|the larger hidden size is not given
 000|concise LSTM larger hidden|tokens/s||296892.6|tokens/s|六、3 4) 隐藏层大小增加|@gpu
+000|concise LSTM larger hidden|train time||19.18445|s|六、3 4) 隐藏层大小增加: 训练时间 (s)|@gpu
 000|scratch LSTM Adam lr 0.001|train perplexity|epoch 500|1.3||六、3 5) Adam (lr=0.001)|@tm10k
 000|scratch LSTM Adam lr 0.001|tokens/s||24480.2|tokens/s|六、3 5) Adam (lr=0.001)|@gpu
+000|scratch LSTM Adam lr 0.001|train time||176.22707|s|六、3 5) Adam (lr=0.001): 训练时间 (s)|@gpu
 000|scratch LSTM Xavier init|train perplexity|epoch 500|1.3||六、3 6) Xavier 初始化|@tm10k
 000|scratch LSTM Xavier init|tokens/s||32820.3|tokens/s|六、3 6) Xavier 初始化|@gpu
+000|scratch LSTM Xavier init|train time||165.21400|s|六、3 6) Xavier 初始化: 训练时间 (s)|@gpu
 000|scratch LSTM Kaiming init|train perplexity|epoch 500|1.0||六、3 6) Kaiming 初始化|@tm10k
 000|scratch LSTM Kaiming init|tokens/s||33964.1|tokens/s|六、3 6) Kaiming 初始化|@gpu
+000|scratch LSTM Kaiming init|train time||170.30910|s|六、3 6) Kaiming 初始化: 训练时间 (s)|@gpu
 001|preprocessing|lines||3221||8.2 文本总行数: 3221|
 001|preprocessing|corpus characters||170580||8.2 Corpus length: 170580|the whole book; training uses the first 10,000
 001|preprocessing|vocabulary size||28||8.2 Vocabulary size: 28|26 letters, space, <unk>
