@@ -120,3 +120,66 @@ def test_real_backend_measures_memory_and_peak():
 def test_error_message_is_one_line():
     assert measure.error_message(RuntimeError("boom\nstack")) == "RuntimeError: boom"
     assert measure.error_message(MemoryError()) == "MemoryError"
+
+
+# --- the recurrent convention (DeepBench / FlashRNN): frozen weights, recurrent FLOPs only ------
+def test_recurrent_flops_by_hand():
+    # LSTM I5 H8 B2 T3: 2 FLOPs x 4 gates x batch 2 x H 8 x H 8 x 3 steps; no input projection
+    forward = 2 * 4 * 2 * 8 * 8 * 3
+    assert forward == 3072
+    flops = measure.mode_flops
+    assert flops("lstm", "infer", 5, 8, 2, 3, convention="recurrent") == forward
+    # train: the forward h W_hh^T and backward's dgates W_hh, no weight gradients
+    assert flops("lstm", "train", 5, 8, 2, 3, convention="recurrent") == 2 * forward
+    assert flops("lstm", "generate", 5, 8, 2, 3, convention="recurrent") == forward // 2
+    # two layers, both directions: 4 layer-directions of 2 x 3 gates x B x H x H x T
+    assert (
+        flops("gru", "infer", 5, 8, 2, 3, 2, True, convention="recurrent") == 4 * 2 * 3 * 2 * 64 * 3
+    )
+    case = Case("lstm", "native", "train", 5, 8, 1, 2, 3, convention="recurrent")
+    assert measure.derived(case, 1.0, None)["flops"] == 6144
+    assert measure.derived(Case("lstm", "native", "train", 5, 8, 1, 2, 3), 1.0, None)["flops"] == (
+        3 * 2 * 4 * 2 * 8 * (5 + 8) * 3
+    )
+    with pytest.raises(ValueError, match="full, recurrent"):
+        flops("lstm", "train", 5, 8, 2, 3, convention="deepbench")
+
+
+@pytest.mark.parametrize("convention", ["full", "recurrent"])
+def test_recurrent_convention_freezes_the_weights(convention):
+    fn, module = measure.build_workload(
+        Case("lstm", "native", "train", 5, 8, 1, 2, 3, convention=convention)
+    )
+    inputs = []
+    module.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+    fn()
+    recurrent = convention == "recurrent"
+    # no parameter takes part in autograd, so backward computes no weight gradient; the input's
+    # gradient (with the states') is what backward computes instead
+    assert all(p.requires_grad is not recurrent for p in module.parameters())
+    assert inputs[0].requires_grad is recurrent
+    assert all(p.grad is None for p in module.parameters()) and inputs[0].grad is None
+
+
+def test_recurrent_case_passes_the_gate_and_stays_frozen(monkeypatch):
+    from bench import gate
+
+    seen: dict = {}
+
+    def spy(module, case):
+        seen["module"] = module
+        seen["trainable"] = all(p.requires_grad for p in module.parameters())
+        return real(module, case)
+
+    real = gate.check
+    monkeypatch.setattr(gate, "check", spy)
+    keep: dict = {}
+    case = Case("lstm", "native", "train", 5, 8, 1, 2, 3, threads=1, convention="recurrent")
+    r = measure.run_case(case, Options(min_run_time=0.01, warmup=0, memory=False), keep=keep)
+    # the gate checks every gradient, weights unfrozen for it; the timed calls are frozen again
+    # (else their weight gradients would accumulate: the call clears only trainable ones)
+    assert r["status"] == "ok" and r["check_error"] < 1 and seen["trainable"]
+    measure.retime(case, Options(min_run_time=0.01, memory=False), keep)
+    params = list(seen["module"].parameters())
+    assert all(not p.requires_grad and p.grad is None for p in params)
+    assert case.label().endswith(" recurrent")

@@ -541,3 +541,27 @@ def test_shards_split_the_plan_by_comparison_group():
 def test_bad_shard_is_a_usage_error(capsys, value):
     assert cli.main(["run", "--shard", value, "--list"]) == 2
     assert "expected K/N with integers 1 <= K <= N" in capsys.readouterr().err
+
+
+def test_convention_is_a_grid_axis_and_every_record_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--kinds", "lstm", "--backends", "native,fused", "--modes", "train", *TINY]
+    argv += ["--threads", "1", "--in-process", "--out", str(out), *FAST]
+    assert cli.main([*argv, "--convention", "full,recurrent", "--optimizer-step"]) == 0
+    got = {(r["backend"], r["convention"]): r for r in records(out)}
+    assert set(got) == {(b, c) for b in ("native", "fused") for c in ("full", "recurrent")}
+    for (_, convention), r in got.items():
+        assert r["status"] == "ok" and r["ratio_to_native"] is not None  # grouped per convention
+        assert (
+            r["flop_convention"]
+            == {"full": "matmul-all", "recurrent": "matmul-recurrent"}[convention]
+        )
+        # I3 H4 B2 T3: recurrent train counts 2 x 2*4*B*H*H*T; full 3 x 2*4*B*H*(I+H)*T
+        h_in = 4 if convention == "recurrent" else 3 + 4
+        assert r["flops"] == (2 if convention == "recurrent" else 3) * 2 * 4 * 2 * 4 * h_in * 3
+        # frozen weights leave an optimizer nothing to step
+        assert r["optimizer_step"] is (convention == "full")
+    (run,) = records(out, "run")
+    assert sorted(run["flop_convention"]) == ["matmul-all", "matmul-recurrent"]
+    assert cli.main([*argv, "--convention", "deepbench"]) == 2
+    assert "unknown convention 'deepbench'" in capsys.readouterr().err
