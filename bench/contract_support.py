@@ -102,6 +102,9 @@ def data(config: Config, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     d, h = (2 if config.bidirectional else 1), config.hidden_size
     t, b = config.seq_len, config.batch
+    x_shape: tuple[int, ...]
+    h_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
     if b is None:
         x_shape, h_shape, out_shape = (t, config.input_size), (config.num_layers * d, h), (t, d * h)
     else:
