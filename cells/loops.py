@@ -19,6 +19,21 @@ def project_input(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
     return out.view(x.size(0), x.size(1), w_ih.size(0))
 
 
+def _summed_bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    """b_ih + b_hh, folded into the input projection (None without bias)."""
+    if b_ih is not None and b_hh is not None:
+        return b_ih + b_hh
+    return None
+
+
+def _lstm_cell(xw_t: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM step from the projected input: (o * tanh(c'), c')."""
+    gates = torch.addmm(xw_t, h, w_hh_t)
+    i, f, g, o = gates.chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 def rnn_loop(
     x: Tensor,
     h: Tensor,
@@ -28,12 +43,9 @@ def rnn_loop(
     b_hh: Tensor | None,
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
-    bias: Tensor | None = None
-    if b_ih is not None and b_hh is not None:
-        bias = b_ih + b_hh
     w_hh_t = w_hh.t()
     outputs: list[Tensor] = []
-    for xw_t in project_input(x, w_ih, bias).unbind(0):
+    for xw_t in project_input(x, w_ih, _summed_bias(b_ih, b_hh)).unbind(0):
         pre = torch.addmm(xw_t, h, w_hh_t)
         h = torch.relu(pre) if relu else torch.tanh(pre)
         outputs.append(h)
@@ -73,42 +85,19 @@ def lstm_loop(
     w_hh: Tensor,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    bias: Tensor | None = None
-    if b_ih is not None and b_hh is not None:
-        bias = b_ih + b_hh
+    """LSTM; with w_hr, torch.nn's proj_size: h = W_hr (o * tanh(c)), h is (B, P)."""
     w_hh_t = w_hh.t()
+    w_hr_t: Tensor | None = None if w_hr is None else w_hr.t()
     outputs: list[Tensor] = []
-    for xw_t in project_input(x, w_ih, bias).unbind(0):
-        gates = torch.addmm(xw_t, h, w_hh_t)
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+    for xw_t in project_input(x, w_ih, _summed_bias(b_ih, b_hh)).unbind(0):
+        h, c = _lstm_cell(xw_t, h, c, w_hh_t)
+        if w_hr_t is not None:
+            h = h.matmul(w_hr_t)
         outputs.append(h)
     return torch.stack(outputs), h, c
 
 
-def lstmp_loop(
-    x: Tensor,
-    h: Tensor,
-    c: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    w_hr: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """LSTM with projections (torch.nn's proj_size): h = W_hr (o * tanh(c)), h is (B, P)."""
-    bias: Tensor | None = None
-    if b_ih is not None and b_hh is not None:
-        bias = b_ih + b_hh
-    w_hh_t = w_hh.t()
-    w_hr_t = w_hr.t()
-    outputs: list[Tensor] = []
-    for xw_t in project_input(x, w_ih, bias).unbind(0):
-        gates = torch.addmm(xw_t, h, w_hh_t)
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = (torch.sigmoid(o) * torch.tanh(c)).matmul(w_hr_t)
-        outputs.append(h)
-    return torch.stack(outputs), h, c
+# the name the backends look up for proj_size: the same loop, given w_hr
+lstmp_loop = lstm_loop

@@ -25,8 +25,8 @@ from .kinds import KINDS, spec
 ENTRY_POINT_GROUP = "cellbench.backends"
 
 # name -> "module:attribute". The attribute is a RecurrentBase subclass (specialised per kind
-# with for_kind) or a dict kind -> class. If the class's (or else the module's)
-# `unavailable_reason()` returns a string, the backend is listed as unavailable with that reason.
+# with for_kind) or a dict kind -> class. If the class's `unavailable_reason()` returns a string,
+# the backend is listed as unavailable with that reason; so is a module that cannot be imported.
 BUILTIN: dict[str, str] = {
     "naive": "cells.kernels.naive:NaiveLoop",
     "fused": "cells.kernels.fused:FusedLoop",
@@ -58,24 +58,25 @@ def _load_builtin(name: str) -> None:
     _loaded_builtin.add(name)
     module_name, attribute = BUILTIN[name].split(":")
     try:
-        module = importlib.import_module(module_name)
-        target = getattr(module, attribute)
-        reason = _reason(target) or (
-            module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
-        )
-    except ImportError as exc:
-        module, reason, target = None, f"cannot import {module_name}: {exc}", None
+        target = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as exc:  # nothing to ask: the backend's class is in that module
+        for kind in KINDS:
+            _table[kind][name] = _Entry(reason=f"cannot import {module_name}: {exc}")
+        return
     for kind in KINDS:
+        factory = target.get(kind) if isinstance(target, dict) else target
+        if factory is None:
+            continue  # a per-kind table without this kind
+        reason = _reason(factory)
         if reason:
             _table[kind][name] = _Entry(reason=reason)
         elif isinstance(target, dict):
-            if kind in target:
-                _table[kind][name] = _Entry(target[kind])
+            _table[kind][name] = _Entry(factory)
         else:
-            _table[kind][name] = _Entry(for_kind(target, kind, name))
+            _table[kind][name] = _Entry(for_kind(factory, kind, name))
 
 
-def _reason(factory) -> str | None:
+def _reason(factory: object) -> str | None:
     """A RecurrentBase subclass's own word on why it cannot run here (None if it can)."""
     if isinstance(factory, type) and issubclass(factory, RecurrentBase):
         return factory.unavailable_reason()

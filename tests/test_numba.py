@@ -15,14 +15,15 @@ import pytest
 import torch
 
 import cells
-from cells.kernels.numba import module as numba_module
+from cells.kernels.numba import backend as numba_module
 
-if numba_module.unavailable_reason():  # pragma: no cover
-    pytest.skip(numba_module.unavailable_reason(), allow_module_level=True)
+if numba_module.NumbaLoop.unavailable_reason():  # pragma: no cover
+    pytest.skip(str(numba_module.NumbaLoop.unavailable_reason()), allow_module_level=True)
 
 import numba  # noqa: E402
 
-from cells.kernels.numba import layer, threads, workspace  # noqa: E402
+from cells.kernels.numba import autograd_layer as layer  # noqa: E402
+from cells.kernels.numba import threads, workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,17 @@ class StepSpy:
         result = self.inner(*args)
         self.taken += result is not None
         return result
+
+
+def run_python(script: str, timeout: int) -> str:
+    """The stdout of `script` in a fresh interpreter; fails the test if it fails."""
+    command = [sys.executable, "-c", script]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def generate(module, x, state=None):
@@ -201,9 +213,9 @@ def test_step_path_follows_new_weights():
 
 WARM_UP_CHECK = """
 import torch
-from cells.kernels.numba import gemm, gru_rnn, warm_up
+from cells.kernels.numba import gemm, gru_rnn_kernels as K, warm_up
 times = warm_up(kinds=("rnn",), dtypes=(torch.float64,))
-kernels = (gru_rnn.rnn_forward, gru_rnn.rnn_backward, gru_rnn.rnn_step, gemm.wgrad)
+kernels = (K.rnn_forward, K.rnn_backward, K.rnn_step, gemm.wgrad)
 print(sorted(times), min(times.values()) > 0,
       [any("float64" in str(sig) for sig in k.signatures) for k in kernels],
       [not k.stats.cache_misses and bool(k.stats.cache_hits) for k in kernels])
@@ -215,18 +227,7 @@ def test_warm_up_compiles_every_kernel_of_the_kinds_asked_and_the_cache_keeps_th
     backward, the weight-gradient and the batch-1 step kernels of RNN float64 compiled and
     reports one positive time per kind and dtype; the second process loads every one of them
     from numba's on-disk cache (cache=True) instead of compiling it."""
-    lines = []
-    for _ in range(2):
-        out = subprocess.run(
-            [sys.executable, "-c", WARM_UP_CHECK],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        assert out.returncode == 0, out.stderr
-        lines.append(out.stdout.split("\n")[0])
+    lines = [run_python(WARM_UP_CHECK, timeout=600).split("\n")[0] for _ in range(2)]
     assert lines[0].startswith("['rnn float64'] True [True, True, True, True]")
     assert lines[1] == "['rnn float64'] True [True, True, True, True] [True, True, True, True]"
 
@@ -370,16 +371,7 @@ def test_unavailable_reason_names_the_missing_package(package):
         "try:\n    cells.create('gru', 'numba', 2, 3)\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    assert out.returncode == 0, out.stderr
-    reason, error = out.stdout.strip().split("\n")[-2:]
+    reason, error = run_python(script, timeout=300).strip().split("\n")[-2:]
     assert reason.startswith(f"needs the package '{package}'"), reason
     assert error.startswith("RuntimeError") and f"needs the package '{package}'" in error, error
 

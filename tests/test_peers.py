@@ -243,12 +243,13 @@ def test_jax_pins_xla_threads_once():
 
 
 def test_missing_package_gives_the_install_hint():
-    from cells.kernels.ort import _missing
+    from cells.kernels.peer_base import missing_packages
 
     assert (
-        _missing("no_such_package_xyz") == "needs no_such_package_xyz: pip install cellbench[peers]"
+        missing_packages("no_such_package_xyz")
+        == "needs no_such_package_xyz: pip install cellbench[peers]"
     )
-    assert _missing("torch") is None
+    assert missing_packages("torch") is None
 
 
 def test_openvino_writes_into_torchs_output_tensors():

@@ -33,14 +33,9 @@ import torch
 from torch import Tensor
 
 from ..base import State
-from .ort import _missing
 from .peer_base import PeerBase
 
 _PINNED: dict[str, Any] = {"threads": None}
-
-
-def unavailable_reason() -> str | None:
-    return _missing("jax")
 
 
 def pin_threads(threads: int) -> int | None:
@@ -102,7 +97,7 @@ def stack_functions(kind: str, num_layers: int, directions: int, nonlinearity: s
 
         return {"lstm": lstm, "gru": gru, "rnn": rnn}[kind]
 
-    def stack(params, x, states, masks):
+    def stack(params: list, x: Any, states: tuple, masks: list) -> tuple:
         finals: list[list] = [[] for _ in states]
         for layer in range(num_layers):
             outs = []
@@ -137,7 +132,8 @@ def _to_jax(t: Tensor):
 class JaxEngine:
     """The jitted functions of the configuration and JAX copies of the current parameters."""
 
-    def __init__(self, module: PeerBase, threads: int) -> None:
+    def __init__(self, module: PeerBase, threads: int, masked: bool) -> None:
+        # `masked` needs nothing here: the masks are arguments of the jitted stack
         self.threads = pin_threads(threads)
         D = module.num_directions
         self.forward, self.with_pullback, self.pullback = stack_functions(
@@ -186,13 +182,8 @@ class JaxLoop(PeerBase):
     """The stack as jitted jax.lax.scan loops; infer, generate and train."""
 
     inference_only = False
-
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        return unavailable_reason()
-
-    def build_engine(self, threads: int, masked: bool) -> JaxEngine:
-        return JaxEngine(self, threads)
+    requires = ("jax",)
+    engine_class = JaxEngine
 
     def run_with_grad(
         self, engine: JaxEngine, x: Tensor, states: State, masks: list[Tensor]

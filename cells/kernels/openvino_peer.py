@@ -19,12 +19,8 @@ import torch
 from torch import Tensor
 
 from ..base import State
-from .ort import _contiguous, _missing, onnx_model
-from .peer_base import PeerBase
-
-
-def unavailable_reason() -> str | None:
-    return _missing("onnx", "openvino")
+from .ort import onnx_model
+from .peer_base import PeerBase, contiguous, empty_outputs
 
 
 def _core():
@@ -53,17 +49,15 @@ class OpenVinoEngine:
         self.compiled = _core().compile_model(model, "CPU", self.config)
         self.request = self.compiled.create_infer_request()
         self.inputs = [p.get_any_name() for p in self.compiled.inputs]
-        self.L, self.D, self.H = module.num_layers, module.num_directions, module.hidden_size
+        self.dims = module.dims()
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
         import openvino as ov
 
-        T, B = x.shape[:2]
-        feeds = [_contiguous(t) for t in (x, *states, *masks)]
+        feeds = [contiguous(t) for t in (x, *states, *masks)]
         for name, t in zip(self.inputs, feeds):
             self.request.set_tensor(name, ov.Tensor(t.numpy(), shared_memory=True))
-        output = torch.empty(T, B, self.D * self.H)
-        finals = tuple(torch.empty(self.L * self.D, B, self.H) for _ in states)
+        output, finals = empty_outputs(self.dims, x, len(states))
         outs = (output, *finals)
         for i, t in enumerate(outs):
             self.request.set_output_tensor(i, ov.Tensor(t.numpy(), shared_memory=True))
@@ -78,12 +72,8 @@ class OpenVinoEngine:
 class OpenVinoLoop(PeerBase):
     """OpenVINO's CPU plugin, f32 pinned; inference only."""
 
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        return unavailable_reason()
-
-    def build_engine(self, threads: int, masked: bool) -> OpenVinoEngine:
-        return OpenVinoEngine(self, threads, masked)
+    requires = ("onnx", "openvino")
+    engine_class = OpenVinoEngine
 
     def compiled_model(self):
         """The current compiled model (built if needed), e.g. to read its properties."""

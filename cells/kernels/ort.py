@@ -21,11 +21,10 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..base import State
-from .peer_base import PeerBase
+from .peer_base import PeerBase, contiguous, empty_outputs
 
 OPSET = 17
 # rows of torch's weight blocks, in the order ONNX expects them
@@ -33,20 +32,9 @@ GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
-def _missing(*packages: str) -> str | None:
-    import importlib.util
-
-    absent = [p for p in packages if importlib.util.find_spec(p) is None]
-    if absent:
-        return f"needs {' and '.join(absent)}: pip install cellbench[peers]"
-    return None
-
-
-def unavailable_reason() -> str | None:
-    return _missing("onnx", "onnxruntime")
-
-
-def _reorder(w: Tensor, kind: str) -> np.ndarray:
+def _reorder(w: Tensor | None, kind: str) -> np.ndarray:
+    if w is None:  # layer_weights gives None only for absent biases, which are never reordered
+        raise ValueError(f"a {kind} weight to reorder into ONNX's gate order is None")
     blocks = w.detach().cpu().numpy().reshape(len(GATE_ORDER[kind]), -1, *w.shape[1:])
     return np.concatenate([blocks[i] for i in GATE_ORDER[kind]], axis=0)
 
@@ -85,8 +73,9 @@ def onnx_model(module: PeerBase, masked: bool = False):
     if kind == "gru":
         attrs["linear_before_reset"] = 1
     if kind == "rnn":
-        attrs["activations"] = [module.nonlinearity.capitalize()] * D
-    layer_in, finals = "X", {s: [] for s in state_names}
+        attrs["activations"] = [str(module.nonlinearity).capitalize()] * D
+    layer_in = "X"
+    finals: dict[str, list[str]] = {s: [] for s in state_names}
     for layer in range(L):
         weights = [module.layer_weights(layer, d) for d in range(D)]
         W = np.stack([_reorder(w[0], kind) for w in weights])
@@ -177,10 +166,6 @@ def onnx_model(module: PeerBase, masked: bool = False):
     return model
 
 
-def _contiguous(t: Tensor) -> Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
 class OrtEngine:
     """One InferenceSession and how to call it with IO binding."""
 
@@ -199,15 +184,14 @@ class OrtEngine:
         self.session = ort.InferenceSession(
             self.model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
-        self.L, self.D, self.H = module.num_layers, module.num_directions, module.hidden_size
+        self.dims = module.dims()
 
     def run(self, x: Tensor, states: State, masks: list[Tensor]) -> tuple[Tensor, State]:
-        T, B = x.shape[:2]
         binding = self.session.io_binding()
         keep = []  # the bound tensors must live until the run returns
 
         def bind(name: str, t: Tensor) -> None:
-            t = _contiguous(t)
+            t = contiguous(t)
             keep.append(t)
             binding.bind_input(name, "cpu", 0, np.float32, list(t.shape), t.data_ptr())
 
@@ -216,8 +200,7 @@ class OrtEngine:
             bind(name, s)
         for i, m in enumerate(masks):
             bind(f"mask_{i}", m)
-        output = torch.empty(T, B, self.D * self.H)
-        finals = tuple(torch.empty(self.L * self.D, B, self.H) for _ in states)
+        output, finals = empty_outputs(self.dims, x, len(states))
         for name, t in zip(("output", "h_n", "c_n"), (output, *finals)):
             binding.bind_output(name, "cpu", 0, np.float32, list(t.shape), t.data_ptr())
         self.session.run_with_iobinding(binding)
@@ -227,12 +210,8 @@ class OrtEngine:
 class OrtLoop(PeerBase):
     """ONNX Runtime's recurrent operators; inference only."""
 
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        return unavailable_reason()
-
-    def build_engine(self, threads: int, masked: bool) -> OrtEngine:
-        return OrtEngine(self, threads, masked)
+    requires = ("onnx", "onnxruntime")
+    engine_class = OrtEngine
 
     def onnx_model(self, masked: bool = False):
         """The graph this module runs (for inspection)."""

@@ -9,10 +9,14 @@ masks are fed; any change rebuilds it.
 
 Inter-layer dropout (training mode, dropout > 0) is applied inside the engine by multiplying
 with masks drawn from torch's generator, so `torch.manual_seed` governs it as for torch.nn.
+
+A peer class names the packages it needs (`requires`) and its engine (`engine_class`); its
+`unavailable_reason()` names whichever of those packages is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,8 +28,31 @@ from ..capabilities import Capabilities
 from ..errors import Unsupported
 
 
+def missing_packages(*packages: str) -> str | None:
+    """Why a peer cannot run here: the packages of `packages` that are not installed, or None."""
+    absent = [p for p in packages if importlib.util.find_spec(p) is None]
+    if absent:
+        return f"needs {' and '.join(absent)}: pip install cellbench[peers]"
+    return None
+
+
+def contiguous(t: Tensor) -> Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def empty_outputs(
+    dims: tuple[int, int, int], x: Tensor, n_states: int
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """float32 output (T, B, D*H) and final states (L*D, B, H) for a runtime to write into;
+    dims = (layers L, directions D, hidden H), x (T, B, I)."""
+    L, D, H = dims
+    T, B = x.shape[:2]
+    return torch.empty(T, B, D * H), tuple(torch.empty(L * D, B, H) for _ in range(n_states))
+
+
 class PeerBase(RecurrentBase):
-    """A RecurrentBase whose whole stack runs in a peer runtime (subclasses: `build_engine`)."""
+    """A RecurrentBase whose whole stack runs in a peer runtime (subclasses: `requires`,
+    `engine_class`)."""
 
     # float32 on the CPU, the module's own forward only: no packed input, no torch.func,
     # torch.compile, jit.script or ONNX export through it, no meta-device construction
@@ -41,6 +68,13 @@ class PeerBase(RecurrentBase):
         meta_init=False,
     )
     inference_only: ClassVar[bool] = True  # False where the peer computes gradients too
+    requires: ClassVar[tuple[str, ...]] = ()  # the packages the runtime needs
+    # called as engine_class(module, threads, masked): an object with run(x, states, masks)
+    engine_class: ClassVar[Callable[..., Any]]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return missing_packages(*cls.requires)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,7 +120,11 @@ class PeerBase(RecurrentBase):
         return self._engine[1]
 
     def build_engine(self, threads: int, masked: bool) -> Any:
-        raise NotImplementedError
+        return self.engine_class(self, threads, masked)
+
+    def dims(self) -> tuple[int, int, int]:
+        """(layers, directions, hidden size): the shape of the stack's outputs."""
+        return self.num_layers, self.num_directions, self.hidden_size
 
     def dropout_masks(self, x: Tensor) -> list[Tensor]:
         """Masks between layers, as nn.functional.dropout draws them (scaled by 1 / (1 - p))."""

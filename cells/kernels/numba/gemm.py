@@ -5,14 +5,14 @@ and the two products over all T*B rows split over the threads."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .jit import OPTS, PAR, block
+from .jit_options import block, parallel, serial
 
 SMALL_GEMM = 262144  # 64^3: at or below this M*N*K OpenBLAS uses its small-matrix kernels
 
 
-@njit(**OPTS)
+@serial
 def row_blocks_dot(w, v, out, mb):
     """out (M, N) = w (M, K) @ v (K, N), one np.dot per block of mb rows of w: blocks small
     enough for OpenBLAS's small-matrix kernel, which skips packing the weight."""
@@ -22,7 +22,7 @@ def row_blocks_dot(w, v, out, mb):
         np.dot(w[m0:m1], v, out[m0:m1])
 
 
-@njit(**OPTS)
+@serial
 def wdot(w, v, out):
     """out (G, n) = w (G, K) @ v.T for v (n, K), in row blocks of w with M*N*K <= 64^3.
 
@@ -32,7 +32,7 @@ def wdot(w, v, out):
     row_blocks_dot(w, v.T, out, max(8, SMALL_GEMM // max(v.shape[0] * w.shape[1], 1)))
 
 
-@njit(**PAR)
+@parallel
 def split_rows_dot(a, b, out, nthreads):
     """out (R, N) = a (R, K) @ b (K, N), the R rows split into nthreads blocks."""
     if nthreads == 1:
@@ -46,7 +46,7 @@ def split_rows_dot(a, b, out, nthreads):
             np.dot(a[r0:r1], b, out[r0:r1])
 
 
-@njit(**PAR)
+@parallel
 def wgrad(dG2, a2, nthreads):
     """A weight gradient dG2.T @ a2 (G, K), the reduction over the T*B rows split over nthreads
     threads: block 0 writes the result, the others partial products, added in parallel by rows."""

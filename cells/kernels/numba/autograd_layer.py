@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import gru_rnn as K
-from . import lstm as L
+from . import gru_rnn_kernels as K
+from . import lstm_kernels as L
 from .gemm import wgrad
 from .threads import batch_threads, lstm_threads, threads_for, wgrad_threads
 from .workspace import WORKSPACE, Lease
@@ -40,7 +40,7 @@ def forward(kind: str, relu: bool, x2: np.ndarray, states: tuple, w: tuple, B: i
     T = x2.shape[0] // B
     dt = x2.dtype
     hs = np.empty((T + 1, B, H), dt)
-    if kind == "lstm":  # hidden units split over threads (lstm.py)
+    if kind == "lstm":  # hidden units split over threads (lstm_kernels.py)
         G = 4 * H
         nth = lstm_threads(H, I, B)
         wp, bp, z = (
@@ -124,7 +124,7 @@ class LayerFunction(torch.autograd.Function):
         )
         dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh)
         dc0 = None
-        if kind == "lstm":  # every gradient from lstm.py, already in torch's row order
+        if kind == "lstm":  # every gradient from lstm_kernels.py, already in torch's row order
             lease, nth = ctx.arrays[4:]
             cells, gates = lease.arrays
             dcn = np.zeros((B, H), dt) if dc is None else as_numpy(dc)

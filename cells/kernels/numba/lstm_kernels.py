@@ -33,14 +33,14 @@ pointwise loops vectorise over the batch):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .activations import act_sigmoid, act_tanh
 from .gemm import row_blocks_dot
-from .jit import OPTS, PAR, act_sigmoid, act_tanh
-from .jit import block as _block
+from .jit_options import block, parallel, serial
 
 
-@njit(**OPTS)
+@serial
 def _rowdot(w, v, out):
     """out (M, N) = w (M, K) @ v (K, N) in row blocks of a multiple of 16 rows with
     M*N*K <= 2^19: measured fastest for the step GEMMs here ((512, 284) x (284, 32) forward,
@@ -48,15 +48,15 @@ def _rowdot(w, v, out):
     row_blocks_dot(w, v, out, max(8, (524288 // max(v.shape[1] * w.shape[1], 1)) // 16 * 16))
 
 
-@njit(**OPTS)
+@serial
 def pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp):
     """wp (G, H+I), bp (G,) <- the forward's packed weights and bias (module docstring)."""
     G, I = w_ih.shape
     H = w_hh.shape[1]
     dt = w_hh.dtype
     for k in range(nth):
-        a = _block(H, k, nth)
-        hk = _block(H, k + 1, nth) - a
+        a = block(H, k, nth)
+        hk = block(H, k + 1, nth) - a
         for q in range(4):
             s = dt.type(2) if q == 2 else dt.type(1)
             for u in range(hk):
@@ -72,7 +72,7 @@ def pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp):
                 bp[r] = (b_ih[src] + b_hh[src]) * s
 
 
-@njit(**OPTS)
+@serial
 def _transpose(src, dst):
     """dst (N, M) <- src (M, N).T, in 16 x 16 tiles."""
     M, N = src.shape
@@ -86,16 +86,16 @@ def _transpose(src, dst):
                     row[m] = src[m, n]
 
 
-@njit(**OPTS)
+@serial
 def _pack_hh_t_block(w_hh, nth, out, k):
     H = w_hh.shape[1]
-    a = _block(H, k, nth)
-    hk = _block(H, k + 1, nth) - a
+    a = block(H, k, nth)
+    hk = block(H, k + 1, nth) - a
     for q in range(4):
         _transpose(w_hh[q * H + a : q * H + a + hk], out[:, 4 * a + q * hk : 4 * a + (q + 1) * hk])
 
 
-@njit(**PAR)
+@parallel
 def pack_hh_t(w_hh, nth, out):
     """out (H, G) <- torch's W_hh with its rows in packed order, transposed, for the backward's
     dh_{t-1}[a:b] = out[a:b] @ dg_t (thread k reads only its rows a:b)."""
@@ -106,9 +106,11 @@ def pack_hh_t(w_hh, nth, out):
             _pack_hh_t_block(w_hh, nth, out, k)
 
 
-@njit(**OPTS)
-def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
-    """Step t for units a:b: one GEMM for their gates, then the pointwise cell update."""
+@serial
+def _fwd_units(t, wp, bp, z, cells, gates, save, k, nblocks):
+    """Step t for block k (units a:b): one GEMM for their gates, then the pointwise cell update."""
+    H = cells.shape[1]
+    a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     B = z.shape[2]
     hk = b - a
     one = wp.dtype.type(1)
@@ -146,12 +148,13 @@ def _fwd_units(t, wp, bp, z, cells, gates, save, a, b):
             hz[n] = o * act_tanh(c)
 
 
-@njit(**OPTS)
-def _load_x(x2, z, H, t0, t1):
-    """z[t, H:] <- x_t transposed, for steps t0:t1."""
+@serial
+def _load_x(x2, z, H, k, nblocks):
+    """z[t, H:] <- x_t transposed, for the steps of block k."""
+    T = z.shape[0] - 1
     B = z.shape[2]
     I = x2.shape[1]
-    for t in range(t0, t1):
+    for t in range(block(T, k, nblocks), block(T, k + 1, nblocks)):
         zt = z[t]
         for n in range(B):
             xr = x2[t * B + n]
@@ -159,24 +162,25 @@ def _load_x(x2, z, H, t0, t1):
                 zt[H + i, n] = xr[i]
 
 
-@njit(**OPTS)
-def _store_h(z, hs, t0, t1):
-    """hs[t + 1] (B, H) <- h_t from z[t + 1, :H] (H, B), for steps t0:t1."""
+@serial
+def _store_h(z, hs, k, nblocks):
+    """hs[t + 1] (B, H) <- h_t from z[t + 1, :H] (H, B), for the steps of block k."""
+    T = hs.shape[0] - 1
     H = hs.shape[2]
-    for t in range(t0, t1):
+    for t in range(block(T, k, nblocks), block(T, k + 1, nblocks)):
         _transpose(z[t + 1, :H], hs[t + 1])
 
 
-@njit(**PAR)
+@parallel
 def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
     """hs[1:] <- outputs; returns the final cell state (B, H). Buffers: see the module doc."""
     T = hs.shape[0] - 1
     B, H = h0.shape
     if nth == 1:  # inline: no thread pool
-        _load_x(x2, z, H, 0, T)
+        _load_x(x2, z, H, 0, 1)
     else:
         for k in prange(nth):  # transpose x into z
-            _load_x(x2, z, H, _block(T, k, nth), _block(T, k + 1, nth))
+            _load_x(x2, z, H, k, nth)
     for n in range(B):
         for j in range(H):
             z[0, j, n] = h0[n, j]
@@ -184,17 +188,15 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
     hs[0] = h0
     for t in range(T):
         if nth == 1:
-            _fwd_units(t, wp, bp, z, cells, gates, save, 0, H)
+            _fwd_units(t, wp, bp, z, cells, gates, save, 0, 1)
         else:
             for k in prange(nth):
-                _fwd_units(
-                    t, wp, bp, z, cells, gates, save, _block(H, k, nth), _block(H, k + 1, nth)
-                )
+                _fwd_units(t, wp, bp, z, cells, gates, save, k, nth)
     if nth == 1:
-        _store_h(z, hs, 0, T)
+        _store_h(z, hs, 0, 1)
     else:
         for k in prange(nth):  # h back into torch's layout, (B, H) per step
-            _store_h(z, hs, _block(T, k, nth), _block(T, k + 1, nth))
+            _store_h(z, hs, k, nth)
     last = T if save else T & 1
     c_n = np.empty((B, H), x2.dtype)
     for n in range(B):
@@ -203,7 +205,7 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
     return c_n
 
 
-@njit(**OPTS)
+@serial
 def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
     """Gate gradients of step t for units a:b (dh holds dL/dh_t from later steps, transposed)."""
     B = dyT.shape[2]
@@ -259,21 +261,23 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
             db[3 * H + j] += so
 
 
-@njit(**OPTS)
-def _load_dy(dy, dyT, t0, t1):
-    for t in range(t0, t1):
+@serial
+def _load_dy(dy, dyT, k, nblocks):
+    T = dy.shape[0]
+    for t in range(block(T, k, nblocks), block(T, k + 1, nblocks)):
         _transpose(dy[t], dyT[t])
 
 
-@njit(**OPTS)
-def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, a, b):
-    T = dyT.shape[0]
+@serial
+def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, k, nblocks):
+    T, H = dyT.shape[0], dyT.shape[1]
+    a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
         _rowdot(wpT[a:b], dg[(t + 1) & 1], dh[a:b])
     _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b)
 
 
-@njit(**PAR)
+@parallel
 def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
     (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B).
@@ -290,35 +294,20 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             dc[j, n] = dc_T[n, j]
     db = np.zeros(G, dt)
     if nth == 1:  # inline: no thread pool
-        _load_dy(dy, dyT, 0, T)
+        _load_dy(dy, dyT, 0, 1)
         for t in range(T - 1, -1, -1):
-            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, 0, H)
+            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, 0, 1)
         if need_dh0:
             _rowdot(wpT, dg[0], dh)
     else:
         for k in prange(nth):
-            _load_dy(dy, dyT, _block(T, k, nth), _block(T, k + 1, nth))
+            _load_dy(dy, dyT, k, nth)
         for t in range(T - 1, -1, -1):
             for k in prange(nth):
-                _bwd_step_units(
-                    t,
-                    dyT,
-                    dh,
-                    dc,
-                    cells,
-                    gates,
-                    wpT,
-                    dg,
-                    dg_all,
-                    db,
-                    need_db,
-                    _block(H, k, nth),
-                    _block(H, k + 1, nth),
-                )
+                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, k, nth)
         if need_dh0:
             for k in prange(nth):
-                a = _block(H, k, nth)
-                b = _block(H, k + 1, nth)
+                a, b = block(H, k, nth), block(H, k + 1, nth)
                 _rowdot(wpT[a:b], dg[0], dh[a:b])
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
@@ -330,9 +319,11 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
     return db, dh0, dc0
 
 
-@njit(**OPTS)
-def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, r0, r1):
-    """Rows r0:r1 of dW_hh and dW_ih, and their share of dx into dx_part."""
+@serial
+def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, k, nblocks):
+    """Block k of the rows of dW_hh and dW_ih, and their share of dx into dx_part."""
+    G = dg_all.shape[0]
+    r0, r1 = block(G, k, nblocks), block(G, k + 1, nblocks)
     if r1 == r0:
         return
     rows = dg_all[r0:r1]
@@ -344,7 +335,7 @@ def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_pa
         np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
-@njit(**PAR)
+@parallel
 def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
     """dW_ih (G, I), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order.
 
@@ -358,28 +349,18 @@ def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
     dw_hh = np.empty((G, H), dt)
     parts = np.zeros((nth, TB if need_dx else 0, I), dt)
     if nth == 1:  # inline: no thread pool
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, G)
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, 1)
         return dw_ih, dw_hh, parts[0]
     for k in prange(nth):
-        _wgrad_rows(
-            dg_all,
-            hs_prev,
-            x2,
-            w_ih,
-            need_dw,
-            need_dx,
-            dw_ih,
-            dw_hh,
-            parts[k],
-            _block(G, k, nth),
-            _block(G, k + 1, nth),
-        )
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k], k, nth)
     return dw_ih, dw_hh, parts.sum(axis=0)
 
 
 # --- batch 1, one step (generation) ----------------------------------------------------------
-@njit(**OPTS)
-def _step_units(wp, bp, z, c, out, a, b):
+@serial
+def _step_units(wp, bp, z, c, out, k, nblocks):
+    H = c.shape[0]
+    a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     hk = b - a
     one = wp.dtype.type(1)
     two = wp.dtype.type(2)
@@ -395,7 +376,7 @@ def _step_units(wp, bp, z, c, out, a, b):
         out[2, j] = c_new
 
 
-@njit(**PAR)
+@parallel
 def step(x, h, c, wp, bp, out, nth):
     """x (I,), h, c (H,) -> out (3, H): y, h_1, c_1. Each thread's GEMV reads only its own
     rows of the packed weights (512 KB at H = 256 over two threads), which stay in its core's
@@ -405,7 +386,7 @@ def step(x, h, c, wp, bp, out, nth):
     z[:H] = h
     z[H:] = x
     if nth == 1:  # inline: no thread pool (threads.py decides)
-        _step_units(wp, bp, z, c, out, 0, H)
+        _step_units(wp, bp, z, c, out, 0, 1)
     else:
         for k in prange(nth):
-            _step_units(wp, bp, z, c, out, _block(H, k, nth), _block(H, k + 1, nth))
+            _step_units(wp, bp, z, c, out, k, nth)

@@ -1,6 +1,7 @@
 """`NumbaLoop`, the RecurrentBase subclass of backend `numba`: its availability, its dtype and
-device refusals, the general path (one `layer.LayerFunction` per layer and direction, or the
-kernels directly when nothing needs a gradient), and the batch-1 step path for generation."""
+device refusals, the general path (one `autograd_layer.LayerFunction` per layer and direction,
+or the kernels directly when nothing needs a gradient), the batch-1 step path for generation,
+and `warm_up`."""
 
 from __future__ import annotations
 
@@ -33,15 +34,11 @@ def _missing_dependency() -> str | None:
 
 _IMPORT_ERROR = _missing_dependency()
 if _IMPORT_ERROR is None:
-    from . import gru_rnn as K
-    from . import lstm as L
-    from .layer import LayerFunction, as_numpy, bias_or_zeros, forward
+    from . import gru_rnn_kernels as K
+    from . import lstm_kernels as L
+    from .autograd_layer import LayerFunction, as_numpy, bias_or_zeros, forward
 
     default_blas_threads()
-
-
-def unavailable_reason() -> str | None:
-    return _IMPORT_ERROR
 
 
 def _check_dtype(dtype: torch.dtype, what: str) -> None:
@@ -50,6 +47,19 @@ def _check_dtype(dtype: torch.dtype, what: str) -> None:
             f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
             "(use .float() or .double(), or another backend)"
         )
+
+
+def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """A contiguous CPU tensor of this shape and dtype that needs no gradient (the step path's
+    input; anything else goes to the general path and its checks)."""
+    return (
+        type(t) is Tensor
+        and t.shape == shape
+        and t.dtype is dtype
+        and t.is_cpu
+        and not t.requires_grad
+        and t.is_contiguous()
+    )
 
 
 class NumbaLoop(RecurrentBase):
@@ -87,7 +97,7 @@ class NumbaLoop(RecurrentBase):
 
     def _fast_weights(self):
         """(numpy w_ih, w_hh, b_ih, b_hh, dtype) for GRU and RNN (zero-copy views); for LSTM
-        (packed weights, packed bias, thread blocks, None, dtype) from lstm.pack, in as many
+        (packed weights, packed bias, thread blocks, None, dtype) from lstm_kernels.pack, in as many
         blocks as threads.lstm_threads gave at batch 1 when packed (any thread count runs
         them correctly). Rebuilt when a parameter's storage or version (an in-place update)
         changed."""
@@ -116,7 +126,7 @@ class NumbaLoop(RecurrentBase):
             bias_or_zeros(params[3], rows, dt),
             w_ih.dtype,
         )
-        if self.kind == "lstm":  # a packed copy: see lstm.step
+        if self.kind == "lstm":  # a packed copy: see lstm_kernels.step
             nth = lstm_threads(self.hidden_size, self.input_size, 1)
             wp = np.empty((rows, self.hidden_size + self.input_size), dt)
             bp = np.empty(rows, dt)
@@ -160,27 +170,13 @@ class NumbaLoop(RecurrentBase):
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 hs, cs = hx
-                if (
-                    type(cs) is not Tensor
-                    or cs.shape != state_shape
-                    or cs.dtype is not dtype
-                    or not cs.is_cpu
-                    or cs.requires_grad
-                    or not cs.is_contiguous()
-                ):
+                if not _plain(cs, state_shape, dtype):
                     return None
                 last = self._last_state  # the state this path returned last: numpy views known
                 c = last[3] if last is not None and cs is last[1] else cs.numpy().reshape(H)
             else:
                 hs = hx
-            if (
-                type(hs) is not Tensor
-                or hs.shape != state_shape
-                or hs.dtype is not dtype
-                or not hs.is_cpu
-                or hs.requires_grad
-                or not hs.is_contiguous()
-            ):
+            if not _plain(hs, state_shape, dtype):
                 return None
             last = self._last_state
             h = last[2] if last is not None and hs is last[0] else hs.numpy().reshape(H)

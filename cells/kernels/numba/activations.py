@@ -1,42 +1,17 @@
-"""Compile options and the activations every numba kernel inlines.
+"""The activations every numba kernel inlines: `act_sigmoid` and `act_tanh`.
 
-fast-math without nnan/ninf, so NaN and inf propagate as in torch.nn; `error_model="numpy"`
-because numba's default division-by-zero check keeps a loop scalar (about 10x slower).
-
-In float32, sigmoid and tanh are a branch-free rational approximation (no libm call, so LLVM
-vectorises the loops; max abs error 3.6e-7, about 6 ulp), in float64 libm's exp / tanh (full
-precision, as float64's 1e-10 tolerance needs).
+In float32 they are a branch-free rational approximation (no libm call, so LLVM vectorises the
+loops; max abs error 3.6e-7, about 6 ulp; NaN and inf propagate), in float64 libm's exp / tanh
+(full precision, as float64's 1e-10 tolerance needs).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
-from numba.core.cpu import ParallelOptions
+from numba import types
 from numba.extending import overload
 
-FASTMATH = {"contract", "reassoc", "arcp", "nsz", "afn"}
-OPTS = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy", boundscheck=False)
-# Kernels with a prange over thread blocks. Only the prange is parallel: with parallel=True
-# numba would also turn every array expression, slice assignment and np.zeros into a loop
-# over the whole thread pool, a fork/join each (two per batch-1 LSTM step, whatever the
-# block count). Each kernel runs its blocks inline, outside the pool, when given one block
-# (threads.py decides). An instance, not a dict: ParallelOptions empties a dict it is given.
-PAR = dict(
-    OPTS,
-    parallel=ParallelOptions(
-        dict(
-            prange=True,
-            comprehension=False,
-            reduction=False,
-            inplace_binop=False,
-            setitem=False,
-            numpy=False,
-            stencil=False,
-            fusion=False,
-        )
-    ),
-)
+from .jit_options import FASTMATH
 
 # tanh(x) ~ x P(x^2) / Q(x^2) on [-C, C], saturated outside (float32 accuracy)
 _C = np.float32(7.90531110763549805)
@@ -102,9 +77,3 @@ def _ov_sigmoid(x):
 
         return sigmoid32
     return lambda x: 1.0 / (1.0 + np.exp(-x))
-
-
-@njit(**OPTS)
-def block(n, k, nblocks):
-    """Start of block k of n items split into nblocks near-equal blocks."""
-    return (n * k) // nblocks

@@ -19,17 +19,40 @@ gradients are summed in the pointwise loops, which run over contiguous rows of H
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .activations import act_sigmoid, act_tanh
 from .gemm import split_rows_dot, wdot
-from .jit import OPTS, PAR, act_sigmoid, act_tanh, block
+from .jit_options import block, parallel, serial
+
+
+# --- what the GRU and RNN backward share ----------------------------------------------------
+@serial
+def _sum_blocks(parts):
+    """parts[0] + parts[1] + ..., in that order: the threads' partial bias gradients."""
+    out = parts[0].copy()
+    for k in range(1, parts.shape[0]):
+        for q in range(parts.shape[1]):
+            out[q] += parts[k, q]
+    return out
+
+
+@serial  # split_rows_dot is the parallel kernel
+def _input_grad(dG2, w_ih, need_dx, nthreads):
+    """dx (T*B, I) = dG2 (T*B, G) @ W_ih, its rows split over nthreads (empty without need_dx)."""
+    if not need_dx:
+        return np.empty((0, 0), dG2.dtype)
+    dx2 = np.empty((dG2.shape[0], w_ih.shape[1]), dG2.dtype)
+    split_rows_dot(dG2, w_ih, dx2, nthreads)
+    return dx2
 
 
 # --- GRU -------------------------------------------------------------------------------
-@njit(**OPTS)
-def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, b0, b1):
+@serial
+def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, k, nblocks):
     T = hs.shape[0] - 1
     B = hs.shape[1]
+    b0, b1 = block(B, k, nblocks), block(B, k + 1, nblocks)
     H = hs.shape[2]
     G = 3 * H
     n = b1 - b0
@@ -57,7 +80,7 @@ def _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, b0, b1):
                 ar[G + j] = hn
 
 
-@njit(**PAR)
+@parallel
 def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save, nthreads):
     """hs[1:] <- outputs; saves r, z, n, W_hn h + b_hn in acts when `save`."""
     B, H = h0.shape
@@ -74,26 +97,19 @@ def gru_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, acts, save, nthreads):
     split_rows_dot(x2, w_ih.T, xw, nthreads)
     hs[0] = h0
     if nthreads == 1:
-        _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, 0, B)
+        _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, 0, 1)
     else:
         for k in prange(nthreads):
-            _gru_fwd_rows(
-                xw,
-                w_hh,
-                bias,
-                bhn,
-                hs,
-                acts,
-                save,
-                block(B, k, nthreads),
-                block(B, k + 1, nthreads),
-            )
+            _gru_fwd_rows(xw, w_hh, bias, bhn, hs, acts, save, k, nthreads)
     return one
 
 
-@njit(**OPTS)
-def _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, db_ih, db_hh, need_dh0, need_dw, b0, b1):
-    T = dy.shape[0]
+@serial
+def _gru_bwd_rows(
+    dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, db_ih, db_hh, need_dh0, need_dw, k, nblocks
+):
+    T, B = dy.shape[0], dy.shape[1]
+    b0, b1 = block(B, k, nblocks), block(B, k + 1, nblocks)
     H = dy.shape[2]
     G = 3 * H
     n = b1 - b0
@@ -136,7 +152,7 @@ def _gru_bwd_rows(dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, db_ih, db_hh, need_dh0
                     dwr[j] = dhT[j, b]
 
 
-@njit(**PAR)
+@parallel
 def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, nthreads):
     """Returns dx2, dh0, dGx, dGh (T, B, 3H), db_ih, db_hh; the weight gradients are
     wgrad(dGx, x2) and wgrad(dGh, hs[:T])."""
@@ -151,7 +167,7 @@ def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, 
     w_hhT = np.ascontiguousarray(w_hh.T)
     if nthreads == 1:
         _gru_bwd_rows(
-            dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[0], dbh[0], need_dh0, need_dw, 0, B
+            dy, dh, dhw, hs, acts, w_hhT, dGx, dGh, dbi[0], dbh[0], need_dh0, need_dw, 0, 1
         )
     else:
         for k in prange(nthreads):
@@ -168,33 +184,23 @@ def gru_backward(dy, dhT, x2, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, 
                 dbh[k],
                 need_dh0,
                 need_dw,
-                block(B, k, nthreads),
-                block(B, k + 1, nthreads),
+                k,
+                nthreads,
             )
-    db_ih = dbi[0].copy()
-    db_hh = dbh[0].copy()
-    for k in range(1, nthreads):
-        for q in range(G):
-            db_ih[q] += dbi[k, q]
-            db_hh[q] += dbh[k, q]
     if need_dh0:
         for b in range(B):
             for j in range(H):
                 dh[b, j] += dhw[b, j]
-    Gx2 = dGx.reshape(T * B, G)
-    if need_dx:
-        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
-        split_rows_dot(Gx2, w_ih, dx2, nthreads)
-    else:
-        dx2 = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dGx, dGh, db_ih, db_hh
+    dx2 = _input_grad(dGx.reshape(T * B, G), w_ih, need_dx, nthreads)
+    return dx2, dh, dGx, dGh, _sum_blocks(dbi), _sum_blocks(dbh)
 
 
 # --- RNN (tanh / relu) -----------------------------------------------------------------
-@njit(**OPTS)
-def _rnn_fwd_rows(xw, w_hh, bias, hs, relu, b0, b1):
+@serial
+def _rnn_fwd_rows(xw, w_hh, bias, hs, relu, k, nblocks):
     T = hs.shape[0] - 1
     B = hs.shape[1]
+    b0, b1 = block(B, k, nblocks), block(B, k + 1, nblocks)
     H = hs.shape[2]
     n = b1 - b0
     zero = xw.dtype.type(0)
@@ -214,7 +220,7 @@ def _rnn_fwd_rows(xw, w_hh, bias, hs, relu, b0, b1):
                     hnew[j] = act_tanh(xr[j] + hr[j] + bias[j])
 
 
-@njit(**PAR)
+@parallel
 def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu, nthreads):
     """hs[1:] <- outputs (the backward needs nothing else)."""
     B, H = h0.shape
@@ -227,18 +233,17 @@ def rnn_forward(x2, h0, w_ih, w_hh, b_ih, b_hh, hs, relu, nthreads):
     split_rows_dot(x2, w_ih.T, xw, nthreads)
     hs[0] = h0
     if nthreads == 1:
-        _rnn_fwd_rows(xw, w_hh, bias, hs, relu, 0, B)
+        _rnn_fwd_rows(xw, w_hh, bias, hs, relu, 0, 1)
     else:
         for k in prange(nthreads):
-            _rnn_fwd_rows(
-                xw, w_hh, bias, hs, relu, block(B, k, nthreads), block(B, k + 1, nthreads)
-            )
+            _rnn_fwd_rows(xw, w_hh, bias, hs, relu, k, nthreads)
     return one
 
 
-@njit(**OPTS)
-def _rnn_bwd_rows(dy, dh, hs, w_hh, dG, db, relu, need_dh0, need_dw, b0, b1):
-    T = dy.shape[0]
+@serial
+def _rnn_bwd_rows(dy, dh, hs, w_hh, dG, db, relu, need_dh0, need_dw, k, nblocks):
+    T, B = dy.shape[0], dy.shape[1]
+    b0, b1 = block(B, k, nblocks), block(B, k + 1, nblocks)
     H = dy.shape[2]
     n = b1 - b0
     one = dy.dtype.type(1)
@@ -262,7 +267,7 @@ def _rnn_bwd_rows(dy, dh, hs, w_hh, dG, db, relu, need_dh0, need_dw, b0, b1):
             np.dot(dG[t, b0:b1], w_hh, dh[b0:b1])
 
 
-@njit(**PAR)
+@parallel
 def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, nthreads):
     """Returns dx2, dh0, dG (T, B, H), db (= d b_ih = d b_hh); the weight gradients are
     wgrad(dG, x2) and wgrad(dG, hs[:T])."""
@@ -271,37 +276,16 @@ def rnn_backward(dy, dhT, x2, hs, w_ih, w_hh, relu, need_dx, need_dh0, need_dw, 
     dh = dhT.copy()
     dbs = np.zeros((nthreads, H), dy.dtype)
     if nthreads == 1:
-        _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[0], relu, need_dh0, need_dw, 0, B)
+        _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[0], relu, need_dh0, need_dw, 0, 1)
     else:
         for k in prange(nthreads):
-            _rnn_bwd_rows(
-                dy,
-                dh,
-                hs,
-                w_hh,
-                dG,
-                dbs[k],
-                relu,
-                need_dh0,
-                need_dw,
-                block(B, k, nthreads),
-                block(B, k + 1, nthreads),
-            )
-    db = dbs[0].copy()
-    for k in range(1, nthreads):
-        for q in range(H):
-            db[q] += dbs[k, q]
-    G2 = dG.reshape(T * B, H)
-    if need_dx:
-        dx2 = np.empty((T * B, w_ih.shape[1]), dy.dtype)
-        split_rows_dot(G2, w_ih, dx2, nthreads)
-    else:
-        dx2 = np.empty((0, 0), dy.dtype)
-    return dx2, dh, dG, db
+            _rnn_bwd_rows(dy, dh, hs, w_hh, dG, dbs[k], relu, need_dh0, need_dw, k, nthreads)
+    dx2 = _input_grad(dG.reshape(T * B, H), w_ih, need_dx, nthreads)
+    return dx2, dh, dG, _sum_blocks(dbs)
 
 
 # --- one step at batch 1 (generation): matrix-vector products, serial ------------------
-@njit(**OPTS)
+@serial
 def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, out):
     """x (I,), h (H,) -> out (2, H): y, h_1."""
     H = h.shape[0]
@@ -318,7 +302,7 @@ def gru_step(x, h, w_ih, w_hh, b_ih, b_hh, out):
         hn[j] = hh
 
 
-@njit(**OPTS)
+@serial
 def rnn_step(x, h, w_ih, w_hh, b_ih, b_hh, relu, out):
     """x (I,), h (H,) -> out (2, H): y, h_1."""
     H = h.shape[0]
