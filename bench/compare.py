@@ -1,9 +1,12 @@
 """`python -m bench compare`: a speed-regression gate that survives noisy shared machines.
 
 Absolute times drift by +-30% between runs on shared CI machines, so the gate never compares
-absolute times across runs. It compares *ratios measured in one process*: each round times the
-backend and torch.nn (native) back to back, alternating which goes first (A B, B A, A B, ...),
-and records t_backend / t_native. Drift in machine speed hits both sides of a round alike.
+absolute times across runs. It compares *ratios measured in one process*: the shared timing
+engine (bench.timing.GroupTimer, a fixed number of rounds) times torch.nn (native) and every
+backend of a (kind, mode) back to back in each round, in alternating order (A B C, C B A, ...),
+and the file keeps t_backend / t_native per round. Drift in machine speed hits every backend of
+a round alike. The record file (format, machine key, loading) is bench.compare_files; measuring
+is bench.compare_record.
 
 Record (measure) a file:
     python -m bench compare --record new.json [--import MOD] [--kinds lstm] [--backends mine]
@@ -29,273 +32,47 @@ picks the file of NEW's key from DIR.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import math
 import os
-import platform
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .cli import UsageError, add_import_option, check_names, csv, import_modules, number
-from .environment import cpu_model
-from .measure import MODES
+from .cli import UsageError, add_import_option, csv, import_modules, number
+from .compare_files import (
+    FORMAT,
+    MIN_ROUNDS,
+    SHAPE_KEYS,
+    CompareError,
+    load,
+    machine_info,
+    machine_key,
+    machine_name,
+    mismatches,
+    resolve_baseline,
+)
+from .compare_record import record
 from .stats import mann_whitney_p, ratio_change_ci
 
-FORMAT = "cellbench-compare/1"
-SHAPE_KEYS = ("input_size", "hidden_size", "batch", "seq_len")
-MIN_ROUNDS = 4  # below this the Mann-Whitney test can never reach p < 0.05
+__all__ = [
+    "FORMAT",
+    "MIN_ROUNDS",
+    "CompareError",
+    "compare_records",
+    "configure",
+    "gate",
+    "load",
+    "machine_info",
+    "machine_key",
+    "machine_name",
+    "main",
+    "record",
+    "render",
+]
+
 DEFAULT_SHAPE = (28, 256, 32, 35)  # d2l's size: input, hidden, batch, seq_len
-
-
-class CompareError(Exception):
-    """A usage or file problem: exit status 2 with this message."""
-
-
-# --- machine identity --------------------------------------------------------------------
-def machine_info() -> dict:
-    import torch
-
-    info = dict(
-        cpu=cpu_model() or platform.machine(),
-        cores=os.cpu_count(),
-        arch=platform.machine(),
-        system=platform.system(),
-        node=platform.node(),
-        python=platform.python_version(),
-    )
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def machine_name(info: dict) -> str:
-    """Hardware, not host name (CI runners change names): CPU model, cores, arch, GPU."""
-    text = f"{info.get('cpu', '?')}-{info.get('cores', '?')}c-{info.get('arch', '?')}"
-    if info.get("gpu"):
-        text += f"-{info['gpu']}"
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()
-
-
-def machine_key(machine: str, torch_version: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", f"{machine}__torch-{torch_version}")
-
-
-# --- measuring ---------------------------------------------------------------------------
-def record(
-    kinds: Sequence[str],
-    backends: Sequence[str] | None,
-    modes: Sequence[str],
-    shape: Sequence[int],
-    rounds: int = 10,
-    block_s: float = 0.05,
-    threads: int = 1,
-    device: str = "cpu",
-    machine: str | None = None,
-    progress=print,
-) -> dict:
-    """Measure every backend against native through the timing engine (bench.timing): each
-    module passes the correctness gate, then `rounds` interleaved rounds (a fixed number, so
-    that two files have samples of the same size); ratio = backend time / native time."""
-    from dataclasses import asdict
-
-    import torch
-
-    import cells
-
-    from .measure import Case, Options
-    from .records import CaseRecord
-    from .timing import GroupTimer
-    from .worker import InProcess
-
-    if rounds < MIN_ROUNDS:
-        raise CompareError(
-            f"--rounds must be at least {MIN_ROUNDS} (fewer rounds can never show a "
-            f"significant change), got {rounds}"
-        )
-    check_names(kinds, cells.KINDS, "kind")
-    check_names(modes, MODES, "mode")
-    info = machine_info()
-    data = dict(
-        format=FORMAT,
-        machine=machine or machine_name(info),
-        machine_info=info,
-        torch=torch.__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-        settings=dict(
-            rounds=rounds,
-            block_s=block_s,
-            threads=threads,
-            device=device,
-            shape=list(shape),
-            modes=list(modes),
-        ),
-        results=[],
-    )
-    data["key"] = machine_key(data["machine"], data["torch"])
-    options = Options(
-        min_run_time=block_s,
-        min_repeats=1,
-        min_rounds=rounds,
-        max_rounds=rounds,
-        group_time_cap=1e9,
-        memory=False,
-    )
-    worker = InProcess(threads, [])
-    input_size, hidden_size, batch, seq_len = shape
-    for kind in kinds:
-        available = cells.backends(kind)
-        wanted = [b for b in available if b != "native"] if not backends else list(backends)
-        for name in wanted:
-            if name not in available:
-                raise CompareError(
-                    f"backend {name!r} is not available for {kind!r}; available: "
-                    f"{', '.join(available)}"
-                )
-        for mode in modes:
-            group = [
-                Case(
-                    kind,
-                    b,
-                    mode,
-                    input_size,
-                    hidden_size,
-                    1,
-                    1 if mode == "generate" else batch,
-                    seq_len,
-                    device,
-                    "float32",
-                    threads,
-                )
-                for b in ["native", *wanted]
-            ]
-            records = GroupTimer(
-                group, worker, options, {}, lambda c: CaseRecord(**asdict(c))
-            ).run()
-            worker.call(("forget",), None)
-            native, others = records[0], records[1:]
-            for r in records:
-                if r.status != "ok":
-                    raise CompareError(f"{kind}/{r.backend}/{mode} is {r.status}: {r.error}")
-            for r in others:
-                entry = dict(
-                    kind=kind,
-                    backend=r.backend,
-                    reference="native",
-                    mode=mode,
-                    shape=dict(
-                        input_size=input_size, hidden_size=hidden_size, batch=batch, seq_len=seq_len
-                    ),
-                    ratios=[b / a for a, b in zip(native.round_times, r.round_times)],
-                    backend_s=r.round_times,
-                    native_s=native.round_times,
-                )
-                data["results"].append(entry)
-                progress(
-                    f"  {kind}/{r.backend}/{mode}: median ratio to native "
-                    f"{float(np.median(entry['ratios'])):.3f} over {len(entry['ratios'])} rounds"
-                )
-    if not data["results"]:
-        raise CompareError(
-            "nothing was measured: no backend other than native for "
-            f"{', '.join(kinds)} (pass --import and --backends)"
-        )
-    return data
-
-
-# --- loading and checking files ------------------------------------------------------------
-def load(path: str | os.PathLike, role: str = "file") -> dict:
-    path = Path(path)
-    if not path.exists():
-        hint = (
-            " Record one with `python -m bench compare --record PATH`."
-            if role == "baseline"
-            else ""
-        )
-        raise CompareError(f"{role} {path} does not exist.{hint}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"{role} {path} is not readable JSON: {exc}") from None
-    problem = _malformed(data)
-    if problem:
-        raise CompareError(f"{role} {path} is malformed: {problem}")
-    return data
-
-
-def _malformed(data) -> str:
-    if not isinstance(data, dict):
-        return "expected a JSON object"
-    if data.get("format") != FORMAT:
-        return f"format is {data.get('format')!r}, expected {FORMAT!r}"
-    for key in ("machine", "torch", "results"):
-        if key not in data:
-            return f"no {key!r} field"
-    if not isinstance(data["results"], list) or not data["results"]:
-        return "no results"
-    for i, r in enumerate(data["results"]):
-        if not isinstance(r, dict) or not {"kind", "backend", "mode", "shape", "ratios"} <= set(r):
-            return f"result {i} lacks kind/backend/mode/shape/ratios"
-        shape = r["shape"]
-        if not (
-            isinstance(shape, dict)
-            and set(SHAPE_KEYS) <= set(shape)
-            and all(_positive_int(shape[k]) for k in SHAPE_KEYS)
-        ):
-            return (
-                f"result {i} has shape {shape!r}; expected an object with positive integers "
-                f"{', '.join(SHAPE_KEYS)}"
-            )
-        ratios = r["ratios"]
-        if not isinstance(ratios, list) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-            for x in ratios
-        ):
-            return f"result {i} ({r.get('kind')}/{r.get('backend')}/{r.get('mode')}) has invalid ratios"
-        if len(ratios) < MIN_ROUNDS:
-            return (
-                f"result {i} ({r['kind']}/{r['backend']}/{r['mode']}) has {len(ratios)} rounds; "
-                f"at least {MIN_ROUNDS} are needed for a significance test"
-            )
-    return ""
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def resolve_baseline(path: str | os.PathLike, new: dict) -> Path:
-    """A file as it is; a directory: its file for NEW's machine key."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    key = new.get("key") or machine_key(new["machine"], new["torch"])
-    candidate = path / f"{key}.json"
-    if not candidate.exists():
-        found = sorted(p.name for p in path.glob("*.json"))
-        raise CompareError(
-            f"no baseline for this machine and torch version ({key}) in {path}; "
-            f"found: {', '.join(found) or 'none'}. Record one with "
-            f"`python -m bench compare --record {path}` on this machine."
-        )
-    return candidate
-
-
-def mismatches(base: dict, new: dict) -> list[str]:
-    out = []
-    if base["machine"] != new["machine"]:
-        out.append(f"machine differs: baseline {base['machine']!r}, new {new['machine']!r}")
-    if base["torch"] != new["torch"]:
-        out.append(f"torch differs: baseline {base['torch']}, new {new['torch']}")
-    for key in ("threads", "device"):
-        b, n = base.get("settings", {}).get(key), new.get("settings", {}).get(key)
-        if b != n:
-            out.append(f"{key} differs: baseline {b}, new {n}")
-    return out
 
 
 # --- statistics (bench.stats) ------------------------------------------------------------
