@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from tasks_cli import records, train
 
-from bench.cli import main as bench_main
 from bench.tasks import anbn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,26 +87,11 @@ def test_strict_reading_ignores_the_zeros_and_the_lab_reading_does_not():
 
 def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
     out = tmp_path / "a"
-    rc = bench_main(
-        [
-            "train",
-            "anbn",
-            "--kind",
-            "lstm",
-            "--backend",
-            "native,fused",
-            "--seeds",
-            "0,1",
-            "--steps",
-            "30",
-            "--n-eval",
-            "20",
-            "--out",
-            str(out),
-        ]
+    assert (
+        train("anbn", out, kind="lstm", backend="native,fused", seeds="0,1", steps=30, n_eval=20)
+        == 0
     )
-    assert rc == 0
-    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    recs = records(out)
     assert len(recs) == 4
     for r in recs:
         assert r["task"] == "anbn" and len(r["errors"]) == len(r["errors_lab"]) == 20
@@ -122,3 +105,26 @@ def test_cli_runs_seeds_and_summarizes(tmp_path, capsys):
     )
     assert "capacity over 2 seeds" in capsys.readouterr().out
     assert (out / "anbn_capacity.png").is_file()
+
+
+def test_lab_protocol_is_the_labs_net_and_loop(tmp_path):
+    """--protocol lab: Embedding(4, 2), Linear(2, 3), one string per update from 2,000 fixed
+    strings, the lab's update counts per kind (RNN 100,000, LSTM 40,000) unless --steps says."""
+    s = {"protocol": "lab", "steps": None, "batch_size": 1}
+    stream = anbn.batches(s, "rnn", seed=0)
+    first = [next(stream) for _ in range(anbn.LAB_STRINGS + 1)]
+    assert all(x.shape[1] == 1 for x, _ in first)
+    assert torch.equal(first[0][0], first[-1][0])  # the 2,000 strings cycle
+    assert len(list(anbn.batches({**s, "steps": 7}, "lstm", 0))) == 7
+    assert anbn.LAB_UPDATES["rnn"] == 100000 and anbn.LAB_UPDATES["lstm"] == 40000
+    out = tmp_path / "lab"
+    assert (
+        train("anbn", out, protocol="lab", kind="rnn", seeds="3", steps=20, n_eval=5, no_plots=True)
+        == 0
+    )
+    (r,) = records(out)
+    assert r["protocol"] == "lab" and r["settings"]["variant"] == "RNN hidden 2"
+    assert (r["settings"]["embed"], r["settings"]["batch_size"]) == (2, 1)
+    assert r["metrics"]["steps"] == 20 and r["timings"]["symbols"] > 20
+    net = anbn.AnBnNet("rnn", "native", 2, embed=2, outputs=3)
+    assert net.head.out_features == 3 and net.embedding.weight.shape == (4, 2)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from tasks_cli import records, train
 
 from bench.cli import main as bench_main
 from bench.tasks import charlm
@@ -149,35 +149,13 @@ def test_parity_without_data(kind):
 
 def test_cli_writes_a_complete_record(tmp_path):
     out = tmp_path / "run"
-    rc = bench_main(
-        [
-            "train",
-            "charlm",
-            "--kind",
-            "rnn",
-            "--backend",
-            "native",
-            "--epochs",
-            "2",
-            "--hidden",
-            "16",
-            "--max-tokens",
-            "2000",
-            "--val-fraction",
-            "0.02",
-            "--num-preds",
-            "5",
-            "--optimizer",
-            "sgd,adam",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    small = dict(epochs=2, hidden=16, max_tokens=2000, val_fraction=0.02, num_preds=5)
+    assert train("charlm", out, kind="rnn", backend="native", optimizer="sgd,adam", **small) == 0
+    recs = records(out)
     assert len(recs) == 2
     for r in recs:
         assert r["type"] == "task" and r["task"] == "charlm" and r["kind"] == "rnn"
+        assert r["protocol"] == "cellbench" and r["device"] == "cpu"
         assert len(r["curves"]["perplexity"]) == 2
         for key in (
             "perplexity",
@@ -193,77 +171,73 @@ def test_cli_writes_a_complete_record(tmp_path):
     assert {r["settings"]["optimizer"] for r in recs} == {"sgd", "adam"}
     assert (out / "charlm_ppl_native.png").is_file()
     # --resume skips both
+    assert train("charlm", out, kind="rnn", optimizer="sgd,adam", resume=True, **small) == 0
+    assert len(records(out)) == 2
+
+
+BAD_INPUT = [
+    (dict(backend="nope"), "unknown backend 'nope'"),
+    (dict(kind="tanh"), "unknown cell kind 'tanh'"),
+    (dict(init="zeros"), "--init must be one of default, normal, xavier, kaiming, got 'zeros'"),
+    (dict(data="/nonexistent/missing", epochs=1), "no such file"),
+    (dict(random_iter=True, max_tokens=500, epochs=1), "holds no batch of 32 x 35"),
+    (dict(protocol="lab", variant="concise-lstm,huge"), "--variant must be among concise-lstm"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, options, message):
+    assert train("charlm", tmp_path, **options) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_task_is_refused(tmp_path, capsys):
+    assert bench_main(["train", "chess", "--out", str(tmp_path)]) == 2
+    assert "invalid choice: 'chess'" in capsys.readouterr().err
+
+
+def test_lab_protocol_runs_the_labs_variants_with_their_kind_and_recipe(tmp_path):
+    """--protocol lab: each variant's settings are the lab's (bench.tasks.lab_numbers), its
+    kind is the variant's whatever --kind says, and every record says which protocol ran."""
+    from bench.tasks import lab_numbers
+
+    out = tmp_path / "lab"
+    variants = "concise-rnn,scratch-lstm-adam-lr-0.001"
     assert (
-        bench_main(
-            [
-                "train",
-                "charlm",
-                "--kind",
-                "rnn",
-                "--epochs",
-                "2",
-                "--hidden",
-                "16",
-                "--max-tokens",
-                "2000",
-                "--val-fraction",
-                "0.02",
-                "--num-preds",
-                "5",
-                "--optimizer",
-                "sgd,adam",
-                "--out",
-                str(out),
-                "--resume",
-            ]
+        train(
+            "charlm",
+            out,
+            protocol="lab",
+            variant=variants,
+            kind="gru",
+            epochs=1,
+            num_preds=2,
+            no_plots=True,
         )
         == 0
     )
-    assert len((out / "records.jsonl").read_text().splitlines()) == 2
+    recs = records(out)
+    assert [(r["kind"], r["settings"]["variant"]) for r in recs] == [
+        ("rnn", "concise RNN"),
+        ("lstm", "scratch LSTM Adam lr 0.001"),
+    ]
+    for r in recs:
+        lab = lab_numbers.settings("001" if r["kind"] == "rnn" else "000", r["settings"]["variant"])
+        s = r["settings"]
+        assert r["protocol"] == s["protocol"] == "lab"
+        assert (s["optimizer"], s["lr"], s["init"], s["hidden_size"], s["batch_size"]) == (
+            lab.optimizer,
+            lab.lr,
+            lab.init,
+            lab.hidden,
+            lab.batch,
+        )
+        assert s["max_tokens"] == 10000 and r["corpus"]["train_tokens"] == 10000
 
 
-def test_cli_bad_input_is_a_clear_error(tmp_path, capsys):
-    assert bench_main(["train", "charlm", "--backend", "nope", "--out", str(tmp_path)]) == 2
-    assert "unknown backend 'nope'" in capsys.readouterr().err
-    assert bench_main(["train", "charlm", "--kind", "tanh", "--out", str(tmp_path)]) == 2
-    assert "unknown cell kind 'tanh'" in capsys.readouterr().err
-    assert bench_main(["train", "charlm", "--init", "zeros", "--out", str(tmp_path)]) == 2
-    assert (
-        "--init must be one of default, normal, xavier, kaiming, got 'zeros'"
-        in capsys.readouterr().err
-    )
-    assert (
-        bench_main(
-            [
-                "train",
-                "charlm",
-                "--data",
-                str(tmp_path / "missing"),
-                "--epochs",
-                "1",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
-    assert "no such file" in capsys.readouterr().err
-    assert (
-        bench_main(
-            [
-                "train",
-                "charlm",
-                "--random-iter",
-                "--max-tokens",
-                "500",
-                "--epochs",
-                "1",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
-    assert "holds no batch of 32 x 35" in capsys.readouterr().err
-    assert bench_main(["train", "chess", "--out", str(tmp_path)]) == 2
-    assert "invalid choice: 'chess'" in capsys.readouterr().err
+def test_cuda_is_refused_clearly_where_there_is_none(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train("charlm", tmp_path / "c", device="cuda", epochs=1) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --device cuda: torch sees no CUDA device here")
+    assert not (tmp_path / "c").exists()  # refused before any work

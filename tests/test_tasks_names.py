@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import collections
+import random
 
 import pytest
 import torch
+from tasks_cli import records, train
 
-from bench.cli import main as bench_main
 from bench.tasks import names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,28 +70,20 @@ def test_elman_masks_padding():
 
 def test_cli_short_run(tmp_path):
     out = tmp_path / "n"
-    rc = bench_main(
-        [
-            "train",
+    assert (
+        train(
             "names",
-            "--kind",
-            "rnn",
-            "--backend",
-            "native",
-            "--model",
-            "cell,elman",
-            "--epochs",
-            "1",
-            "--max-train",
-            "600",
-            "--hidden",
-            "16",
-            "--out",
-            str(out),
-        ]
+            out,
+            kind="rnn",
+            backend="native",
+            model="cell,elman",
+            epochs=1,
+            max_train=600,
+            hidden=16,
+        )
+        == 0
     )
-    assert rc == 0
-    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    recs = records(out)
     assert [(r["kind"], r["backend"]) for r in recs] == [("rnn", "native"), ("elman", "tutorial")]
     for r in recs:
         assert 0 <= r["metrics"]["test_accuracy"] <= 1
@@ -99,3 +92,65 @@ def test_cli_short_run(tmp_path):
         assert set(r["per_class_accuracy"]) == set(r["languages"])
     assert (out / "names_curves.png").is_file()
     assert len(list(out.glob("names_confusion_*.png"))) == 2
+
+
+def test_lab_draws_are_class_balanced():
+    """The tutorial's sampler: a language uniformly, then one of its names: Arabic (2,000 lines)
+    comes up as often as Vietnamese (73)."""
+    data = names.load_names()
+    languages = sorted(data)
+    rng = random.Random(0)
+    drawn = collections.Counter(
+        languages[li] for _, li in (names.lab_draw(data, languages, rng) for _ in range(18000))
+    )
+    assert set(drawn) == set(languages)
+    assert max(drawn.values()) < 1.15 * min(drawn.values())
+    name, li = names.lab_draw(data, languages, random.Random(1))
+    assert name in data[languages[li]]
+
+
+def test_lab_protocol_trains_by_hand_and_measures_in_sample(tmp_path):
+    """--protocol lab: SGD lr 0.005 by hand (no optimiser state, no clipping), one name per step,
+    and the confusion matrix over 10,000 draws of training names."""
+    out = tmp_path / "lab"
+    assert (
+        train(
+            "names",
+            out,
+            protocol="lab",
+            model="elman,cell",
+            layers=2,
+            steps=40,
+            hidden=8,
+            no_plots=True,
+        )
+        == 0
+    )
+    recs = records(out)
+    assert [r["settings"]["variant"] for r in recs] == ["Elman", "nn.LSTM 2-layer"]
+    for r in recs:
+        s = r["settings"]
+        assert (s["lr"], s["batch_size"], s["clip"], s["optimizer"]) == (
+            0.005,
+            1,
+            0.0,
+            "sgd-by-hand",
+        )
+        assert sum(map(sum, r["confusion"])) == names.LAB_CONFUSION_DRAWS
+        assert r["metrics"]["sampled_accuracy"] == pytest.approx(
+            sum(r["confusion"][i][i] for i in range(18)) / names.LAB_CONFUSION_DRAWS
+        )
+        assert "test_accuracy" not in r["metrics"] and r["split"]["test"] == 0
+    # one step of the lab's loop is p -= 0.005 * grad
+    model = names.NamesClassifier("elman", "tutorial", 8, model="elman", seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, lengths = names.encode(["Abe"])
+    li = random.Random(0).randrange(18)  # the class the run's first draw picks
+    loss = torch.nn.functional.cross_entropy(model(x, lengths), torch.tensor([li]))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    expected = [b - 0.005 * g for b, g in zip(before, grads)]
+    languages = [f"L{i:02d}" for i in range(18)]
+    data = {"by_language": {lang: ["Abe"] for lang in languages}, "languages": languages}
+    names._train_lab(model, {"steps": 1, "lr": 0.005, "confusion_draws": 1}, data, 0, "", False)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import needs_data
+from tasks_cli import records, train
 
 from bench import data as bdata
 from bench.cli import main as bench_main
-from bench.tasks import poems, report_section, suite
+from bench.tasks import poems, report_section, runner, suite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 needs_poems = needs_data("poems_tang.txt", "poems_tang.txt")
@@ -36,58 +36,87 @@ def test_vocab_and_generation_stop():
         1,
     ]
     model = poems.PoemLM("gru", "native", len(vocab), embed=8, hidden_size=8, seed=0)
-    text = poems.generate(
-        model, vocab, "春", max_len=12, generator=torch.Generator().manual_seed(0)
-    )
+    text = poems.generate(model, vocab, "春", max_len=12, sample=torch.Generator().manual_seed(0))
     assert text.startswith("春") and 1 <= len(text) <= 12 and "E" not in text
     with torch.no_grad():
         model.head.bias.fill_(-1e4)
         model.head.bias[vocab.token_to_idx["E"]] = 1e4
-    assert poems.generate(model, vocab, "春", greedy=True) == "春"
+    assert poems.generate(model, vocab, "春") == "春"  # greedy
+
+
+TINY = dict(epochs=1, hidden=8, embed=8, max_gen=5, begin="日")
 
 
 @needs_poems
 def test_cli_small_run(tmp_path):
     out = tmp_path / "p"
-    rc = bench_main(
-        [
-            "train",
-            "poems",
-            "--backend",
-            "native",
-            "--kind",
-            "gru",
-            "--epochs",
-            "1",
-            "--max-poems",
-            "60",
-            "--hidden",
-            "16",
-            "--embed",
-            "8",
-            "--lab-loop-poems",
-            "4",
-            "--begin",
-            "日山",
-            "--max-gen",
-            "10",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    options = {**TINY, "hidden": 16, "max_gen": 10, "begin": "日山"}
+    assert train("poems", out, kind="gru", max_poems=60, lab_loop_poems=4, **options) == 0
+    (r,) = records(out)
     assert r["task"] == "poems" and r["filtered_poems"] > 40000
     assert r["metrics"]["test_perplexity"] > 1 and r["metrics"]["lab_loop_tokens_per_s"] > 0
     assert set(r["samples"]) == {"日", "山"} and all(len(t) <= 10 for t in r["samples"].values())
 
 
+def test_lab_protocol_is_the_labs_recipe(tmp_path):
+    """--protocol lab: simplified characters, the lab's batch, clip and head, no held-out poem,
+    its targets end with an extra E -> E, and generation starts from the begin character alone."""
+    x, y = poems._batch([[5, 6, 7]], repeat_last=True)
+    assert x[:, 0].tolist() == [5, 6, 7] and y[:, 0].tolist() == [6, 7, 7]
+    x, y = poems._batch([[5, 6, 7]])
+    assert x[:, 0].tolist() == [5, 6] and y[:, 0].tolist() == [6, 7]
+    model = poems.PoemLM("lstm", "native", 30, 4, 4, seed=0, lab=True)
+    scores, _ = model(torch.randint(0, 30, (3, 2)))
+    assert float(scores.detach().min()) >= 0.0  # the lab's ReLU before the LogSoftmax
+    assert float(model.head.bias.detach().abs().sum()) == 0.0
+    assert float(model.embedding.weight.abs().max()) > 0.9  # U(-1, 1), not N(0, 1)/default
+    out = tmp_path / "lab"
+    options = {**TINY, "begin": "紅"}
+    assert (
+        train(
+            "poems",
+            out,
+            protocol="lab",
+            corpus="sample",
+            max_poems=30,
+            lab_loop_poems=0,
+            no_plots=True,
+            **options,
+        )
+        == 0
+    )
+    (r,) = records(out)
+    s = r["settings"]
+    assert r["protocol"] == "lab" and s["script"] == "simplified"
+    assert (s["batch_size"], s["clip"], s["optimizer"], s["lr"], s["greedy"]) == (
+        100,
+        1.0,
+        "rmsprop",
+        0.01,
+        True,
+    )
+    assert r["split"] == {"train": 30, "test": 0} and r["metrics"]["test_perplexity"] is None
+    assert set(r["samples"]) == {"紅"}  # a given begin character is kept as given
+    assert poems.lab_batches([[1, 2, 3], [1], [1, 2]], 2) == [[[1], [1, 2]], [[1, 2, 3]]]
+
+
+def test_lab_loss_is_the_mean_of_each_poems_mean():
+    """The lab runs each poem of a batch alone and sums their mean losses / batch size; one
+    padded batch must give the same number."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 6)
+    y = torch.tensor([[1, 2], [3, 4], [5, -100], [1, -100]])
+    loss, summed, n = poems._loss(logits, y, lab_batch=100)
+    each = [torch.nn.functional.cross_entropy(logits[:k, b], y[:k, b]) for b, k in ((0, 4), (1, 2))]
+    assert float(loss) == pytest.approx(float(sum(each)) / 100, rel=1e-6)
+    assert n == 6 and summed == pytest.approx(float(each[0] * 4 + each[1] * 2), rel=1e-6)
+
+
 def test_suite_argument_lists_parse():
     for mode in ("short", "full"):
         for task in suite.SHORT:
-            module = __import__(f"bench.tasks.{task}", fromlist=["configure"])
             parser = argparse.ArgumentParser()
-            module.configure(parser)
+            runner.configure(parser, runner.spec(task))
             args = parser.parse_args(
                 suite.task_argv(task, mode, "/tmp/x", "lstm", "native,fused", True)
             )
@@ -111,33 +140,11 @@ def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CELLBENCH_POEMS_URL", "http://127.0.0.1:9/")
     out = tmp_path / "p"
-    rc = bench_main(
-        [
-            "train",
-            "poems",
-            "--backend",
-            "native",
-            "--epochs",
-            "1",
-            "--max-poems",
-            "40",
-            "--hidden",
-            "8",
-            "--embed",
-            "8",
-            "--lab-loop-poems",
-            "0",
-            "--begin",
-            "日",
-            "--max-gen",
-            "5",
-            "--out",
-            str(out),
-            "--no-plots",
-        ]
+    rc = train(
+        "poems", out, backend="native", max_poems=40, lab_loop_poems=0, no_plots=True, **TINY
     )
     assert rc == 0
-    (r,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    (r,) = records(out)
     assert r["data_source"] == "embedded" and r["settings"]["corpus"] == "sample"
     assert 2000 < r["filtered_poems"] < 3000 and r["split"] == {"train": 38, "test": 2}
     assert poems.find_corpus("sample").source == "embedded"
@@ -151,12 +158,7 @@ def test_cli_runs_on_the_shipped_sample_without_data(tmp_path, monkeypatch):
 
 def test_report_section_renders_every_task(tmp_path):
     out = tmp_path / "runs"
-    assert (
-        bench_main(
-            ["train", "anbn", "--seeds", "0", "--steps", "5", "--n-eval", "5", "--out", str(out)]
-        )
-        == 0
-    )
+    assert train("anbn", out, seeds="0", steps=5, n_eval=5) == 0
     fake = {
         "type": "task",
         "task": "names",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tasks_cli import argv
 
 from bench.cli import main as bench_main
 from bench.tasks import report_section, suite
@@ -13,32 +14,30 @@ from bench.tasks import report_section, suite
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BAD_TRAIN = [
-    (["charlm", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
-    (["charlm", "--lr", "-0.5"], "--lr must be a number > 0, got -0.5"),
-    (["charlm", "--lr", "1,nan"], "--lr must be a number > 0, got nan"),
-    (["charlm", "--batch-size", "32,0"], "--batch-size must be an integer >= 1, got 0"),
-    (["charlm", "--val-fraction", "1"], "--val-fraction must be in [0, 1), got 1.0"),
-    (["charlm", "--clip", "-1"], "--clip must be a number >= 0 (0: no clipping), got -1.0"),
-    (
-        ["charlm", "--optimizer", "lbfgs"],
-        "--optimizer must be one of sgd, adam, rmsprop, got 'lbfgs'",
-    ),
-    (["names", "--test-fraction", "0"], "--test-fraction must be in (0, 1), got 0.0"),
-    (["names", "--layers", "0"], "--layers must be an integer >= 1, got 0"),
-    (["names", "--model", "gpt"], "--model must be one of cell, elman, got 'gpt'"),
-    (["anbn", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
-    (["anbn", "--seeds", "0,-1"], "--seed must be an integer >= 0, got -1"),
-    (["anbn", "--threads", "-2"], "--threads must be an integer >= 0 (0: torch's default), got -2"),
-    (["poems", "--max-gen", "0"], "--max-gen must be an integer >= 1, got 0"),
-    (["poems", "--begin", ""], "--begin must be one or more begin characters, got ''"),
-    (["anbn", "--kind", "tanh"], "unknown cell kind 'tanh'; expected one of rnn, gru, lstm"),
+    ("charlm --epochs 0", "--epochs must be an integer >= 1, got 0"),
+    ("charlm --lr -0.5", "--lr must be a number > 0, got -0.5"),
+    ("charlm --lr 1,nan", "--lr must be a number > 0, got nan"),
+    ("charlm --batch-size 32,0", "--batch-size must be an integer >= 1, got 0"),
+    ("charlm --val-fraction 1", "--val-fraction must be in [0, 1), got 1.0"),
+    ("charlm --clip -1", "--clip must be a number >= 0 (0: no clipping), got -1.0"),
+    ("charlm --optimizer lbfgs", "--optimizer must be one of sgd, adam, rmsprop, got 'lbfgs'"),
+    ("names --test-fraction 0", "--test-fraction must be in (0, 1), got 0.0"),
+    ("names --layers 0", "--layers must be an integer >= 1, got 0"),
+    ("names --model gpt", "--model must be one of cell, elman, got 'gpt'"),
+    ("names --steps 0", "--steps must be an integer >= 1, got 0"),
+    ("anbn --steps 0", "--steps must be an integer >= 1, got 0"),
+    ("anbn --seeds 0,-1", "--seed must be an integer >= 0, got -1"),
+    ("anbn --threads -2", "--threads must be an integer >= 0 (0: torch's default), got -2"),
+    ("poems --max-gen 0", "--max-gen must be an integer >= 1, got 0"),
+    ("poems --begin=", "--begin must be one or more begin characters, got ''"),
+    ("anbn --kind tanh", "unknown cell kind 'tanh'; expected one of rnn, gru, lstm"),
 ]
 
 
-@pytest.mark.parametrize("argv, message", BAD_TRAIN, ids=[" ".join(a) for a, _ in BAD_TRAIN])
-def test_train_refuses_out_of_range_options(tmp_path, capsys, argv, message):
+@pytest.mark.parametrize("command, message", BAD_TRAIN, ids=[c for c, _ in BAD_TRAIN])
+def test_train_refuses_out_of_range_options(tmp_path, capsys, command, message):
     out = tmp_path / "out"
-    assert bench_main(["train", *argv, "--out", str(out)]) == 2
+    assert bench_main(["train", *command.split(), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
     assert not out.exists()  # refused before any work
 
@@ -68,25 +67,17 @@ def test_tasks_refuses_bad_options(tmp_path, capsys, argv, message):
 
 
 def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
-    tiny_poems = [
-        "--epochs",
-        "1",
-        "--max-poems",
-        "20",
-        "--hidden",
-        "8",
-        "--embed",
-        "8",
-        "--lab-loop-poems",
-        "0",
-        "--begin",
-        "日",
-        "--max-gen",
-        "5",
-        "--corpus",
-        "sample",
-        "--no-plots",
-    ]
+    tiny_poems = argv(
+        epochs=1,
+        max_poems=20,
+        hidden=8,
+        embed=8,
+        lab_loop_poems=0,
+        begin="日",
+        max_gen=5,
+        corpus="sample",
+        no_plots=True,
+    )
     monkeypatch.setitem(
         suite.SHORT, "anbn", ["--steps", "5", "--n-eval", "5", "--seeds", "0", "--hidden", "-3"]
     )  # fails inside the task

@@ -1,16 +1,19 @@
 """a^n b^n (written 0^n 1^n) next-symbol prediction, after Gers & Schmidhuber (2001).
 
 Strings `3 0^n 1^n 2` (3 = start, 2 = end), n drawn from 1..10 with weights 10,6,4,3,1,1,1,1,1,1.
-Embedding + a cell of hidden size 2 + linear, Adam lr 1e-3, cross-entropy on every next symbol.
-Evaluation for every n in 1..100, greedy next-symbol predictions along the string, read two ways:
+cellbench protocol: Embedding(4, 4) + a cell of hidden 2 + Linear(2, 4), batches of 16 fresh
+strings, Adam lr 1e-3. lab protocol: the lab's Embedding(4, 2) + cell(2, 2) + Linear(2, 3),
+2,000 fixed strings, one string per update (batch 1), Adam lr 1e-3, RNN 100,000 updates (50
+epochs), LSTM 40,000 (20 epochs). Evaluation for every n in 1..N, greedy next-symbol predictions
+along the string, read two ways:
 
 - strict (`capacity`): only the positions the prefix determines are required, the remaining 1s
   after the first 1 has been read and the end symbol. While the zeros are read either symbol can
   legally follow, so those predictions (and the unpredictable first 1) are not counted.
 - the lab's reading (`capacity_lab`): the lab's "Diff" over every position, less the two errors
   its report forgives: the unpredictable first 1, and the second symbol (right after the first
-  0), where its printed outputs err for most n. Lenient next to counting every position; it still
-  counts the other predictions made while the zeros are read, which the strict reading does not.
+  0), where its printed outputs err for most n. That exception is ad hoc: after `3 0` a 0 or a 1
+  may follow, like at every other zero, yet the other zeros still count.
 
 Memory capacity = the largest N such that every n <= N is solved. Tiny nets are seed-sensitive:
 run several seeds and report the spread.
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import statistics
 import time
 from pathlib import Path
 
@@ -29,32 +31,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench import records
-
-from ..figures import save_figure
+from . import plots
 from .common import (
+    LR_RULE,
     OPTIMIZER_RULE,
-    add_common_arguments,
-    apply_threads,
     at_least,
-    check_kinds_backends,
-    check_options,
-    done_keys,
+    count,
     init_weights,
     make_cell,
     make_optimizer,
-    positive,
+    over_seeds,
     progress,
-    provenance,
-    run_key,
     seed_all,
-    task_record,
 )
+from .runner import Loaded, Run, task_record, task_spec
 
 START, ZERO, ONE, END = 3, 0, 1, 2
 N_VALUES = tuple(range(1, 11))
 N_WEIGHTS = (10, 6, 4, 3, 1, 1, 1, 1, 1, 1)
 PAD = -100  # ignore_index of the loss
+LAB_STRINGS = 2000  # the lab's training set
+LAB_UPDATES = {"rnn": 100000, "lstm": 40000, "gru": 40000}  # GRU: not in the lab, LSTM's count
 
 
 def sequence(n: int) -> list[int]:
@@ -74,27 +71,24 @@ def make_batch(ns: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class AnBnNet(nn.Module):
-    def __init__(
-        self,
-        kind: str,
-        backend: str,
-        hidden_size: int = 2,
-        embed: int = 4,
-        seed: int = 0,
-        init: str = "default",
-    ) -> None:
+    """Embedding(4, embed) -> cell(embed, hidden) -> Linear(hidden, outputs); the lab's net is
+    embed 2, outputs 3 (the start symbol is never a target)."""
+
+    def __init__(self, kind: str, backend: str, hidden: int = 2, **sizes: int) -> None:
+        """sizes: embed (default 4), outputs (default 4), seed (of the weights, default 0)."""
         super().__init__()
+        embed = sizes.get("embed", 4)
         self.embedding = nn.Embedding(4, embed)
-        self.rnn = make_cell(kind, backend, embed, hidden_size)
-        self.head = nn.Linear(hidden_size, 4)
-        init_weights(self, init, seed)
+        self.rnn = make_cell(kind, backend, embed, hidden)
+        self.head = nn.Linear(hidden, sizes.get("outputs", 4))
+        init_weights(self, "default", sizes.get("seed", 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.rnn(self.embedding(x))
-        return self.head(y)  # (T, B, 4)
+        y, _ = self.rnn(self.embedding(x.to(self.head.weight.device)))
+        return self.head(y)  # (T, B, outputs)
 
 
-def prediction_errors(model: AnBnNet, n_max: int = 100) -> tuple[list[int], list[int]]:
+def prediction_errors(model: nn.Module, n_max: int = 100) -> tuple[list[int], list[int]]:
     """(strict, lab) wrong greedy predictions on `3 0^n 1^n 2` for n = 1..n_max.
 
     strict[n-1] counts the positions the prefix determines: targets after the first 1 has been
@@ -104,7 +98,7 @@ def prediction_errors(model: AnBnNet, n_max: int = 100) -> tuple[list[int], list
     model.eval()
     with torch.no_grad():
         x, y = make_batch(ns)
-        pred = model(x).argmax(-1)
+        pred = model(x).argmax(-1).cpu()
     model.train()
     wrong = (pred != y) & (y != PAD)  # (T, B)
     t = torch.arange(y.shape[0]).unsqueeze(1)
@@ -114,7 +108,7 @@ def prediction_errors(model: AnBnNet, n_max: int = 100) -> tuple[list[int], list
     return strict.sum(0).tolist(), lab.sum(0).tolist()
 
 
-def avoidable_errors(model: AnBnNet, n_max: int = 100) -> list[int]:
+def avoidable_errors(model: nn.Module, n_max: int = 100) -> list[int]:
     """Strict errors per n: wrong predictions at the positions the prefix determines."""
     return prediction_errors(model, n_max)[0]
 
@@ -129,211 +123,207 @@ def capacity(errors: list[int]) -> int:
     return cap
 
 
-def run_one(kind: str, backend: str, seed: int, s: dict, show_progress=None) -> dict:
-    seed_all(seed)
-    model = AnBnNet(kind, backend, s["hidden_size"], s["embed"], seed=seed)
-    opt = make_optimizer(s["optimizer"], model.parameters(), s["lr"])
+def batches(s: dict, kind: str, seed: int):
+    """(x, y) per update. cellbench: `batch_size` fresh strings each; lab: its 2,000 fixed
+    strings, one per update, cycled in the order drawn."""
     rng = random.Random(seed)
-    curve_steps, curve_loss, curve_cap, curve_lab = [], [], [], []
-    running, count = 0.0, 0
-    eval_every = max(1, s["steps"] // 20)
+    if s["protocol"] == "lab":
+        fixed = [make_batch([n]) for n in rng.choices(N_VALUES, weights=N_WEIGHTS, k=LAB_STRINGS)]
+        for step in range(s["steps"] or LAB_UPDATES[kind]):
+            yield fixed[step % len(fixed)]
+    else:
+        for _ in range(s["steps"]):
+            yield make_batch(rng.choices(N_VALUES, weights=N_WEIGHTS, k=s["batch_size"]))
+
+
+def run(r: Run, data, device: str = "cpu", show_progress=None) -> dict:
+    s, seed = r.settings, r.seed
+    seed_all(seed)
+    outputs = 3 if s["protocol"] == "lab" else 4
+    model = AnBnNet(
+        r.kind, r.backend, s["hidden_size"], embed=s["embed"], outputs=outputs, seed=seed
+    )
+    model.to(device)
+    opt = make_optimizer(s["optimizer"], model.parameters(), s["lr"])
+    steps = s["steps"] or LAB_UPDATES[r.kind]
+    curves: dict[str, list] = {"step": [], "loss": [], "capacity": [], "capacity_lab": []}
+    running, count, symbols = 0.0, 0, 0
+    eval_every = max(1, steps // 20)
     start = time.perf_counter()
-    symbols = 0
-    for step in progress(
-        range(1, s["steps"] + 1),
-        total=s["steps"],
-        desc=f"anbn {kind}/{backend}",
-        enabled=show_progress,
+    stream = batches(s, r.kind, seed)
+    desc = f"anbn {r.kind}/{r.backend}"
+    for step, (x, y) in progress(
+        enumerate(stream, 1), total=steps, desc=desc, enabled=show_progress
     ):
-        ns = rng.choices(N_VALUES, weights=N_WEIGHTS, k=s["batch_size"])
-        x, y = make_batch(ns)
         logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, 4), y.reshape(-1), ignore_index=PAD)
+        y = y.to(logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, outputs), y.reshape(-1), ignore_index=PAD)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running += float(loss.detach())
         count += 1
         symbols += int((y != PAD).sum())
-        if step % eval_every == 0 or step == s["steps"]:
-            curve_steps.append(step)
-            curve_loss.append(running / count)
-            strict, every = prediction_errors(model, s["n_eval"])
-            curve_cap.append(capacity(strict))
-            curve_lab.append(capacity(every))
+        if step % eval_every == 0 or step == steps:
+            strict, lab = prediction_errors(model, s["n_eval"])
+            for k, v in zip(curves, (step, running / count, capacity(strict), capacity(lab))):
+                curves[k].append(v)
             running, count = 0.0, 0
-    train_seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start
     errors, every = prediction_errors(model, s["n_eval"])
-    cap = capacity(errors)
     solved = [n for n, e in enumerate(errors, 1) if e == 0]
     metrics = {
-        "capacity": cap,
+        "capacity": capacity(errors),
         "capacity_lab": capacity(every),
         "max_solved": max(solved) if solved else 0,
         "solved_count": len(solved),
         "solved_train_range": all(e == 0 for e in errors[:10]),
-        "final_loss": curve_loss[-1] if curve_loss else None,
-        "train_time_s": train_seconds,
-        "tokens_per_s": symbols / train_seconds if train_seconds else None,
+        "final_loss": curves["loss"][-1] if curves["loss"] else None,
+        "train_time_s": seconds,
+        "tokens_per_s": symbols / seconds if seconds else None,
+        "steps": steps,
     }
-    curves = {
-        "step": curve_steps,
-        "loss": curve_loss,
-        "capacity": curve_cap,
-        "capacity_lab": curve_lab,
-    }
+    timings = {"train_time_s": seconds, "symbols": symbols}
     return task_record(
         "anbn",
-        kind,
-        backend,
-        seed,
-        s,
+        r,
         metrics,
         curves,
-        {"train_time_s": train_seconds, "symbols": symbols},
+        timings,
         errors=errors,
         errors_lab=every,
     )
 
 
-def summarize(runs: list[dict], metric: str = "capacity") -> dict[tuple[str, str], dict]:
-    """Per (kind, backend): `metric` (capacity or capacity_lab) over seeds (min, median, max,
-    mean, all)."""
-    by: dict[tuple[str, str], list[int]] = {}
-    for r in runs:
-        value = r["metrics"].get(metric)
-        if value is not None:
-            by.setdefault((r["kind"], r["backend"]), []).append(value)
-    return {
-        key: {
-            "seeds": len(c),
-            "min": min(c),
-            "median": statistics.median(c),
-            "max": max(c),
-            "mean": statistics.fmean(c),
-            "all": c,
-        }
-        for key, c in by.items()
-    }
-
-
-def plot_capacity(runs: list[dict], out_dir: str | Path, stem: str = "anbn") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    summary, lab = summarize(runs), summarize(runs, "capacity_lab")
-    labels = [f"{k}/{b}" for k, b in summary]
-    a1.boxplot([v["all"] for v in summary.values()])
-    a1.set_xticks(range(1, len(labels) + 1), labels)
-    for i, key in enumerate(summary, 1):
-        a1.scatter(
-            [i] * len(summary[key]["all"]),
-            summary[key]["all"],
-            s=10,
-            alpha=0.6,
-            color="C0",
-            label="strict" if i == 1 else None,
-        )
-        if key in lab:
-            a1.scatter(
-                [i + 0.15] * len(lab[key]["all"]),
-                lab[key]["all"],
-                s=10,
-                alpha=0.6,
-                marker="x",
-                color="C1",
-                label="lab's reading" if i == 1 else None,
-            )
-    top = max([max(v["all"]) for v in (*summary.values(), *lab.values())] + [1])
-    a1.set_ylim(-0.5, top * 1.1 + 1)
-    a1.set_ylabel("memory capacity (largest n, all n' <= n solved)")
-    a1.set_title("capacity over seeds")
-    a1.legend(fontsize=6)
-    for r in runs:
-        (line,) = a2.plot(
-            r["curves"]["step"],
-            r["curves"]["capacity"],
-            lw=1,
-            label=f"{r['kind']}/{r['backend']} s{r['seed']}",
-        )
-        if r["curves"].get("capacity_lab"):
-            a2.plot(
-                r["curves"]["step"],
-                r["curves"]["capacity_lab"],
-                lw=1,
-                ls="--",
-                color=line.get_color(),
-            )
-    a2.set_ylim(-0.5, top * 1.1 + 1)
-    a2.set_xlabel("training step")
-    a2.set_ylabel("capacity (dashed: the lab's reading)")
-    a2.legend(fontsize=6)
-    path = save_figure(fig, Path(out_dir) / f"{stem}_capacity.png")
-    return path
+COMPARED = (("capacity_lab", "capacity (lab reading)"), ("capacity", "strict capacity"))
+FLAWS = (
+    "The lab's capacity forgives the error its nets make at the second symbol for most n "
+    "(after `3 0` they predict 1). That prediction is not determined by the prefix, but neither "
+    "are the others made while the zeros are read, which the lab still counts: the exception "
+    "is made for the error its nets happen to make. The strict capacity counts only what the "
+    "prefix determines (the 1s after the first 1 and the end). The lab evaluates n ≤ 19; here "
+    "n runs to --n-eval (100), so a capacity above 19 is beyond what the lab could see."
+)
+plot = plots.anbn_capacity
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, kinds="lstm", backends="native", seeds="0,1,2,3,4")
-    parser.add_argument("--steps", type=int, default=10000, help="training steps (minibatches)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="updates (cellbench default 10000; lab default RNN 100000, LSTM 40000)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="cellbench (lab: 1)")
     parser.add_argument("--hidden", "--hidden-size", dest="hidden", type=int, default=2)
-    parser.add_argument("--embed", type=int, default=4, help="embedding size")
+    parser.add_argument("--embed", type=int, default=None, help="embedding (cellbench 4, lab 2)")
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--n-eval", type=int, default=100, help="evaluate n = 1..N")
-    parser.set_defaults(func=main)
 
 
-RULES = (
-    ("steps", "--steps", "an integer >= 1", at_least(1)),
-    ("batch_size", "--batch-size", "an integer >= 1", at_least(1)),
-    ("hidden", "--hidden", "an integer >= 1", at_least(1)),
-    ("embed", "--embed", "an integer >= 1", at_least(1)),
-    OPTIMIZER_RULE,
-    ("lr", "--lr", "a number > 0", positive),
-    ("n_eval", "--n-eval", "an integer >= 1", at_least(1)),
-)
+def load(args) -> Loaded:
+    return Loaded(None)  # the strings are generated
 
 
-def main(args) -> int:
-    check_options(args, RULES)
-    apply_threads(args)
-    check_kinds_backends(args.kinds, args.backends)
+def runs(args, data) -> list[Run]:
+    lab = args.protocol == "lab"
     s = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
+        "steps": args.steps if args.steps or lab else 10000,
+        "batch_size": 1 if lab else args.batch_size,
         "hidden_size": args.hidden,
-        "embed": args.embed,
+        "embed": args.embed or (2 if lab else 4),
         "optimizer": args.optimizer,
         "lr": args.lr,
         "n_eval": args.n_eval,
+        "protocol": args.protocol,
     }
-    done = done_keys(args.out) if args.resume else set()
-    runs = []
-    for kind, backend, seed in itertools.product(args.kinds, args.backends, args.seeds):
-        if run_key("anbn", kind, backend, seed, s) in done:
-            print(f"anbn {kind}/{backend} seed {seed}: already recorded, skipped")
-            continue
-        record = provenance(run_one(kind, backend, seed, s, args.progress), args)
-        records.append(args.out, record)
-        runs.append(record)
-        m = record["metrics"]
-        print(
-            f"anbn {kind}/{backend} seed {seed}: capacity {m['capacity']} (lab's reading "
-            f"{m['capacity_lab']}), largest solved "
-            f"{m['max_solved']}, loss {m['final_loss']:.3f}, {m['train_time_s']:.1f} s"
-        )
-    lab = summarize(runs, "capacity_lab")
-    for (kind, backend), v in summarize(runs).items():
-        w = lab[(kind, backend)]
-        print(
-            f"anbn {kind}/{backend}: capacity over {v['seeds']} seeds min {v['min']} median "
-            f"{v['median']} max {v['max']} ({v['all']}); the lab's reading min "
-            f"{w['min']} median {w['median']} max {w['max']} ({w['all']})"
-        )
-    if runs and not args.no_plots:
-        plot_capacity(runs, args.out)
-    return 0
+    out = []
+    for k, b, seed in itertools.product(args.kinds, args.backends, args.seeds):
+        if lab:  # the lab's name of the net (bench.tasks.lab_numbers)
+            s = {**s, "variant": f"{k.upper()} hidden {args.hidden}"}
+        out.append(Run(k, b, seed, dict(s)))
+    return out
+
+
+def line(record: dict) -> str:
+    m = record["metrics"]
+    return (
+        f"anbn {record['kind']}/{record['backend']} seed {record['seed']}: capacity "
+        f"{m['capacity']} (lab's reading {m['capacity_lab']}), largest solved {m['max_solved']}, "
+        f"loss {m['final_loss']:.3f}, {m['train_time_s']:.1f} s"
+    )
+
+
+def summary(runs: list[dict]) -> list[str]:
+    lab = over_seeds(runs, "capacity_lab")
+    return [
+        f"anbn {kind}/{backend}: capacity over {v['seeds']} seeds min {v['min']} median "
+        f"{v['median']} max {v['max']} ({v['all']}); the lab's reading min {w['min']} median "
+        f"{w['median']} max {w['max']} ({w['all']})"
+        for (kind, backend), v in over_seeds(runs, "capacity").items()
+        for w in [lab[(kind, backend)]]
+    ]
+
+
+RULES = (
+    ("steps", "--steps", "an integer >= 1", lambda v: v is None or at_least(1)(v)),
+    count("batch_size"),
+    count("hidden"),
+    ("embed", "--embed", "an integer >= 1", lambda v: v is None or at_least(1)(v)),
+    OPTIMIZER_RULE,
+    LR_RULE,
+    count("n_eval"),
+)
+
+
+def section(runs: list[dict], out_dir: Path) -> str:
+    from .report_section import link, protocol, table
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        s = r.get("settings", {})
+        key = (protocol(r), s.get("hidden_size"), r["metrics"].get("steps"), s.get("lr"))
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for (proto, hidden, steps, lr), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        lab = over_seeds(group, "capacity_lab")
+        for (kind, backend), v in sorted(over_seeds(group, "capacity").items()):
+            w = lab.get((kind, backend), {})
+            mine = [r for r in group if (r["kind"], r["backend"]) == (kind, backend)]
+            rows.append(
+                {
+                    "protocol": proto,
+                    "kind": kind,
+                    "backend": backend,
+                    "hidden": hidden,
+                    "steps": steps,
+                    "lr": lr,
+                    "seeds": v["seeds"],
+                    "capacity min": v["min"],
+                    "median": v["median"],
+                    "max": v["max"],
+                    "per seed": ", ".join(map(str, v["all"])),
+                    "lab's reading per seed": ", ".join(map(str, w.get("all", []))),
+                    "train s (mean)": sum(r["metrics"]["train_time_s"] for r in mine) / len(mine),
+                }
+            )
+    md = [
+        "## aⁿbⁿ next-symbol prediction (Gers & Schmidhuber)\n",
+        "Memory capacity: the largest N such that every n ≤ N (strings `3 0ⁿ 1ⁿ 2`) is predicted "
+        "without error at the positions the prefix determines (the 1s after the first 1, and the "
+        "end symbol). The lab's reading counts every position except the unpredictable first 1 "
+        "and the second symbol (which its report forgives), so it also counts predictions made "
+        "while the zeros are read. Trained on n ≤ 10; spread over seeds. cellbench: batches of "
+        "16 fresh strings; lab: the lab's net, 2,000 fixed strings, one per update.\n",
+        table(rows),
+        link(plots.anbn_capacity(runs, out_dir, stem="report_anbn"), out_dir, "anbn capacity"),
+    ]
+    return "\n".join(md)
+
+
+TASK = task_spec(
+    __name__,
+    summary=summary,
+    defaults={"kinds": "lstm", "backends": "native", "seeds": "0,1,2,3,4"},
+)

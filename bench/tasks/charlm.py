@@ -1,54 +1,45 @@
 """Character language model on The Time Machine, d2l chapters 8-9.
 
-d2l's preprocessing, vocabulary and the two minibatch iterators, its training recipe (one-hot input,
-hidden 256, batch 32, 35 steps, SGD lr 1, gradient clipping at 1, 500 epochs) and greedy
-generation; plus a validation perplexity on a held-out tail of the book.
+d2l's data (bench.tasks.timemachine), its training recipe (one-hot input, hidden 256, batch 32,
+35 steps, SGD lr 1, gradient clipping at 1, 500 epochs) and greedy generation; plus a validation
+perplexity on a held-out tail of the book. `--protocol lab` runs the lab's recipe and the variants
+its reports list (bench.tasks.lab_numbers).
 
-Public API for other helpers: load_time_machine, batches, Vocab, CharLM, train, predict.
+Public API for other tools: load_time_machine, batches, Vocab, CharLM, train, evaluate, predict.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import itertools
 import math
-import random as _random
-import re
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-
 from bench import data as bdata
-from bench import records
 
-from ..figures import save_figure
+from . import plots
+from .charlm_model import CharLM, evaluate, predict, train  # noqa: F401  (the public API)
 from .common import (
+    CLIP_RULE,
     INITS,
     OPTIMIZER_RULE,
     Timer,
-    add_common_arguments,
-    apply_threads,
     at_least,
-    check_kinds_backends,
-    check_options,
-    clip_gradients,
-    done_keys,
-    init_weights,
+    count,
     list_of,
-    make_cell,
-    make_optimizer,
     positive,
-    progress,
-    provenance,
-    run_key,
-    safe_name,
     seed_all,
-    task_record,
+)
+from .runner import Loaded, Run, task_record, task_spec
+from .timemachine import (  # noqa: F401  (re-exported: the public API lives in this module)
+    Vocab,
+    batches,
+    load_split,
+    load_time_machine,
+    preprocess,
+    seq_data_iter_random,
+    seq_data_iter_sequential,
 )
 
 PREFIXES = (
@@ -65,295 +56,40 @@ PREFIXES = (
 )
 
 
-class Vocab:
-    """d2l's Vocab: tokens sorted by frequency (ties in first-seen order), '<unk>' at index 0."""
-
-    def __init__(
-        self, tokens: Sequence = (), min_freq: int = 0, reserved_tokens: Sequence[str] = ()
-    ) -> None:
-        if tokens and isinstance(tokens[0], (list, tuple)):
-            tokens = [t for line in tokens for t in line]
-        counter = collections.Counter(tokens)
-        self.token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
-        self.idx_to_token = ["<unk>"] + list(reserved_tokens)
-        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
-        for token, freq in self.token_freqs:
-            if freq < min_freq:
-                break
-            if token not in self.token_to_idx:
-                self.idx_to_token.append(token)
-                self.token_to_idx[token] = len(self.idx_to_token) - 1
-
-    def __len__(self) -> int:
-        return len(self.idx_to_token)
-
-    def __getitem__(self, tokens):
-        if not isinstance(tokens, (list, tuple)):
-            return self.token_to_idx.get(tokens, self.unk)
-        return [self.__getitem__(t) for t in tokens]
-
-    def to_tokens(self, indices):
-        if hasattr(indices, "__len__") and not isinstance(indices, str):
-            return [self.idx_to_token[int(i)] for i in indices]
-        return self.idx_to_token[int(indices)]
-
-    @property
-    def unk(self) -> int:
-        return 0
-
-
-def preprocess(text: str) -> list[str]:
-    """d2l's read_time_machine: letters only, lower case, one string per line."""
-    return [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in text.splitlines()]
-
-
-def _full_corpus(data: str | None) -> tuple[list[int], Vocab]:
-    lines = preprocess(bdata.read_text("timemachine.txt", data))
-    tokens = [list(line) for line in lines]  # d2l's tokenize(lines, 'char')
-    vocab = Vocab(tokens)
-    corpus = [vocab[t] for line in tokens for t in line]
-    return corpus, vocab
-
-
-def load_time_machine(max_tokens: int = 10000, data: str | None = None) -> tuple[list[int], Vocab]:
-    """d2l's load_corpus_time_machine: (corpus of token indices, vocab); the first max_tokens
-    characters when max_tokens > 0 (d2l's default 10,000), else all 170,580."""
-    corpus, vocab = _full_corpus(data)
-    if max_tokens and max_tokens > 0:
-        corpus = corpus[:max_tokens]
-    return corpus, vocab
-
-
-def load_split(
-    max_tokens: int = 10000, val_fraction: float = 0.1, data: str | None = None
-) -> tuple[list[int], list[int], Vocab]:
-    """Training corpus (d2l's first max_tokens characters) and a held-out validation tail (the
-    last val_fraction of the book), never overlapping."""
-    corpus, vocab = _full_corpus(data)
-    n_val = int(len(corpus) * val_fraction) if val_fraction > 0 else 0
-    limit = len(corpus) - n_val
-    n_train = min(max_tokens, limit) if max_tokens and max_tokens > 0 else limit
-    return corpus[:n_train], corpus[limit:], vocab
-
-
-def seq_data_iter_random(corpus, batch_size, num_steps, rng: _random.Random):
-    corpus = corpus[rng.randint(0, num_steps - 1) :]
-    num_subseqs = (len(corpus) - 1) // num_steps
-    initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
-    rng.shuffle(initial_indices)
-    num_batches = num_subseqs // batch_size
-    for i in range(0, batch_size * num_batches, batch_size):
-        starts = initial_indices[i : i + batch_size]
-        X = [corpus[j : j + num_steps] for j in starts]
-        Y = [corpus[j + 1 : j + 1 + num_steps] for j in starts]
-        yield torch.tensor(X), torch.tensor(Y)
-
-
-def seq_data_iter_sequential(
-    corpus, batch_size, num_steps, rng: _random.Random | None, offset: int | None = None
-):
-    if offset is None:
-        offset = rng.randint(0, num_steps)
-    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
-    Xs = torch.tensor(corpus[offset : offset + num_tokens])
-    Ys = torch.tensor(corpus[offset + 1 : offset + 1 + num_tokens])
-    Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
-    num_batches = Xs.shape[1] // num_steps
-    for i in range(0, num_steps * num_batches, num_steps):
-        yield Xs[:, i : i + num_steps], Ys[:, i : i + num_steps]
-
-
-def batches(
-    corpus: Sequence[int],
-    batch_size: int,
-    num_steps: int,
-    random: bool = False,
-    seed: int = 0,
-    offset: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(X, Y) LongTensor pairs of shape (batch_size, num_steps), Y = X shifted by one.
-
-    random=False: d2l's seq_data_iter_sequential (consecutive batches continue each other);
-    random=True: d2l's seq_data_iter_random. The random offset (and shuffle) come from `seed`,
-    so two runs with the same seed see the same batches. `offset` fixes the sequential offset.
-    """
-    if batch_size < 1 or num_steps < 1:
-        raise ValueError(f"batch_size and num_steps must be >= 1, got {batch_size}, {num_steps}")
-    rng = _random.Random(seed)
-    if random:
-        return seq_data_iter_random(list(corpus), batch_size, num_steps, rng)
-    return seq_data_iter_sequential(list(corpus), batch_size, num_steps, rng, offset)
-
-
-class CharLM(nn.Module):
-    """d2l's RNNModel: one-hot input -> recurrent cell (any kind / backend) -> linear head.
-
-    forward(X (batch, steps) LongTensor, state) -> (logits (steps*batch, vocab), state), with the
-    logits in d2l's time-major order (match them against Y.T.reshape(-1)).
-    `seed` fixes the initial weights independently of the backend (None: drawn from torch's
-    global generator, so torch.manual_seed(s) before construction also gives identical weights).
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        backend: str,
-        vocab_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        init: str = "default",
-        seed: int | None = None,
-        dropout: float = 0.0,
-        **cell_kwargs,
-    ) -> None:
-        super().__init__()
-        self.kind, self.backend, self.vocab_size = kind, backend, vocab_size
-        self.hidden_size, self.num_layers = hidden_size, num_layers
-        factory = {k: cell_kwargs[k] for k in ("device", "dtype") if k in cell_kwargs}
-        self.rnn = make_cell(
-            kind, backend, vocab_size, hidden_size, num_layers, dropout=dropout, **cell_kwargs
-        )
-        self.linear = nn.Linear(hidden_size, vocab_size, **factory)
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        init_weights(self, init, seed)
-
-    def begin_state(self, batch_size: int = 1, device=None):
-        w = self.linear.weight
-        h = torch.zeros(
-            self.num_layers, batch_size, self.hidden_size, device=device or w.device, dtype=w.dtype
-        )
-        return (h, h.clone()) if self.kind == "lstm" else h
-
-    def forward(self, X: torch.Tensor, state=None):
-        x = F.one_hot(X.T.long(), self.vocab_size).to(self.linear.weight.dtype)
-        Y, state = self.rnn(x, state)
-        return self.linear(Y.reshape(-1, Y.shape[-1])), state
-
-
-def _perplexity(mean_loss: float) -> float:
-    """exp of a mean cross-entropy; inf for a diverged run instead of an OverflowError."""
-    try:
-        return math.exp(mean_loss)
-    except OverflowError:
-        return float("inf")
-
-
-def _detach(state):
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
-
-
-def evaluate(model: CharLM, corpus: Sequence[int], batch_size: int, num_steps: int) -> float:
-    """Perplexity over a corpus, sequential batches, state carried, offset 0."""
-    if len(corpus) < batch_size * num_steps + 1:
-        batch_size = max(1, (len(corpus) - 1) // num_steps)
-    total, count, state = 0.0, 0, None
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for X, Y in batches(corpus, batch_size, num_steps, offset=0):
-            logits, state = model(X, state)
-            y = Y.T.reshape(-1)
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            count += y.numel()
-    model.train(was_training)
-    return _perplexity(total / count) if count else float("nan")
-
-
-def train(
-    model: CharLM,
-    train_corpus: Sequence[int],
-    epochs: int = 500,
-    batch_size: int = 32,
-    num_steps: int = 35,
-    lr: float = 1.0,
-    optimizer: str = "sgd",
-    clip: float = 1.0,
-    random_iter: bool = False,
-    seed: int = 0,
-    val_corpus: Sequence[int] | None = None,
-    val_every: int = 10,
-    show_progress: bool | None = None,
-    max_steps: int | None = None,
-) -> dict:
-    """d2l's train_ch8. Epoch e uses batches(seed=seed*100003 + e). Returns curves (per epoch,
-    and the loss of every step in `step_losses`) and timings; `max_steps` ends training early
-    (bench validate's training parity compares the first steps of several models)."""
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    curve, val_curve, val_epochs, step_losses = [], [], [], []
-    tokens, train_seconds = 0, 0.0
-    model.train()
-    for epoch in progress(
-        range(epochs), total=epochs, desc=f"{model.kind}/{model.backend}", enabled=show_progress
-    ):
-        state, total, count = None, 0.0, 0
-        start = time.perf_counter()
-        for X, Y in batches(
-            train_corpus, batch_size, num_steps, random=random_iter, seed=seed * 100003 + epoch
-        ):
-            state = None if random_iter else _detach(state)
-            logits, state = model(X, state)
-            y = Y.T.reshape(-1)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(model.parameters(), clip)
-            opt.step()
-            step_losses.append(float(loss.detach()))
-            total += step_losses[-1] * y.numel()
-            count += y.numel()
-            if max_steps is not None and len(step_losses) >= max_steps:
-                break
-        if count == 0:
-            raise ValueError(
-                f"a training corpus of {len(train_corpus)} tokens holds no batch of "
-                f"{batch_size} x {num_steps} tokens: lower --batch-size / --num-steps "
-                f"or raise --max-tokens"
-            )
-        train_seconds += time.perf_counter() - start
-        tokens += count
-        curve.append(_perplexity(total / count))
-        if val_corpus and val_every and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
-            val_curve.append(evaluate(model, val_corpus, batch_size, num_steps))
-            val_epochs.append(epoch + 1)
-        if max_steps is not None and len(step_losses) >= max_steps:
-            break
-    return {
-        "perplexity": curve,
-        "val_perplexity": val_curve,
-        "val_epochs": val_epochs,
-        "step_losses": step_losses,
-        "train_time_s": train_seconds,
-        "tokens": tokens,
-        "tokens_per_s": tokens / train_seconds if train_seconds else float("nan"),
-    }
-
-
-def predict(prefix: str, num_preds: int, model: CharLM, vocab: Vocab) -> str:
-    """d2l's predict_ch8: warm up on the prefix, then greedy argmax for num_preds characters."""
-    model.eval()
-    with torch.no_grad():
-        state = None
-        outputs = [vocab[prefix[0]]]
-        for ch in prefix[1:]:
-            _, state = model(torch.tensor([[outputs[-1]]]), state)
-            outputs.append(vocab[ch])
-        for _ in range(num_preds):
-            y, state = model(torch.tensor([[outputs[-1]]]), state)
-            outputs.append(int(y.argmax(dim=1)))
-    return "".join(vocab.idx_to_token[i] for i in outputs)
-
-
 # ---------------------------------------------------------------------------------------------
-# CLI: python -m bench train charlm ...
+# The task: python -m bench train charlm ...
+
+
+def _lab_variants() -> dict[str, tuple[str, dict]]:
+    """The lab's runs (bench.tasks.lab_numbers: 000 and 001), by slug: (the lab's variant name,
+    settings). Each fixes the cell kind; "larger hidden" does not say how large: 512, the size
+    of the lab's RNN from scratch. "concise" is torch.nn's default init, "scratch" d2l's
+    N(0, 0.01) (init normal)."""
+    from . import lab_numbers
+
+    out: dict[str, tuple[str, dict]] = {}
+    for ls in lab_numbers.SETTINGS:
+        slug = ls.variant.lower().replace(" ", "-")
+        if ls.task != "charlm" or slug in out:
+            continue
+        kind = "gru" if "GRU" in ls.variant else "rnn" if "RNN" in ls.variant else "lstm"
+        settings = {
+            "kind": kind,
+            "batch_size": ls.batch,
+            "num_steps": ls.num_steps,
+            "lr": ls.lr,
+            "hidden_size": ls.hidden or 512,
+            "optimizer": ls.optimizer,
+            "init": ls.init,
+            "num_layers": ls.layers,
+            "max_tokens": 10000,
+            "clip": ls.clip,
+        }
+        out[slug] = (ls.variant, settings)
+    return out
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, kinds="lstm", backends="native")
     parser.add_argument("--epochs", type=int, default=500, help="epochs (d2l: 500)")
     parser.add_argument("--batch-size", type=list_of(int, "--batch-size"), default=[32])
     parser.add_argument("--num-steps", type=list_of(int, "--num-steps"), default=[35])
@@ -367,10 +103,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--hidden", "--hidden-size", dest="hidden", type=list_of(int, "--hidden"), default=[256]
     )
     parser.add_argument(
-        "--optimizer",
-        type=list_of(str, "--optimizer"),
-        default=["sgd"],
-        help="sgd, adam (comma list)",
+        "--optimizer", type=list_of(str, "--optimizer"), default=["sgd"], help="sgd, adam"
     )
     parser.add_argument(
         "--init",
@@ -388,64 +121,88 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="training characters from the start of the book (d2l: 10000; 0: all)",
     )
     parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="held-out tail of the book for validation perplexity",
+        "--val-fraction", type=float, default=0.1, help="held-out tail of the book (validation)"
     )
     parser.add_argument("--val-every", type=int, default=10, help="validation every N epochs")
     parser.add_argument("--random-iter", action="store_true", help="d2l's random sampling")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (d2l: 1)")
     parser.add_argument("--num-preds", type=int, default=100, help="generated characters")
-    parser.set_defaults(func=main)
+    parser.add_argument(
+        "--variant",
+        type=list_of(str, "--variant"),
+        default=["concise-lstm"],
+        help="--protocol lab: the lab's runs, comma list of "
+        f"{', '.join(_lab_variants())} or all (each fixes its cell kind)",
+    )
+
+
+def _lab_grid(args) -> list[dict]:
+    variants = _lab_variants()
+    names = list(variants) if "all" in args.variant else args.variant
+    unknown = [v for v in names if v not in variants]
+    if unknown:
+        raise ValueError(
+            f"--variant must be among {', '.join(variants)} or all, got {', '.join(unknown)}"
+        )
+    return [{**variants[v][1], "variant": variants[v][0]} for v in names]
 
 
 def settings_grid(args) -> list[dict]:
-    lrs = args.lr
-    grid = []
-    for bs, steps, hidden, opt, init, layers in itertools.product(
-        args.batch_size, args.num_steps, args.hidden, args.optimizer, args.init, args.layers
-    ):
-        for lr in lrs or [1.0 if opt.lower() == "sgd" else 0.01]:
-            grid.append(
-                {
-                    "epochs": args.epochs,
-                    "batch_size": bs,
-                    "num_steps": steps,
-                    "lr": lr,
-                    "hidden_size": hidden,
-                    "optimizer": opt.lower(),
-                    "init": init,
-                    "num_layers": layers,
-                    "max_tokens": args.max_tokens,
-                    "val_fraction": args.val_fraction,
-                    "random_iter": bool(args.random_iter),
-                    "clip": args.clip,
-                    "num_preds": args.num_preds,
-                }
+    """The settings of every run a command line asks for (one per combination of the lists)."""
+    if args.protocol == "lab":
+        grid = _lab_grid(args)
+    else:
+        grid = [
+            {
+                "batch_size": bs,
+                "num_steps": steps,
+                "lr": lr,
+                "hidden_size": hidden,
+                "optimizer": opt.lower(),
+                "init": init,
+                "num_layers": layers,
+                "max_tokens": args.max_tokens,
+                "clip": args.clip,
+            }
+            for bs, steps, hidden, opt, init, layers in itertools.product(
+                args.batch_size, args.num_steps, args.hidden, args.optimizer, args.init, args.layers
             )
-    for s in grid:
-        if s["init"] not in INITS:
-            raise ValueError(f"unknown --init {s['init']!r}; expected one of {', '.join(INITS)}")
-        make_optimizer(s["optimizer"], [torch.zeros(1, requires_grad=True)], 1.0)
-    return grid
+            for lr in args.lr or [1.0 if opt.lower() == "sgd" else 0.01]
+        ]
+    common = {
+        "epochs": args.epochs,
+        "val_fraction": args.val_fraction,
+        "random_iter": bool(args.random_iter),
+        "num_preds": args.num_preds,
+        "protocol": args.protocol,
+    }
+    return [{**s, **common} for s in grid]
 
 
-def run_one(
-    kind: str,
-    backend: str,
-    seed: int,
-    s: dict,
-    train_corpus,
-    val_corpus,
-    vocab,
-    val_every: int = 10,
-    show_progress=None,
-) -> dict:
+def load(args) -> Loaded:
+    found = bdata.find("timemachine.txt", args.data)
+    return Loaded({"found": found, "val_every": args.val_every}, found.source)
+
+
+def runs(args, data: dict) -> list[Run]:
+    """Every combination of the lists; a lab run's kind is its variant's (--kind is ignored)."""
+    out = []
+    for s, backend, seed in itertools.product(settings_grid(args), args.backends, args.seeds):
+        kinds = [s["kind"]] if "kind" in s else args.kinds
+        settings = {k: v for k, v in s.items() if k != "kind"}
+        out += [Run(kind, backend, seed, settings) for kind in kinds]
+    return out
+
+
+def run(r: Run, data: dict, device: str = "cpu", show_progress=None) -> dict:
+    s, seed = r.settings, r.seed
+    train_corpus, val_corpus, vocab = load_split(
+        s["max_tokens"], s["val_fraction"], data["found"].path
+    )
     seed_all(seed)
     model = CharLM(
-        kind, backend, len(vocab), s["hidden_size"], s["num_layers"], init=s["init"], seed=seed
-    )
+        r.kind, r.backend, len(vocab), s["hidden_size"], s["num_layers"], init=s["init"], seed=seed
+    ).to(device)
     result = train(
         model,
         train_corpus,
@@ -458,7 +215,7 @@ def run_one(
         s["random_iter"],
         seed,
         val_corpus,
-        val_every,
+        data["val_every"],
         show_progress,
     )
     samples = {}
@@ -467,7 +224,6 @@ def run_one(
             start = time.perf_counter()
             text = predict(prefix, s["num_preds"], model, vocab)
             samples[prefix] = {"text": text, "seconds": time.perf_counter() - start}
-    n_chars = len(PREFIXES) * s["num_preds"]
     final_val = evaluate(model, val_corpus, s["batch_size"], s["num_steps"]) if val_corpus else None
     metrics = {
         "perplexity": result["perplexity"][-1] if result["perplexity"] else None,
@@ -475,7 +231,7 @@ def run_one(
         "train_time_s": result["train_time_s"],
         "tokens_per_s": result["tokens_per_s"],
         "predict_time_s": t_gen.seconds,
-        "predict_ms_per_char": 1000 * t_gen.seconds / n_chars,
+        "predict_ms_per_char": 1000 * t_gen.seconds / max(1, len(PREFIXES) * s["num_preds"]),
         "epochs": s["epochs"],
     }
     curves = {
@@ -484,110 +240,103 @@ def run_one(
         "val_epoch": result["val_epochs"],
         "val_perplexity": result["val_perplexity"],
     }
-    timings = {
-        "train_time_s": result["train_time_s"],
-        "tokens": result["tokens"],
-        "tokens_per_s": result["tokens_per_s"],
-        "predict_time_s": t_gen.seconds,
-    }
-    return task_record(
-        "charlm",
-        kind,
-        backend,
-        seed,
-        s,
-        metrics,
-        curves,
-        timings,
-        samples=samples,
-        vocab_size=len(vocab),
-        corpus={"train_tokens": len(train_corpus), "val_tokens": len(val_corpus)},
+    timings = {k: result[k] for k in ("train_time_s", "tokens", "tokens_per_s")}
+    timings["predict_time_s"] = t_gen.seconds
+    corpus = {"train_tokens": len(train_corpus), "val_tokens": len(val_corpus)}
+    extra = {"samples": samples, "vocab_size": len(vocab), "corpus": corpus}
+    return task_record("charlm", r, metrics, curves, timings, **extra)
+
+
+def line(record: dict) -> str:
+    s, m = record["settings"], record["metrics"]
+    sample = record["samples"][PREFIXES[0]]["text"]
+    return (
+        f"charlm {record['kind']}/{record['backend']} seed {record['seed']} "
+        f"{s.get('variant', '')} {s['optimizer']} lr {s['lr']} H {s['hidden_size']} "
+        f"L {s['num_layers']} b {s['batch_size']} T {s['num_steps']} init {s['init']}: "
+        f"perplexity {m['perplexity']:.2f}, val {m['val_perplexity'] or math.nan:.2f}, "
+        f"{m['tokens_per_s']:.0f} tokens/s, {m['train_time_s']:.1f} s\n  {sample!r}"
     )
 
 
-def plot_runs(runs: list[dict], out_dir: str | Path, stem: str = "charlm") -> list[Path]:
-    """One perplexity-per-epoch plot per backend (a line per run); returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_backend: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in runs:
-        by_backend[r["backend"]].append(r)
-    paths = []
-    for backend, rs in sorted(by_backend.items()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rs:
-            s, c = r["settings"], r["curves"]
-            label = (
-                f"{r['kind']} s{r['seed']} b{s['batch_size']} T{s['num_steps']} lr{s['lr']} "
-                f"H{s['hidden_size']} L{s['num_layers']} {s['optimizer']} {s['init']}"
-            )
-            (line,) = ax.plot(c["epoch"], c["perplexity"], label=label + " train", lw=1)
-            if c.get("val_perplexity"):
-                ax.plot(
-                    c["val_epoch"],
-                    c["val_perplexity"],
-                    ls="--",
-                    color=line.get_color(),
-                    lw=1,
-                    label=label + " val",
-                )
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("perplexity")
-        ax.set_title(f"charlm, backend {backend}")
-        ax.legend(fontsize=6)
-        path = save_figure(fig, Path(out_dir) / f"{safe_name(stem, 'ppl', backend)}.png")
-        paths.append(path)
-    return paths
-
-
 RULES = (
-    ("epochs", "--epochs", "an integer >= 1", at_least(1)),
-    ("batch_size", "--batch-size", "an integer >= 1", at_least(1)),
-    ("num_steps", "--num-steps", "an integer >= 1", at_least(1)),
+    count("epochs"),
+    count("batch_size"),
+    count("num_steps"),
     ("lr", "--lr", "a number > 0", lambda v: v is None or positive(v)),
-    ("hidden", "--hidden", "an integer >= 1", at_least(1)),
+    count("hidden"),
     ("optimizer", "--optimizer", "one of sgd, adam, rmsprop", OPTIMIZER_RULE[3]),
     ("init", "--init", f"one of {', '.join(INITS)}", lambda v: v in INITS),
-    ("layers", "--layers", "an integer >= 1", at_least(1)),
+    count("layers"),
     ("max_tokens", "--max-tokens", "an integer >= 0 (0: the whole book)", at_least(0)),
     ("val_fraction", "--val-fraction", "in [0, 1)", lambda v: 0 <= v < 1),
     ("val_every", "--val-every", "an integer >= 0 (0: only at the end)", at_least(0)),
-    ("clip", "--clip", "a number >= 0 (0: no clipping)", at_least(0)),
+    CLIP_RULE,
     ("num_preds", "--num-preds", "an integer >= 0", at_least(0)),
 )
 
 
-def main(args) -> int:
-    check_options(args, RULES)
-    apply_threads(args)
-    check_kinds_backends(args.kinds, args.backends)
-    grid = settings_grid(args)
-    found = bdata.find("timemachine.txt", args.data)
-    train_corpus, val_corpus, vocab = load_split(args.max_tokens, args.val_fraction, found.path)
-    done = done_keys(args.out) if args.resume else set()
-    runs = []
-    for kind, backend, seed, s in itertools.product(args.kinds, args.backends, args.seeds, grid):
-        if run_key("charlm", kind, backend, seed, s) in done:
-            print(f"charlm {kind}/{backend} seed {seed}: already recorded, skipped")
-            continue
-        record = run_one(
-            kind, backend, seed, s, train_corpus, val_corpus, vocab, args.val_every, args.progress
+def section(runs: list[dict], out_dir: Path) -> str:
+    from .report_section import link, protocol, table
+
+    rows = []
+    for r in runs:
+        s, m = r["settings"], r["metrics"]
+        rows.append(
+            {
+                "protocol": protocol(r),
+                "variant": s.get("variant", ""),
+                "kind": r["kind"],
+                "backend": r["backend"],
+                "seed": r["seed"],
+                "layers": s.get("num_layers"),
+                "hidden": s.get("hidden_size"),
+                "batch": s.get("batch_size"),
+                "steps": s.get("num_steps"),
+                "opt": s.get("optimizer"),
+                "lr": s.get("lr"),
+                "init": s.get("init"),
+                "epochs": s.get("epochs"),
+                "train ppl": m.get("perplexity"),
+                "val ppl": m.get("val_perplexity"),
+                "tokens/s": m.get("tokens_per_s"),
+                "train s": m.get("train_time_s"),
+                "predict ms/char": m.get("predict_ms_per_char"),
+                "data": r.get("data_source"),
+            }
         )
-        provenance(record, args, found.source)
-        records.append(args.out, record)
-        runs.append(record)
-        m = record["metrics"]
-        print(
-            f"charlm {kind}/{backend} seed {seed} {s['optimizer']} lr {s['lr']} "
-            f"H {s['hidden_size']} L {s['num_layers']} b {s['batch_size']} T {s['num_steps']} "
-            f"init {s['init']}: perplexity {m['perplexity']:.2f}, val {m['val_perplexity']:.2f}, "
-            f"{m['tokens_per_s']:.0f} tokens/s, {m['train_time_s']:.1f} s"
-        )
-        print(f"  {PREFIXES[0]!r} -> {record['samples'][PREFIXES[0]]['text']!r}")
-    if runs and not args.no_plots:
-        plot_runs(runs, args.out)
-    return 0
+    rows.sort(key=lambda d: (d["protocol"], d["variant"], d["kind"], d["backend"], d["seed"]))
+    md = [
+        "## Character LM: The Time Machine (d2l ch. 8-9)\n",
+        "Training perplexity is d2l's number (first 10,000 characters, memorised); validation "
+        "perplexity is on the held-out last 10% of the book. tokens/s counts training only.\n",
+        table(rows),
+    ]
+    for path in plots.charlm_perplexity(runs, out_dir, stem="report_charlm"):
+        md.append(link(path, out_dir, path.stem))
+    sample_rows = []
+    for r in sorted(runs, key=lambda r: (r["kind"], r["backend"], r["seed"]))[:8]:
+        for prefix in PREFIXES[:2]:
+            text = r.get("samples", {}).get(prefix, {}).get("text", "")
+            sample_rows.append(
+                {
+                    "run": f"{r['kind']}/{r['backend']} s{r['seed']}",
+                    "prefix": prefix,
+                    "greedy continuation": text[len(prefix) :][:100],
+                }
+            )
+    md += ["\nGreedy generation (100 characters):\n", table(sample_rows)]
+    return "\n".join(md)
+
+
+COMPARED = (("perplexity", "train perplexity"), ("val_perplexity", "validation perplexity"))
+FLAWS = (
+    "The lab's perplexity is measured on the 10,000 characters it trains on, which a "
+    "256-unit LSTM memorises in 500 epochs (perplexity near 1): it says nothing about text the "
+    "model has not seen. cellbench's validation perplexity is on the last 10% of the book, "
+    "never trained on; it bottoms out early and then rises as the slice is memorised."
+)
+plot = plots.charlm_perplexity
+
+
+TASK = task_spec(__name__)

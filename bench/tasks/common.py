@@ -1,18 +1,14 @@
-"""Helpers shared by the four textbook tasks: seeding, weight init, clipping, progress, records."""
+"""Helpers shared by the textbook tasks: seeding, weight init, clipping, options, records."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
-import platform
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +17,8 @@ from torch import nn
 import cells
 
 INITS = ("default", "normal", "xavier", "kaiming")
-TASKS = ("charlm", "names", "anbn", "poems")
+PROTOCOLS = ("cellbench", "lab")
+DEVICES = ("cpu", "cuda")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 
 
@@ -94,13 +91,13 @@ def init_weights(module: nn.Module, scheme: str, seed: int) -> None:
 
 def clip_gradients(params: Iterable[torch.Tensor], theta: float) -> float:
     """d2l's grad_clipping: rescale all gradients together when their global norm exceeds theta."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
         return 0.0
-    norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))
+    norm = torch.stack([torch.sum(g**2) for g in grads]).sum().sqrt()
     if theta and theta > 0 and norm > theta:
-        for p in params:
-            p.grad.mul_(theta / norm)
+        for g in grads:
+            g.mul_(theta / norm)
     return float(norm)
 
 
@@ -162,73 +159,6 @@ def list_of(cast: Callable, name: str) -> Callable[[str], list]:
     return parse
 
 
-def run_key(task: str, kind: str, backend: str, seed: int, settings: dict) -> str:
-    """A stable id of one run's configuration, for --resume."""
-    blob = json.dumps(
-        {"task": task, "kind": kind, "backend": backend, "seed": seed, "settings": settings},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def done_keys(out_dir: str | os.PathLike) -> set[str]:
-    from bench.records import iter_records
-
-    if not Path(out_dir).exists():
-        return set()
-    return {r.get("run_key") for r in iter_records([out_dir]) if r.get("type") == "task"}
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "host": platform.node(),
-    }
-
-
-def provenance(record: dict, args, data_source: str | None = None) -> dict:
-    """Add where the data came from (bench.data.SOURCES) and the suite mode, if any."""
-    if data_source is not None:
-        record["data_source"] = data_source
-    if getattr(args, "suite", None):
-        record["suite"] = args.suite
-    return record
-
-
-def task_record(
-    task: str,
-    kind: str,
-    backend: str,
-    seed: int,
-    settings: dict,
-    metrics: dict,
-    curves: dict,
-    timings: dict,
-    **extra,
-) -> dict:
-    record = {
-        "type": "task",
-        "status": "ok",
-        "task": task,
-        "kind": kind,
-        "backend": backend,
-        "seed": seed,
-        "run_key": run_key(task, kind, backend, seed, settings),
-        "settings": settings,
-        "metrics": metrics,
-        "curves": curves,
-        "timings": timings,
-        "env": environment(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    record.update(extra)
-    return record
-
-
 def add_common_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -236,30 +166,19 @@ def add_common_arguments(
     backends: str = "native",
     seeds: str = "0",
 ) -> None:
-    parser.add_argument(
-        "--kind",
-        "--kinds",
-        dest="kinds",
-        type=list_of(str, "--kind"),
-        default=split_list(kinds),
-        help=f"cell kinds, comma list (default {kinds})",
-    )
-    parser.add_argument(
-        "--backend",
-        "--backends",
-        dest="backends",
-        type=list_of(str, "--backend"),
-        default=split_list(backends),
-        help=f"backends, comma list (default {backends})",
-    )
-    parser.add_argument(
-        "--seed",
-        "--seeds",
-        dest="seeds",
-        type=list_of(int, "--seed"),
-        default=split_list(seeds, int),
-        help=f"seeds, comma list (default {seeds})",
-    )
+    for option, what, cast, default in (
+        ("kind", "cell kinds", str, kinds),
+        ("backend", "backends", str, backends),
+        ("seed", "seeds", int, seeds),
+    ):
+        parser.add_argument(
+            f"--{option}",
+            f"--{option}s",
+            dest=f"{option}s",
+            type=list_of(cast, f"--{option}"),
+            default=split_list(default, cast),
+            help=f"{what}, comma list (default {default})",
+        )
     parser.add_argument(
         "--data",
         default=None,
@@ -278,6 +197,19 @@ def add_common_arguments(
         help="torch threads (default 1: these small models gain little from more, and "
         "oversubscribed cores slow multi-threaded kernels down badly; 0: torch's "
         "default)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="cellbench",
+        help="cellbench (default: held-out metrics, batched) or lab (the lab's own protocol, "
+        "as its report describes it; docs/tasks.md)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the model and its batches live (cuda: refused when CUDA is absent)",
     )
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
@@ -311,6 +243,13 @@ def known_optimizer(v: Any) -> bool:
     return str(v).lower() in OPTIMIZERS
 
 
+def count(dest: str, low: int = 1, note: str = "") -> Rule:
+    """The rule for an integer option `--dest` that must be >= low."""
+    return (dest, "--" + dest.replace("_", "-"), f"an integer >= {low}{note}", at_least(low))
+
+
+LR_RULE: Rule = ("lr", "--lr", "a number > 0", positive)
+CLIP_RULE: Rule = ("clip", "--clip", "a number >= 0 (0: no clipping)", at_least(0))
 OPTIMIZER_RULE: Rule = (
     "optimizer",
     "--optimizer",
@@ -335,6 +274,19 @@ def check_options(args, rules: Sequence[Rule]) -> None:
                 raise ValueError(f"{option} must be {valid}, got {v!r}")
 
 
+def check_device(args) -> str:
+    """The --device to run on; cuda is refused, before any work, where torch sees no GPU."""
+    device = getattr(args, "device", None) or "cpu"
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: torch sees no CUDA device here (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu"
+        )
+    return device
+
+
 def apply_threads(args) -> None:
     threads = getattr(args, "threads", None)
     if threads and threads > 0:
@@ -353,3 +305,23 @@ def check_kinds_backends(kinds: Sequence[str], backends: Sequence[str]) -> None:
 
 def safe_name(*parts: Any) -> str:
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
+
+
+def over_seeds(runs: Sequence[dict], metric: str) -> dict[tuple[str, str], dict]:
+    """Per (kind, backend): `metric` over the runs' seeds (seeds, min, median, max, mean, all)."""
+    by: dict[tuple[str, str], list] = {}
+    for r in runs:
+        value = r.get("metrics", {}).get(metric)
+        if value is not None:
+            by.setdefault((r["kind"], r["backend"]), []).append(value)
+    return {
+        key: {
+            "seeds": len(c),
+            "min": min(c),
+            "median": statistics.median(c),
+            "max": max(c),
+            "mean": statistics.fmean(c),
+            "all": c,
+        }
+        for key, c in by.items()
+    }

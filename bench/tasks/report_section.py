@@ -1,14 +1,17 @@
 """Markdown for the textbook tasks, for `python -m bench report`.
 
 render(paths, out_dir) reads the `type: "task"` records under `paths`, writes its PNG plots into
-out_dir and returns markdown with a section per task that has records (links relative to out_dir,
-where the report's markdown is expected to sit).
+out_dir and returns markdown: for every task of the task list that has records, its own section
+(the lab module's `section`), then "lab vs cellbench", the lab's reported figure beside
+cellbench's runs of it. Links are relative to out_dir (or link_base).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,8 +19,10 @@ import pandas as pd
 
 from bench.records import iter_records
 
+from . import TASKS
 
-def _latest(records: list[dict]) -> list[dict]:
+
+def latest(records: list[dict]) -> list[dict]:
     """One record per run configuration: the last written."""
     by_key: dict = {}
     for r in records:
@@ -25,202 +30,89 @@ def _latest(records: list[dict]) -> list[dict]:
     return list(by_key.values())
 
 
-def _table(rows: list[dict], floatfmt: str = ".4g") -> str:
+def table(rows: list[dict], floatfmt: str = ".4g") -> str:
     if not rows:
         return "_no runs_\n"
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=floatfmt) + "\n"
 
 
-def _link(path: Path, out_dir: Path, alt: str) -> str:
+def link(path: Path, out_dir: Path, alt: str) -> str:
     rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
     return f"![{alt}]({rel})\n"
 
 
-def _fmt(v, spec=".4g"):
-    return format(v, spec) if isinstance(v, (int, float)) and v is not None else v
+def protocol(record: dict) -> str:
+    return record.get("protocol") or record.get("settings", {}).get("protocol") or "cellbench"
 
 
-def _charlm(runs: list[dict], out_dir: Path) -> str:
-    from .charlm import PREFIXES, plot_runs
+def _spread(values: list[float]) -> str:
+    if not values:
+        return ""
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:.4g} (1 seed)"
+    return f"{median:.4g} [{min(values):.4g}-{max(values):.4g}] ({len(values)} seeds)"
 
-    rows = []
+
+def _speed_ratio(runs: list[dict], kind: str) -> str:
+    """native tokens/s over naive tokens/s, from runs of one kind whose settings match but for
+    the backend (the same protocol, sizes and steps): how much faster torch.nn runs the lab's
+    model than the from-scratch cell."""
+    by: dict[str, dict[str, list[float]]] = {}
     for r in runs:
-        s, m = r["settings"], r["metrics"]
-        rows.append(
-            {
-                "kind": r["kind"],
-                "backend": r["backend"],
-                "seed": r["seed"],
-                "layers": s.get("num_layers"),
-                "hidden": s.get("hidden_size"),
-                "batch": s.get("batch_size"),
-                "steps": s.get("num_steps"),
-                "opt": s.get("optimizer"),
-                "lr": s.get("lr"),
-                "init": s.get("init"),
-                "epochs": s.get("epochs"),
-                "train ppl": m.get("perplexity"),
-                "val ppl": m.get("val_perplexity"),
-                "tokens/s": m.get("tokens_per_s"),
-                "train s": m.get("train_time_s"),
-                "predict ms/char": m.get("predict_ms_per_char"),
-                "data": r.get("data_source"),
-            }
-        )
-    rows.sort(key=lambda d: (d["kind"], d["backend"], d["seed"]))
-    md = [
-        "## Character LM: The Time Machine (d2l ch. 8-9)\n",
-        "Training perplexity is d2l's number (first 10,000 characters, memorised); validation "
-        "perplexity is on the held-out last 10% of the book. tokens/s counts training only.\n",
-        _table(rows),
+        tps = r["metrics"].get("tokens_per_s")
+        if r["kind"] == kind and tps:
+            key = json.dumps(r["settings"], sort_keys=True, default=str)
+            by.setdefault(key, {}).setdefault(r["backend"], []).append(tps)
+    ratios = [
+        statistics.median(b["native"]) / statistics.median(b["naive"])
+        for b in by.values()
+        if b.get("native") and b.get("naive")
     ]
-    for path in plot_runs(runs, out_dir, stem="report_charlm"):
-        md.append(_link(path, out_dir, path.stem))
-    sample_rows = []
-    for r in sorted(runs, key=lambda r: (r["kind"], r["backend"], r["seed"]))[:8]:
-        for prefix in PREFIXES[:2]:
-            text = r.get("samples", {}).get(prefix, {}).get("text", "")
-            sample_rows.append(
-                {
-                    "run": f"{r['kind']}/{r['backend']} s{r['seed']}",
-                    "prefix": prefix,
-                    "greedy continuation": text[len(prefix) :][:100],
-                }
-            )
-    md += ["\nGreedy generation (100 characters):\n", _table(sample_rows)]
-    return "\n".join(md)
+    return f"{statistics.median(ratios):.2f}x" if ratios else "not measured"
 
 
-def _names(runs: list[dict], out_dir: Path) -> str:
-    from .names import plot_confusion, plot_curves
+def lab_vs_cellbench(task: str, runs: list[dict]) -> str:
+    """For each lab variant run under `--protocol lab`: the lab's reported figure, cellbench's
+    runs of the lab's protocol (median, range over seeds), cellbench's held-out figure for the
+    same kind (`--protocol cellbench`) and the native / naive speed ratio."""
+    from . import lab_numbers
+    from .runner import spec
 
-    rows, per_class = [], {}
-    for r in sorted(runs, key=lambda r: (r["kind"], r["backend"], r["seed"])):
-        s, m = r["settings"], r["metrics"]
-        label = f"{r['kind']}/{r['backend']} L{s.get('num_layers')} s{r['seed']}"
-        rows.append(
-            {
-                "kind": r["kind"],
-                "backend": r["backend"],
-                "layers": s.get("num_layers"),
-                "seed": r["seed"],
-                "packed": r.get("packed"),
-                "epochs": s.get("epochs"),
-                "test acc": m.get("test_accuracy"),
-                "balanced acc": m.get("balanced_accuracy"),
-                "test loss": m.get("test_loss"),
-                "train acc": m.get("train_accuracy"),
-                "names/s": m.get("names_per_s"),
-                "train s": m.get("train_time_s"),
-                "data": r.get("data_source"),
-            }
-        )
-        per_class[label] = r.get("per_class_accuracy", {})
-    md = [
-        "## Names → language (PyTorch char-RNN tutorial)\n",
-        "De-duplicated names, stratified split with no name on both sides; accuracy on the test "
-        "names (balanced: the mean of the per-class accuracies; Russian and English dominate).\n",
-        _table(rows),
-    ]
-    if per_class:
-        md += [
-            "\nPer-class test accuracy:\n",
-            pd.DataFrame(per_class).to_markdown(floatfmt=".2f") + "\n",
+    task_spec = spec(task)
+    key, lab_metric = task_spec.lab_metric
+    held_key, held_label = task_spec.heldout_metric
+    lab_runs = [r for r in runs if protocol(r) == "lab"]
+    ours = [r for r in runs if protocol(r) == "cellbench"]
+    rows = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in lab_runs:
+        groups.setdefault((r["settings"].get("variant"), r["kind"], r["backend"]), []).append(r)
+    for (variant, kind, backend), group in sorted(groups.items(), key=str):
+        figures = [
+            f for f in lab_numbers.for_task(task) if f.variant == variant and f.metric == lab_metric
         ]
-    md.append(_link(plot_curves(runs, out_dir, stem="report_names"), out_dir, "names curves"))
-    for r in runs[:6]:
-        md.append(
-            _link(plot_confusion(r, out_dir), out_dir, f"confusion {r['kind']}/{r['backend']}")
-        )
-    return "\n".join(md)
-
-
-def _anbn(runs: list[dict], out_dir: Path) -> str:
-    from .anbn import plot_capacity, summarize
-
-    rows = []
-    by_setting: dict = {}
-    for r in runs:
-        s = r.get("settings", {})
-        by_setting.setdefault((s.get("hidden_size"), s.get("steps"), s.get("lr")), []).append(r)
-    for (hidden, steps, lr), group in sorted(by_setting.items(), key=lambda kv: str(kv[0])):
-        lab = summarize(group, "capacity_lab")
-        for (kind, backend), v in sorted(summarize(group).items()):
-            w = lab.get((kind, backend), {})
-            times = [
-                r["metrics"]["train_time_s"]
-                for r in group
-                if (r["kind"], r["backend"]) == (kind, backend)
-            ]
-            rows.append(
-                {
-                    "kind": kind,
-                    "backend": backend,
-                    "hidden": hidden,
-                    "steps": steps,
-                    "lr": lr,
-                    "seeds": v["seeds"],
-                    "capacity min": v["min"],
-                    "median": v["median"],
-                    "max": v["max"],
-                    "mean": v["mean"],
-                    "per seed": ", ".join(map(str, v["all"])),
-                    "lab's reading per seed": ", ".join(map(str, w.get("all", []))),
-                    "train s (mean)": sum(times) / len(times),
-                }
-            )
-    md = [
-        "## aⁿbⁿ next-symbol prediction (Gers & Schmidhuber)\n",
-        "Memory capacity: the largest N such that every n ≤ N (strings `3 0ⁿ 1ⁿ 2`) is predicted "
-        "without error at the positions the prefix determines (the 1s after the first 1, and the "
-        "end symbol). The lab's reading counts every position except the unpredictable first 1 "
-        "and the second symbol (which its report forgives), so it also counts predictions made "
-        "while the zeros are read. Trained on n ≤ 10; spread over seeds.\n",
-        _table(rows),
-        _link(plot_capacity(runs, out_dir, stem="report_anbn"), out_dir, "anbn capacity"),
-    ]
-    return "\n".join(md)
-
-
-def _poems(runs: list[dict], out_dir: Path) -> str:
-    from .poems import plot_curves
-
-    rows, samples = [], []
-    for r in sorted(runs, key=lambda r: (r["kind"], r["backend"], r["seed"])):
-        s, m = r["settings"], r["metrics"]
-        lab = m.get("lab_loop_tokens_per_s")
-        tps = m.get("tokens_per_s")
+        figure = max(figures, key=lambda f: f.epoch or 0) if figures else None
+        held = [r["metrics"][held_key] for r in ours if r["kind"] == kind]
         rows.append(
             {
-                "kind": r["kind"],
-                "backend": r["backend"],
-                "seed": r["seed"],
-                "poems": (r.get("split") or {}).get("train"),
-                "epochs": s.get("epochs"),
-                "held-out ppl": m.get("test_perplexity"),
-                "train ppl": m.get("train_perplexity"),
-                "tokens/s batched": tps,
-                "tokens/s one poem at a time": lab,
-                "speed-up": (tps / lab) if tps and lab else None,
-                "train s": m.get("train_time_s"),
-                "data": r.get("data_source"),
+                "lab variant": variant,
+                "metric": lab_metric,
+                "lab": figure.text if figure else "not reported",
+                "source": figure.lab if figure else "",
+                f"cellbench, lab protocol ({backend})": _spread(
+                    [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
+                ),
+                f"cellbench {held_label}": _spread([v for v in held if v is not None]) or "not run",
+                "native / naive tokens/s": _speed_ratio(runs, kind),
             }
         )
-        for ch, text in list((r.get("samples") or {}).items())[:2]:
-            samples.append(
-                {"run": f"{r['kind']}/{r['backend']} s{r['seed']}", "begin": ch, "poem": text}
-            )
-    md = [
-        "## Tang poetry generation\n",
-        _table(rows),
-        _link(plot_curves(runs, out_dir, stem="report_poems"), out_dir, "poems perplexity"),
-        "\nSamples (stop at E or 50 characters):\n",
-        _table(samples[:12]),
-    ]
-    return "\n".join(md)
+    if not rows:
+        return ""
+    return "\n### Lab vs cellbench\n\n" + task_spec.flaws + "\n\n" + table(rows) + "\n"
 
 
-def _provenance(runs: list[dict]) -> str:
+def provenance_lines(runs: list[dict]) -> str:
     """Which data copies the runs used, and a warning when they ran at the short settings."""
     lines = []
     sources = sorted({r["data_source"] for r in runs if r.get("data_source")})
@@ -250,7 +142,21 @@ def _provenance(runs: list[dict]) -> str:
     return "".join(lines)
 
 
-SECTIONS = (("charlm", _charlm), ("names", _names), ("anbn", _anbn), ("poems", _poems))
+def _failed(every: list[dict]) -> str:
+    failed = [r for r in every if r.get("status") == "failed"]
+    if not failed:
+        return ""
+    rows = [
+        {
+            "task": r.get("task"),
+            "suite": r.get("mode"),
+            "kinds": r.get("kind"),
+            "backends": r.get("backend"),
+            "reason": r.get("reason"),
+        }
+        for r in failed
+    ]
+    return "## Failed textbook tasks\n\n" + table(rows)
 
 
 def render(
@@ -260,38 +166,24 @@ def render(
 ) -> str:
     """Markdown sections for the task records under `paths`; plots written into out_dir and
     linked relative to link_base (the markdown file's directory; default out_dir)."""
+    from .runner import spec
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    import matplotlib
-
-    matplotlib.use("Agg")
     every = [r for r in iter_records(list(paths)) if r.get("type") == "task"]
     tasks = [r for r in every if r.get("status", "ok") != "failed"]
     parts = []
-    for name, section in SECTIONS:
-        runs = _latest([r for r in tasks if r.get("task") == name])
+    for name in TASKS:
+        runs = latest([r for r in tasks if r.get("task") == name])
         if runs:
             try:
-                parts.append(section(runs, out) + _provenance(runs))
+                text = spec(name).section(runs, out)
+                parts.append(text + lab_vs_cellbench(name, runs) + provenance_lines(runs))
             except Exception as exc:  # one malformed record must not sink the whole report
                 parts.append(f"## {name}\n\n_could not render: {type(exc).__name__}: {exc}_\n")
-    failed = [r for r in every if r.get("status") == "failed"]
+    failed = _failed(every)
     if failed:
-        parts.append(
-            "## Failed textbook tasks\n\n"
-            + _table(
-                [
-                    {
-                        "task": r.get("task"),
-                        "suite": r.get("mode"),
-                        "kinds": r.get("kind"),
-                        "backends": r.get("backend"),
-                        "reason": r.get("reason"),
-                    }
-                    for r in failed
-                ]
-            )
-        )
+        parts.append(failed)
     if not parts:
         return ""
     text = "\n\n".join(parts) + "\n"

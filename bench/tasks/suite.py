@@ -9,12 +9,12 @@ reproducible by hand with `python -m bench train TASK ...`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 
 from bench import records
 
+from . import TASKS, runner
 from .common import check_kinds_backends, list_of, split_list
 
 # --short: one to a few passes each, tuned so that the results mean something (docs/tasks.md,
@@ -74,8 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks",
         type=list_of(str, "--tasks"),
-        default=["charlm", "names", "anbn", "poems"],
-        help="which tasks, comma list (default all four)",
+        default=list(TASKS),
+        help=f"which tasks, comma list of {', '.join(TASKS)} (default all)",
     )
     parser.add_argument(
         "--data", default=None, help="data directory (else $CELLBENCH_DATA, cache, download)"
@@ -142,13 +142,13 @@ def _failure_record(task: str, mode: str, kinds: str, backends: str, reason: str
 def main(args) -> int:
     """Exit 2 for bad options (before any run); else run every task, record a failed one
     (status 'failed' and the reason) and go on; exit 1 at the end if any failed."""
-    unknown = [t for t in args.tasks if t not in SHORT]
+    unknown = [t for t in args.tasks if t not in TASKS]
     kinds, backends = DEFAULTS[args.mode]
     kinds, backends = args.kinds or kinds, args.backends or backends
     try:
         if unknown:
             raise ValueError(
-                f"--tasks: unknown task(s) {', '.join(unknown)}; expected any of {', '.join(SHORT)}"
+                f"--tasks: unknown task(s) {', '.join(unknown)}; expected any of {', '.join(TASKS)}"
             )
         threads = _threads(args.threads)
         check_kinds_backends(
@@ -160,9 +160,8 @@ def main(args) -> int:
     failures = []
     started = time.perf_counter()
     for task in args.tasks:
-        module = importlib.import_module(f"bench.tasks.{task}")
         parser = argparse.ArgumentParser(prog=f"python -m bench train {task}")
-        module.configure(parser)
+        runner.configure(parser, runner.spec(task))
         argv = task_argv(
             task, args.mode, args.out, kinds, backends, args.resume, args.data, str(threads)
         )
@@ -170,7 +169,8 @@ def main(args) -> int:
         t0 = time.perf_counter()
         reason = None
         try:
-            status = int(module.main(parser.parse_args(argv)) or 0)
+            parsed = parser.parse_args(argv)
+            status = int(parsed.func(parsed) or 0)
             if status:
                 reason = f"exit status {status}"
         except Exception as exc:  # one failed task is recorded; the others still run
