@@ -230,11 +230,12 @@ def run_on_ray(
     cases: list[Case],
     options: Options,
     args: argparse.Namespace,
-    preset: presets.Preset | None = None,
+    preset: presets.Preset | None,
 ) -> dict[str, int]:
     """Measure `cases` as Ray tasks, one per shard; records are appended to args.out as groups end.
     Returns the count of records per status, as bench.sweep.run_sweep does."""
     from .planning import comparison_groups, done_keys, repair_torn_tail, shard_of
+    from .runner import tally
 
     check_args(args)
     ray = _import_ray()
@@ -290,9 +291,7 @@ def run_on_ray(
         if not started:
             ray.shutdown()
     print(
-        "bench run --executor ray: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")
-        + f"; records in {out / RECORDS_FILE}",
+        f"bench run --executor ray: {tally(counts)}; records in {out / RECORDS_FILE}",
         file=sys.stderr,
     )
     return counts

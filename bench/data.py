@@ -31,6 +31,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .data_catalog import (
     ALIASES,
@@ -231,16 +232,9 @@ def find(
     return Found(_result(r, cache), "downloaded")
 
 
-def locate(
-    name: str,
-    data: str | os.PathLike | None = None,
-    *,
-    download: bool | None = None,
-    url: str | None = None,
-    timeout: float = 30.0,
-) -> Path:
-    """find(...).path: the verified path of resource `name`."""
-    return find(name, data, download=download, url=url, timeout=timeout).path
+def locate(name: str, data: str | os.PathLike | None = None, **lookup: Any) -> Path:
+    """find(name, data, **lookup).path: the verified path of resource `name`."""
+    return find(name, data, **lookup).path
 
 
 def _result(r: Resource, root: Path) -> Path:

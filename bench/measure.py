@@ -134,33 +134,24 @@ CASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Case))
 
 
 # --- the FLOP model ------------------------------------------------------------------------
-def mode_flops(
-    kind: str,
-    mode: str,
-    input_size: int,
-    hidden_size: int,
-    batch: int,
-    seq_len: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    convention: str = "full",
-) -> int:
-    """FLOPs of one timed call in `mode` under `convention` (FLOP_CONVENTIONS[FLOP_NAMES[...]])."""
+def mode_flops(case: Case) -> int:
+    """FLOPs of one timed call of `case` (its mode, shape and convention; any backend), as
+    FLOP_CONVENTIONS[FLOP_NAMES[case.convention]] defines them."""
     from cells.kinds import forward_flops, spec
 
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if convention not in CONVENTIONS:
+    if case.mode not in MODES:
+        raise ValueError(f"unknown mode {case.mode!r}; expected one of {', '.join(MODES)}")
+    if case.convention not in CONVENTIONS:
         raise ValueError(
-            f"unknown convention {convention!r}; expected one of {', '.join(CONVENTIONS)}"
+            f"unknown convention {case.convention!r}; expected one of {', '.join(CONVENTIONS)}"
         )
-    b = 1 if mode == "generate" else batch
-    if convention == "recurrent":  # h W_hh^T per step; its backward: dgates W_hh (no dW)
-        directions = 2 if bidirectional else 1
-        forward = directions * num_layers * 2 * spec(kind).gates * b * hidden_size**2 * seq_len
-        return 2 * forward if mode == "train" else forward
-    forward = forward_flops(kind, input_size, hidden_size, b, seq_len, num_layers, bidirectional)
-    return 3 * forward if mode == "train" else forward
+    b = 1 if case.mode == "generate" else case.batch
+    h, t, layers = case.hidden_size, case.seq_len, case.num_layers
+    if case.convention == "recurrent":  # h W_hh^T per step; its backward: dgates W_hh (no dW)
+        forward = layers * 2 * spec(case.kind).gates * b * h * h * t
+        return 2 * forward if case.mode == "train" else forward
+    forward = forward_flops(case.kind, case.input_size, h, b, t, layers)
+    return 3 * forward if case.mode == "train" else forward
 
 
 def tokens_per_call(mode: str, batch: int, seq_len: int) -> int:
@@ -169,16 +160,7 @@ def tokens_per_call(mode: str, batch: int, seq_len: int) -> int:
 
 def derived(case: Case, median_s: float | None, peak_gflops: float | None) -> dict:
     """tokens/s, FLOPs, GFLOP/s and % of peak from a median time (None where undefined)."""
-    flops = mode_flops(
-        case.kind,
-        case.mode,
-        case.input_size,
-        case.hidden_size,
-        case.batch,
-        case.seq_len,
-        case.num_layers,
-        convention=case.convention,
-    )
+    flops = mode_flops(case)
     out: dict[str, Any] = {
         "flops": flops,
         "tokens_per_s": None,

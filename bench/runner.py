@@ -236,10 +236,11 @@ def run_sweep(
                 "as unmeasured); run again with --resume to measure them",
                 file=sys.stderr,
             )
-    print(
-        "bench run: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")
-        + f" in {time.monotonic() - started:.0f} s; records in {out / RECORDS_FILE}",
-        file=sys.stderr,
-    )
+    took = f" in {time.monotonic() - started:.0f} s"
+    print(f"bench run: {tally(counts)}{took}; records in {out / RECORDS_FILE}", file=sys.stderr)
     return counts
+
+
+def tally(counts: dict[str, int]) -> str:
+    """'3 ok, 1 failed': the statuses that occurred (ok always), for the closing line."""
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "ok")

@@ -24,7 +24,7 @@ import time
 
 from . import presets
 from .cli import UsageError, add_import_option, csv, import_modules, number
-from .measure import DTYPES, MODES, NOISE_THRESHOLD, Options
+from .measure import DTYPES, MODES, Options
 from .planning import (
     SETTINGS,
     check_device,
@@ -111,56 +111,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --resume, measure failed and incorrect cases again",
     )
-    o.add_argument(
-        "--time-limit",
-        type=number(float, 0, low_open=True),
-        help=f"seconds per worker call: build + check + first call, or one round (default {d.time_limit:g})",
-    )
+    positive = number(float, 0, low_open=True)
+    # the measurement settings (SETTINGS): option, type, help; the help ends with the default
+    for option, kind, text in (
+        (
+            "time-limit",
+            positive,
+            "seconds per worker call: build + check + first call, or one round",
+        ),
+        ("min-rounds", number(int, 2), "rounds before the CI may stop a group"),
+        ("max-rounds", number(int, 2), "at most this many rounds"),
+        (
+            "ci-target",
+            number(float, 0, 1, low_open=True),
+            "stop when every ratio's 95%% CI half-width is within this fraction",
+        ),
+        (
+            "group-time-cap",
+            positive,
+            "seconds of rounds per comparison group, compilation excluded",
+        ),
+        ("min-run-time", positive, "seconds of timed calls per case and round"),
+        ("min-repeats", number(int, 1), "timed blocks per case and round"),
+        ("warmup", number(int, 0), "untimed calls after the first call"),
+        (
+            "noise-threshold",
+            positive,
+            "flag a case noisy when the IQR/median of its rounds exceeds this",
+        ),
+    ):
+        default = getattr(d, option.replace("-", "_"))
+        o.add_argument(f"--{option}", type=kind, help=f"{text} (default {default:g})")
     o.add_argument(
         "--budget",
-        type=number(float, 0, low_open=True),
+        type=positive,
         help="after this many seconds start no new comparison group and add no round to the "
         "one in flight; the cases not started are recorded `unmeasured` (run again with --resume)",
-    )
-    o.add_argument(
-        "--min-rounds",
-        type=number(int, 2),
-        help=f"rounds before the CI may stop a group (default {d.min_rounds})",
-    )
-    o.add_argument(
-        "--max-rounds",
-        type=number(int, 2),
-        help=f"at most this many rounds (default {d.max_rounds})",
-    )
-    o.add_argument(
-        "--ci-target",
-        type=number(float, 0, 1, low_open=True),
-        help=f"stop when every ratio's 95%% CI half-width is within this fraction (default {d.ci_target:g})",
-    )
-    o.add_argument(
-        "--group-time-cap",
-        type=number(float, 0, low_open=True),
-        help=f"seconds of rounds per comparison group, compilation excluded (default {d.group_time_cap:g})",
-    )
-    o.add_argument(
-        "--min-run-time",
-        type=number(float, 0, low_open=True),
-        help=f"seconds of timed calls per case and round (default {d.min_run_time:g})",
-    )
-    o.add_argument(
-        "--min-repeats",
-        type=number(int, 1),
-        help=f"timed blocks per case and round (default {d.min_repeats})",
-    )
-    o.add_argument(
-        "--warmup",
-        type=number(int, 0),
-        help=f"untimed calls after the first call (default {d.warmup})",
-    )
-    o.add_argument(
-        "--noise-threshold",
-        type=number(float, 0, low_open=True),
-        help=f"flag a case noisy when the IQR/median of its rounds exceeds this (default {NOISE_THRESHOLD})",
     )
     o.add_argument(
         "--no-check",

@@ -37,19 +37,8 @@ class FakeRecurrent(nn.Module):
     FIRST_COST = 0.5
     kind = "lstm"
 
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        proj_size=0,
-        device=None,
-        dtype=None,
-    ):
+    def __init__(self, input_size, hidden_size, num_layers=1, device=None, dtype=None, **nn_args):
+        # nn_args: the rest of torch.nn's constructor arguments, which a fake ignores
         super().__init__()
         self.hidden_size = hidden_size
         self.weight_hh_l0 = nn.Parameter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,26 +24,32 @@ def fakes():
 
 
 # --- FLOP model against hand-computed values ----------------------------------------------------
+def flops(kind, mode, input_size, hidden, batch, seq_len, layers=1, convention="full"):
+    """measure.mode_flops of the case with these fields (any backend: FLOPs do not depend on it)."""
+    case = Case(kind, "native", mode, input_size, hidden, layers, batch, seq_len)
+    return measure.mode_flops(replace(case, convention=convention))
+
+
 def test_flops_lstm_d2l_by_hand():
     # 2 FLOPs x 4 gates x batch 32 x hidden 256 x (28 + 256) inputs x 35 steps
     forward = 2 * 4 * 32 * 256 * 284 * 35
     assert forward == 651_427_840
-    assert measure.mode_flops("lstm", "infer", 28, 256, 32, 35) == forward
-    assert measure.mode_flops("lstm", "train", 28, 256, 32, 35) == 3 * forward
-    assert measure.mode_flops("lstm", "generate", 28, 256, 32, 35) == 2 * 4 * 1 * 256 * 284 * 35
+    assert flops("lstm", "infer", 28, 256, 32, 35) == forward
+    assert flops("lstm", "train", 28, 256, 32, 35) == 3 * forward
+    assert flops("lstm", "generate", 28, 256, 32, 35) == 2 * 4 * 1 * 256 * 284 * 35
 
 
 def test_flops_two_layer_gru_and_rnn():
     # layer 0 sees the input (10), layer 1 sees hidden (20): 2*3*B*H*(I+H)*T + 2*3*B*H*(H+H)*T
     b, h, t = 4, 20, 7
     expected = 2 * 3 * b * h * (10 + h) * t + 2 * 3 * b * h * (h + h) * t
-    assert measure.mode_flops("gru", "infer", 10, h, b, t, num_layers=2) == expected
-    assert measure.mode_flops("rnn", "infer", 10, h, b, t) == 2 * 1 * b * h * (10 + h) * t
+    assert flops("gru", "infer", 10, h, b, t, layers=2) == expected
+    assert flops("rnn", "infer", 10, h, b, t) == 2 * 1 * b * h * (10 + h) * t
 
 
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="train, infer, generate"):
-        measure.mode_flops("lstm", "sing", 1, 1, 1, 1)
+        flops("lstm", "sing", 1, 1, 1, 1)
 
 
 def test_tokens_per_second_and_pct_of_peak():
@@ -73,9 +80,7 @@ def test_run_case_with_fake_clock_gives_exact_numbers(fakes):
     assert r["first_call_s"] == pytest.approx(fakes.FakeRecurrent.FIRST_COST + per_call)
     figures = measure.derived(case, per_call, 1.0)
     assert figures["tokens_per_s"] == pytest.approx(2 * 10 / per_call)
-    assert figures["gflops"] == pytest.approx(
-        measure.mode_flops("lstm", "infer", 3, 4, 2, 10) / per_call / 1e9
-    )
+    assert figures["gflops"] == pytest.approx(flops("lstm", "infer", 3, 4, 2, 10) / per_call / 1e9)
 
 
 def test_generate_contract(fakes):
@@ -127,15 +132,13 @@ def test_recurrent_flops_by_hand():
     # LSTM I5 H8 B2 T3: 2 FLOPs x 4 gates x batch 2 x H 8 x H 8 x 3 steps; no input projection
     forward = 2 * 4 * 2 * 8 * 8 * 3
     assert forward == 3072
-    flops = measure.mode_flops
     assert flops("lstm", "infer", 5, 8, 2, 3, convention="recurrent") == forward
     # train: the forward h W_hh^T and backward's dgates W_hh, no weight gradients
     assert flops("lstm", "train", 5, 8, 2, 3, convention="recurrent") == 2 * forward
     assert flops("lstm", "generate", 5, 8, 2, 3, convention="recurrent") == forward // 2
-    # two layers, both directions: 4 layer-directions of 2 x 3 gates x B x H x H x T
-    assert (
-        flops("gru", "infer", 5, 8, 2, 3, 2, True, convention="recurrent") == 4 * 2 * 3 * 2 * 64 * 3
-    )
+    # two layers: 2 x (2 x 3 gates x B x H x H x T); the second layer's input width is not counted
+    two = flops("gru", "infer", 5, 8, 2, 3, layers=2, convention="recurrent")
+    assert two == 2 * 2 * 3 * 2 * 64 * 3
     case = Case("lstm", "native", "train", 5, 8, 1, 2, 3, convention="recurrent")
     assert measure.derived(case, 1.0, None)["flops"] == 6144
     assert measure.derived(Case("lstm", "native", "train", 5, 8, 1, 2, 3), 1.0, None)["flops"] == (

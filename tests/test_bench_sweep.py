@@ -17,21 +17,10 @@ from bench.measure import Case, Options  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
 # the fake backends of test_bench_fakes compute nothing real: the correctness gate is off for them
-FAST = [
-    "--min-run-time",
-    "0.001",
-    "--min-repeats",
-    "3",
-    "--warmup",
-    "0",
-    "--no-peak",
-    "--no-memory",
-    "--no-check",
-    "--min-rounds",
-    "2",
-    "--max-rounds",
-    "2",
-]
+FAST = (
+    "--min-run-time 0.001 --min-repeats 3 --warmup 0 --no-peak --no-memory --no-check "
+    "--min-rounds 2 --max-rounds 2"
+).split()
 TINY = ["--input-size", "3", "--hidden-size", "4", "--batch", "2", "--seq-len", "3"]
 
 
@@ -55,22 +44,10 @@ def plan(*argv: str):
 # --- planning ------------------------------------------------------------------------------------
 def test_comma_lists_form_a_cartesian_grid():
     cases, settings, _ = plan(
-        "--kinds",
-        "lstm,gru",
-        "--backends",
-        "native",
-        "--modes",
-        "train,infer",
-        "--batch",
-        "1,8",
-        "--hidden-size",
-        "16,32,64",
-        "--input-size",
-        "5",
-        "--seq-len",
-        "4",
-        "--threads",
-        "1",
+        *(
+            "--kinds lstm,gru --backends native --modes train,infer --batch 1,8 --hidden-size "
+            "16,32,64 --input-size 5 --seq-len 4 --threads 1"
+        ).split(),
     )
     assert len(cases) == 2 * 2 * 2 * 3
     assert {(c.kind, c.batch, c.hidden_size) for c in cases} >= {("gru", 8, 64), ("lstm", 1, 16)}
@@ -79,16 +56,7 @@ def test_comma_lists_form_a_cartesian_grid():
 
 def test_generate_always_uses_batch_one():
     cases, _, _ = plan(
-        "--kinds",
-        "rnn",
-        "--backends",
-        "native",
-        "--modes",
-        "generate,infer",
-        "--batch",
-        "4,16",
-        "--threads",
-        "1",
+        *"--kinds rnn --backends native --modes generate,infer --batch 4,16 --threads 1".split(),
     )
     gen = [c for c in cases if c.mode == "generate"]
     assert len(gen) == 1 and gen[0].batch == 1
@@ -156,20 +124,21 @@ def test_bad_numbers_are_rejected_by_argparse(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, fragment",
+    "options, fragment",
     [
-        (["--time-limit", "0"], "--time-limit: expected a number > 0, got '0'"),
-        (["--time-limit", "-5"], "--time-limit: expected a number > 0, got '-5'"),
-        (["--min-run-time", "-1"], "--min-run-time: expected a number > 0"),
-        (["--warmup", "-1"], "--warmup: expected an integer >= 0"),
-        (["--min-repeats", "0"], "--min-repeats: expected an integer >= 1"),
-        (["--budget", "-1"], "--budget: expected a number > 0"),
-        (["--min-rounds", "1"], "--min-rounds: expected an integer >= 2"),
-        (["--ci-target", "1.5"], "--ci-target: expected a number > 0 and <= 1"),
-        (["--threads", "0"], "--threads: expected an integer >= 1"),
+        ("--time-limit 0", "--time-limit: expected a number > 0, got '0'"),
+        ("--time-limit -5", "--time-limit: expected a number > 0, got '-5'"),
+        ("--min-run-time -1", "--min-run-time: expected a number > 0"),
+        ("--warmup -1", "--warmup: expected an integer >= 0"),
+        ("--min-repeats 0", "--min-repeats: expected an integer >= 1"),
+        ("--budget -1", "--budget: expected a number > 0"),
+        ("--min-rounds 1", "--min-rounds: expected an integer >= 2"),
+        ("--ci-target 1.5", "--ci-target: expected a number > 0 and <= 1"),
+        ("--threads 0", "--threads: expected an integer >= 1"),
     ],
 )
-def test_out_of_range_options_exit_2_with_one_line(capsys, argv, fragment):
+def test_out_of_range_options_exit_2_with_one_line(capsys, options, fragment):
+    argv = options.split()
     assert cli.main(["run", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
@@ -199,18 +168,9 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fakes, monkeypatc
     )
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "broken,fake,ghost,native",
-        "--modes",
-        "train,infer",
+        *"run --kinds lstm --backends broken,fake,ghost,native --modes train,infer".split(),
         *TINY,
-        "--threads",
-        "1",
-        "--in-process",
-        "--out",
+        *"--threads 1 --in-process --out".split(),
         str(out),
         *FAST,
     ]
@@ -228,39 +188,16 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fakes, monkeypatc
             assert r["status"] == "ok" and r["error"] is None
             assert r["tokens_per_s"] == pytest.approx(2 * 3 / r["median_s"])
     required = {
-        "kind",
-        "backend",
-        "mode",
-        "device",
-        "dtype",
-        "input_size",
-        "hidden_size",
-        "num_layers",
-        "batch",
-        "seq_len",
-        "threads",
-        "median_s",
-        "iqr_s",
-        "tokens_per_s",
-        "gflops",
-        "pct_of_peak",
-        "first_call_s",
-        "peak_mem_bytes",
-        "status",
-        "error",
+        *(
+            "kind backend mode device dtype input_size hidden_size num_layers batch seq_len "
+            "threads median_s iqr_s tokens_per_s gflops pct_of_peak first_call_s peak_mem_bytes "
+            "status error"
+        ).split(),
     }
     assert all(required <= set(r) for r in cases)
     (run,) = records(out, "run")
     assert {
-        "torch",
-        "numba",
-        "numpy",
-        "cpu_model",
-        "gpu_name",
-        "cudnn",
-        "git_commit",
-        "time",
-        "torch_threads",
+        *"torch numba numpy cpu_model gpu_name cudnn git_commit time torch_threads".split(),
     } <= set(run["environment"])
     assert "peak_gflops" in run and run["flop_convention"]
 
@@ -268,18 +205,9 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, fakes, monkeypatc
 def test_resume_after_an_interrupted_sweep(tmp_path, fakes):
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "fake,native",
-        "--modes",
-        "train,infer",
+        *"run --kinds lstm --backends fake,native --modes train,infer".split(),
         *TINY,
-        "--threads",
-        "1",
-        "--in-process",
-        "--out",
+        *"--threads 1 --in-process --out".split(),
         str(out),
         *FAST,
     ]
@@ -310,18 +238,9 @@ def records_tolerant(path: Path) -> list[dict]:
 def test_resume_retries_failed_cases_only_when_asked(tmp_path, fakes):
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "broken",
-        "--modes",
-        "infer",
+        *"run --kinds lstm --backends broken --modes infer".split(),
         *TINY,
-        "--threads",
-        "1",
-        "--in-process",
-        "--out",
+        *"--threads 1 --in-process --out".split(),
         str(out),
         *FAST,
     ]
@@ -337,15 +256,7 @@ def test_list_prints_cases_without_measuring(tmp_path, capsys):
     assert (
         cli.main(
             [
-                "run",
-                "--kinds",
-                "rnn",
-                "--backends",
-                "native",
-                "--modes",
-                "infer",
-                "--list",
-                "--out",
+                *"run --kinds rnn --backends native --modes infer --list --out".split(),
                 str(out),
             ]
         )
@@ -390,18 +301,9 @@ def test_worker_survives_timeouts_and_crashes(tmp_path, monkeypatch):
 def test_budget_stops_starting_cases_and_resume_finishes(tmp_path, fakes, capsys):
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "fake",
-        "--modes",
-        "train,infer",
+        *"run --kinds lstm --backends fake --modes train,infer".split(),
         *TINY,
-        "--threads",
-        "1",
-        "--in-process",
-        "--out",
+        *"--threads 1 --in-process --out".split(),
         str(out),
         *FAST,
     ]
@@ -416,20 +318,10 @@ def test_budget_stops_starting_cases_and_resume_finishes(tmp_path, fakes, capsys
 # --- interleaved rounds ------------------------------------------------------------------------
 def test_comparison_groups_hold_the_backends_of_one_shape():
     cases, _, _ = plan(
-        "--kinds",
-        "lstm",
-        "--backends",
-        "naive,native",
-        "--modes",
-        "train",
-        "--batch",
-        "2,4",
-        "--input-size",
-        "3",
-        "--hidden-size",
-        "4",
-        "--seq-len",
-        "3",
+        *(
+            "--kinds lstm --backends naive,native --modes train --batch 2,4 --input-size 3 "
+            "--hidden-size 4 --seq-len 3"
+        ).split(),
     )
     groups = sweep.comparison_groups(cases)
     assert [[(c.backend, c.batch) for c in g] for g in groups] == [
@@ -474,18 +366,12 @@ def named(fakes):
 
 def _rounds_argv(backends: str, out: Path, rounds: int) -> list[str]:
     return [
-        "run",
-        "--kinds",
-        "lstm",
-        "--backends",
+        *"run --kinds lstm --backends".split(),
         backends,
         "--modes",
         "infer",
         *TINY,
-        "--threads",
-        "1",
-        "--in-process",
-        "--out",
+        *"--threads 1 --in-process --out".split(),
         str(out),
         *FAST[:-4],
         "--min-rounds",

@@ -27,34 +27,11 @@ from bench import cli, cluster, sweep  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = [
-    "--min-run-time",
-    "0.001",
-    "--min-repeats",
-    "2",
-    "--warmup",
-    "0",
-    "--no-peak",
-    "--no-memory",
-    "--min-rounds",
-    "2",
-    "--max-rounds",
-    "2",
-    "--threads",
-    "1",
-]
-TINY = [
-    "--backends",
-    "native,fused",
-    "--modes",
-    "infer",
-    "--input-size",
-    "3",
-    "--hidden-size",
-    "4",
-    "--seq-len",
-    "3",
-]
+FAST = (
+    "--min-run-time 0.001 --min-repeats 2 --warmup 0 --no-peak --no-memory --min-rounds 2 "
+    "--max-rounds 2 --threads 1"
+).split()
+TINY = "--backends native,fused --modes infer --input-size 3 --hidden-size 4 --seq-len 3".split()
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +76,10 @@ def key(record: dict) -> tuple:
     return tuple(
         record[name]
         for name in (
-            "kind",
-            "backend",
-            "mode",
-            "input_size",
-            "hidden_size",
-            "num_layers",
-            "batch",
-            "seq_len",
-            "device",
-            "dtype",
-            "threads",
-            "optimizer_step",
+            *(
+                "kind backend mode input_size hidden_size num_layers batch seq_len device dtype "
+                "threads optimizer_step"
+            ).split(),
         )
     )
 
@@ -188,11 +157,7 @@ def test_a_task_that_dies_twice_leaves_failed_records_and_resume_measures_them(
     assert (
         run(
             *grid,
-            "--executor",
-            "ray",
-            "--shard-count",
-            "1",
-            "--out",
+            *"--executor ray --shard-count 1 --out".split(),
             str(out),
             "--resume",
             "--retry-failed",

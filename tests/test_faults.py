@@ -30,24 +30,10 @@ from bench.measure import Case, Options  # noqa: E402
 
 MARKER = "CELLBENCH_TEST_MARKER"
 TINY = ["--input-size", "4", "--hidden-size", "8", "--batch", "2", "--seq-len", "3"]
-FAST = [
-    "--threads",
-    "1",
-    "--modes",
-    "infer",
-    "--no-peak",
-    "--no-memory",
-    "--min-run-time",
-    "0.001",
-    "--min-repeats",
-    "2",
-    "--warmup",
-    "0",
-    "--min-rounds",
-    "2",
-    "--max-rounds",
-    "2",
-]
+FAST = (
+    "--threads 1 --modes infer --no-peak --no-memory --min-run-time 0.001 --min-repeats 2 "
+    "--warmup 0 --min-rounds 2 --max-rounds 2"
+).split()
 OPTIONS = Options(min_run_time=0.001, min_repeats=2, warmup=0, memory=False)  # see faulty.py
 
 
@@ -124,20 +110,10 @@ def test_killing_the_sweep_while_a_case_hangs_leaves_no_process(tmp_path, marker
     env.pop("CELLBENCH_FAULTY_HANG_AT", None)  # the default: in timing round 2
     argv = [
         sys.executable,
-        "-m",
-        "bench",
-        "run",
-        "--import",
-        "candidates.faulty",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "native,hangs",
+        *"-m bench run --import candidates.faulty --kinds lstm --backends native,hangs".split(),
         *TINY,
         *FAST,
-        "--time-limit",
-        "600",
-        "--out",
+        *"--time-limit 600 --out".split(),
         str(tmp_path / "run"),
     ]
     # a shell's background job (CI may start this suite as one) inherits SIGINT ignored, and

@@ -26,24 +26,10 @@ from bench import cli  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
 TINY = ["--input-size", "4", "--hidden-size", "8", "--batch", "2", "--seq-len", "3"]
-FAST = [
-    "--threads",
-    "1",
-    "--modes",
-    "infer",
-    "--no-peak",
-    "--no-memory",
-    "--min-run-time",
-    "0.001",
-    "--min-repeats",
-    "2",
-    "--warmup",
-    "0",
-    "--min-rounds",
-    "2",
-    "--max-rounds",
-    "2",
-]
+FAST = (
+    "--threads 1 --modes infer --no-peak --no-memory --min-run-time 0.001 --min-repeats 2 "
+    "--warmup 0 --min-rounds 2 --max-rounds 2"
+).split()
 
 # Caps the worker's address space (not the sweep's: this module is imported by both), so that
 # the `hog` backend's allocation fails at once on any machine instead of filling its memory.
@@ -73,13 +59,9 @@ def sweep(tmp_path: Path, backends: str, *extra: str) -> dict[str, dict]:
     """Run the sweep; its case records by backend."""
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--import",
-        "candidates.faulty",
+        *"run --import candidates.faulty".split(),
         *extra,
-        "--kinds",
-        "lstm",
-        "--backends",
+        *"--kinds lstm --backends".split(),
         backends,
         *TINY,
         *FAST,
@@ -122,11 +104,7 @@ def test_exceptions_memory_errors_and_hangs_are_failed_records_and_the_sweep_goe
     monkeypatch.setenv("CELLBENCH_FAULTY_HANG_AT", "1")  # hangs on its first call
     got = sweep(
         tmp_path,
-        "native,raises,hog,hangs",
-        "--import",
-        "memory_cap_for_sweep",
-        "--time-limit",
-        "30",
+        *"native,raises,hog,hangs --import memory_cap_for_sweep --time-limit 30".split(),
     )
     assert got["raises"]["status"] == "failed"
     assert (

@@ -65,27 +65,15 @@ def test_a_module_that_raises_in_the_check_is_incorrect_with_the_reason(faulty):
 def test_a_sweep_times_and_ranks_only_the_correct_backend(faulty, tmp_path):
     out = tmp_path / "run"
     argv = [
-        "run",
-        "--import",
-        "candidates.faulty",
-        "--kinds",
-        "lstm",
-        "--backends",
-        "wrongshape,nan,linear,native",
-        "--modes",
-        "train",
+        *(
+            "run --import candidates.faulty --kinds lstm --backends wrongshape,nan,linear,native "
+            "--modes train"
+        ).split(),
         *TINY,
-        "--threads",
-        "1",
-        "--no-peak",
-        "--no-memory",
-        "--min-run-time",
-        "0.005",
-        "--min-rounds",
-        "2",
-        "--max-rounds",
-        "3",
-        "--out",
+        *(
+            "--threads 1 --no-peak --no-memory --min-run-time 0.005 --min-rounds 2 --max-rounds 3 "
+            "--out"
+        ).split(),
         str(out),
     ]
     assert cli.main(argv) == 1  # three incorrect cases: exit 1

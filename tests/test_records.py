@@ -77,26 +77,10 @@ def test_report_and_resume_carry_on(spoiled, tmp_path, capsys):
     # (once per process: forget the report's warnings, as a new `bench run` process would)
     records._warned.clear()
     argv = [
-        "run",
-        "--kinds",
-        "rnn",
-        "--backends",
-        "native",
-        "--modes",
-        "infer",
-        "--input-size",
-        "3",
-        "--hidden-size",
-        "4",
-        "--batch",
-        "2",
-        "--seq-len",
-        "3",
-        "--threads",
-        "1",
-        "--in-process",
-        "--no-peak",
-        "--out",
+        *(
+            "run --kinds rnn --backends native --modes infer --input-size 3 --hidden-size 4 "
+            "--batch 2 --seq-len 3 --threads 1 --in-process --no-peak --out"
+        ).split(),
         str(spoiled),
         "--resume",
     ]
