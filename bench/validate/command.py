@@ -163,56 +163,48 @@ def validate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    v: dict = dict(target=target, kind=kind, name=name, required=required, train=None, speed=None)
     progress(f"validate {target} as {kind}/{name}: equivalence")
-    checks = check_equivalence(factory, kind, quick, required, device, progress)
-    failures = [f"equivalence: {c.label()}: {c.reason}" for c in checks if c.status == "fail"]
+    v["checks"] = check_equivalence(factory, kind, quick, required, device, progress)
+    v["worst"] = worst_errors(v["checks"])
+    failures = [f"equivalence: {c.label()}: {c.reason}" for c in v["checks"] if c.status == "fail"]
     progress("contract")
-    verdicts = contract.run_contract(factory, kind, required, device, progress)
-    failures += [contract.failure_reason(verdicts)] if contract.failure_reason(verdicts) else []
+    v["contract"] = contract.run_contract(factory, kind, required, device, progress)
+    failures += (
+        [contract.failure_reason(v["contract"])] if contract.failure_reason(v["contract"]) else []
+    )
 
-    train_result = None
     if train:
         progress("training parity")
         steps, hidden = train_steps or (10 if quick else 50), train_hidden or (64 if quick else 256)
-        train_result = _train_check(factory, kind, steps, hidden)
-        if not train_result["passed"]:
-            failures.append(_train_failure(train_result))
+        v["train"] = _train_check(factory, kind, steps, hidden)
+        failures += [] if v["train"]["passed"] else [_train_failure(v["train"])]
     elif "train" in required:
         failures.append("training parity is required but --no-train was given")
 
-    speed_result = None
     if run_speed:
         progress("speed")
-        speed_result = _speed_check(target, kind, name, out, backends, quick)
+        v["speed"] = _speed_check(target, kind, name, out, backends, quick)
         failures += [
             f"speed: the candidate failed in the timing ({r['shape']} {r['mode']}): {r['error']}"
-            for r in speed_result.get("candidate_errors", [])
+            for r in v["speed"].get("candidate_errors", [])
         ]
-        if "speed" in required and not speed_result["rows"]:
-            failures.append(f"speed is required but was not measured: {speed_result.get('reason')}")
+        if "speed" in required and not v["speed"]["rows"]:
+            failures.append(f"speed is required but was not measured: {v['speed'].get('reason')}")
     elif "speed" in required:
         failures.append("speed is required but --no-speed was given")
 
-    verdict = dict(
-        target=target,
-        kind=kind,
-        name=name,
-        required=required,
-        checks=checks,
-        worst=worst_errors(checks),
-        contract=verdicts,
-        train=train_result,
-        speed=speed_result,
+    v.update(
         passed=not failures,
         reason=failures[0] if failures else "",
         failures=failures,
         seconds=time.time() - started,
     )
     report = out / "validate.md"
-    report.write_text(render(verdict), encoding="utf-8")
-    verdict["report"] = str(report)
-    records.append(out, _record(verdict, quick))
-    return verdict
+    report.write_text(render(v), encoding="utf-8")
+    v["report"] = str(report)
+    records.append(out, _record(v, quick))
+    return v
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -73,29 +73,24 @@ def train_parity(
     torch.manual_seed(seed)
     cand.rnn = factory(len(vocab), hidden)
     cand.rnn.load_state_dict(ref32.rnn.state_dict())
-    out: dict = dict(
-        source=SOURCE,
-        steps=steps,
-        hidden=hidden,
-        batch=batch,
-        num_steps=num_steps,
-        lr=lr,
-        vocab=len(vocab),
-    )
+    settings = dict(steps=steps, hidden=hidden, batch=batch, num_steps=num_steps, lr=lr)
+    out: dict = dict(source=SOURCE, vocab=len(vocab), **settings)
 
     def losses(model: CharLM) -> list[float]:
-        # epochs=steps is only an upper bound: max_steps ends training after `steps` SGD steps
-        return train(
+        # (model, corpus, epochs, batch_size, num_steps, lr): epochs=steps is only an upper
+        # bound, max_steps ends training after `steps` SGD steps
+        run = train(
             model,
             corpus,
-            epochs=steps,
-            batch_size=batch,
-            num_steps=num_steps,
-            lr=lr,
+            steps,
+            batch,
+            num_steps,
+            lr,
             seed=seed,
             max_steps=steps,
             show_progress=False,
-        )["step_losses"]
+        )
+        return run["step_losses"]
 
     with threads(1):
         out["torch_float64"] = losses(ref64)
