@@ -243,3 +243,22 @@ def test_machines_are_columns_apart_and_ratios_never_cross_them(tmp_path):
     assert (
         len(labels) == 2 and any("CPU A" in c for c in labels) and any("CPU B" in c for c in labels)
     )
+
+
+def test_conventions_are_told_apart_and_each_is_defined(tmp_path):
+    out = tmp_path / "run"
+    for convention, median in (("full", 0.02), ("recurrent", 0.01)):
+        case = Case("lstm", "native", "train", 28, 256, 1, 32, 35, convention=convention)
+        record = CaseRecord(**asdict(case), median_s=median, **derived(case, median, None))
+        record.flop_convention = {"full": "matmul-all", "recurrent": "matmul-recurrent"}[convention]
+        append(out, record)
+    text = report.render([str(out)], out / "report.md", plots=False)
+    assert re.search(r"\|\s*convention\s*\|", text)  # a column: the two are not one case
+    assert "FLOP convention `matmul-all`" in text and "FLOP convention `matmul-recurrent`" in text
+    assert report.load([str(out)])[0]["convention"].tolist() == ["full", "recurrent"]
+
+
+def test_a_record_from_before_conventions_reads_as_full():
+    record = CaseRecord(**asdict(Case("lstm", "native", "infer", 3, 4))).to_dict()
+    del record["convention"]
+    assert CaseRecord.from_dict(record).convention == "full"
