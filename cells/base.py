@@ -13,17 +13,18 @@ direction, time-major. A backend that fuses the whole stack may override `run_st
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from .capabilities import BASE, Capabilities, backends_with, capabilities_of
-from .checks import check_constructor, check_forward, check_packed, zeros_state
+from .checks import check_constructor, check_forward, zeros_state
+from .dropin import for_kind, rebuild
 from .kinds import spec
+from .packed import forward_packed, reverse_within, run_ragged
 
 State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, H)
 # w_ih, w_hh, b_ih, b_hh; with proj_size > 0 (LSTM only) a fifth entry, w_hr (P, H)
@@ -96,7 +97,10 @@ class RecurrentBase(nn.Module):
             per_direction = []
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = [("weight_ih", (rows, width)), ("weight_hh", (rows, out))]
+                shapes: list[tuple[str, tuple[int, ...]]] = [
+                    ("weight_ih", (rows, width)),
+                    ("weight_hh", (rows, out)),
+                ]
                 if self.bias:
                     shapes += [("bias_ih", (rows,)), ("bias_hh", (rows,))]
                 if proj_size:
@@ -153,7 +157,7 @@ class RecurrentBase(nn.Module):
     @property
     def mode(self) -> str:
         """torch.nn's mode string: 'LSTM', 'GRU', 'RNN_TANH' or 'RNN_RELU'."""
-        return f"RNN_{self.nonlinearity.upper()}" if self.kind == "rnn" else self.kind.upper()
+        return f"RNN_{str(self.nonlinearity).upper()}" if self.kind == "rnn" else self.kind.upper()
 
     def reset_parameters(self) -> None:
         """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
@@ -218,9 +222,9 @@ class RecurrentBase(nn.Module):
                     y, final = self.run_layer(seq, state, weights)
                     y = y.flip(0) if direction else y
                 else:
-                    seq = _reverse_within(layer_input, lengths) if direction else layer_input
-                    y, final = self._run_ragged(seq, state, weights, lengths)
-                    y = _reverse_within(y, lengths) if direction else y
+                    seq = reverse_within(layer_input, lengths) if direction else layer_input
+                    y, final = run_ragged(self.run_layer, seq, state, weights, lengths)
+                    y = reverse_within(y, lengths) if direction else y
                 outputs.append(y)
                 for store, s in zip(finals, final):
                     store.append(s)
@@ -229,30 +233,10 @@ class RecurrentBase(nn.Module):
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         return layer_input, tuple(torch.stack(store) for store in finals)
 
-    def _run_ragged(
-        self, x: Tensor, state: State, weights: LayerWeights, lengths: list[int]
-    ) -> tuple[Tensor, State]:
-        """run_layer over sequences sorted by length, one call per distinct length: the batch
-        shrinks as sequences end (as torch.nn does), so each final state is exact, c included."""
-        batch = x.size(1)
-        pieces, done = [], []  # outputs per segment; finished states, last-finishing first
-        start, active = 0, batch
-        for end in sorted(set(lengths)):
-            y, final = self.run_layer(
-                x[start:end, :active].contiguous(), tuple(s[:active] for s in state), weights
-            )
-            pieces.append(nn.functional.pad(y, (0, 0, 0, batch - active)))
-            still = sum(1 for n in lengths if n > end)
-            done.append(tuple(f[still:active] for f in final))
-            state, start, active = final, end, still
-        return torch.cat(pieces), tuple(
-            torch.cat([d[i] for d in reversed(done)]) for i in range(len(state))
-        )
-
     # --- torch.nn's forward contract ----------------------------------------------------
     def forward(self, input: Any, hx=None):
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
+            return forward_packed(self, input, hx)
         batched = check_forward(self, input, hx)
         x = input if batched else input.unsqueeze(1)
         if batched and self.batch_first:
@@ -270,32 +254,6 @@ class RecurrentBase(nn.Module):
             output = output.squeeze(1)
             finals = tuple(s.squeeze(1) for s in finals)
         return output, (finals if len(finals) == 2 else finals[0])
-
-    def _forward_packed(self, input: PackedSequence, hx):
-        if not self.caps().packed:
-            raise TypeError(
-                f"backend {self._name()!r} does not accept PackedSequence input; backends "
-                f"that do: {', '.join(backends_with('packed', self.kind))}"
-            )
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        check_packed(self, data, int(batch_sizes[0]), hx)
-        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # sorted order
-        if hx is None:
-            states = zeros_state(self, padded.size(1), padded)
-        else:
-            states = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-            if sorted_indices is not None:  # hx is in the caller's order, as torch.nn takes it
-                states = tuple(s.index_select(1, sorted_indices) for s in states)
-        output, finals = self._run(padded, states, lengths.tolist())
-        out = PackedSequence(
-            pack_padded_sequence(output, lengths).data,
-            batch_sizes,
-            sorted_indices,
-            unsorted_indices,
-        )
-        if unsorted_indices is not None:
-            finals = tuple(s.index_select(1, unsorted_indices) for s in finals)
-        return out, (finals if len(finals) == 2 else finals[0])
 
     def _run(self, x: Tensor, states: State, lengths: list[int] | None) -> tuple[Tensor, State]:
         """Refuse what this backend does not declare, apply torch.nn's autocast rule, run."""
@@ -366,7 +324,7 @@ class RecurrentBase(nn.Module):
         # classes made by for_kind do not exist in a fresh process until the registry runs:
         # pickle the recipe (backend class, kind, name) instead of the class's name
         return (
-            _rebuild,
+            rebuild,
             origin,
             self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__,
         )
@@ -413,132 +371,5 @@ class _FirstOrderOnly(torch.autograd.Function):
         return (None, *grads)
 
 
-def _reverse_within(x: Tensor, lengths: list[int]) -> Tensor:
-    """Reverse each column of time-major x within its own length; padding stays in place."""
-    steps = torch.arange(x.size(0), device=x.device).unsqueeze(1)
-    n = torch.tensor(lengths, device=x.device).unsqueeze(0)
-    index = torch.where(steps < n, n - 1 - steps, steps)
-    return x.gather(0, index.unsqueeze(2).expand_as(x))
-
-
-def _rebuild(backend_class: type, kind: str, name: str) -> RecurrentBase:
-    cls = for_kind(backend_class, kind, name)
-    return cls.__new__(cls)
-
-
-_MADE: dict[tuple[type, str, str], type] = {}
-
-
-def for_kind(backend_class: type, kind: str, name: str = "") -> type:
-    """A subclass of `backend_class` fixed to one cell kind, with torch.nn's constructor signature.
-
-    The same arguments give the same class, so pickled modules and isinstance checks agree."""
-    spec(kind)
-    label = name or backend_class.__name__
-    made = _MADE.get((backend_class, kind, label))
-    if made is not None:
-        return made
-    cls_name = f"{backend_class.__name__}{spec(kind).torch_class}"
-    if kind == "rnn":
-
-        def __init__(
-            self,
-            input_size: int,
-            hidden_size: int,
-            num_layers: int = 1,
-            nonlinearity: str = "tanh",
-            bias: bool = True,
-            batch_first: bool = False,
-            dropout: float = 0.0,
-            bidirectional: bool = False,
-            device=None,
-            dtype=None,
-        ) -> None:
-            backend_class.__init__(
-                self,
-                input_size,
-                hidden_size,
-                num_layers,
-                bias,
-                batch_first,
-                dropout,
-                bidirectional,
-                0,
-                device,
-                dtype,
-                nonlinearity=nonlinearity,
-            )
-    elif kind == "gru":
-
-        def __init__(
-            self,
-            input_size: int,
-            hidden_size: int,
-            num_layers: int = 1,
-            bias: bool = True,
-            batch_first: bool = False,
-            dropout: float = 0.0,
-            bidirectional: bool = False,
-            device=None,
-            dtype=None,
-        ) -> None:
-            backend_class.__init__(
-                self,
-                input_size,
-                hidden_size,
-                num_layers,
-                bias,
-                batch_first,
-                dropout,
-                bidirectional,
-                0,
-                device,
-                dtype,
-            )
-    else:
-
-        def __init__(
-            self,
-            input_size: int,
-            hidden_size: int,
-            num_layers: int = 1,
-            bias: bool = True,
-            batch_first: bool = False,
-            dropout: float = 0.0,
-            bidirectional: bool = False,
-            proj_size: int = 0,
-            device=None,
-            dtype=None,
-        ) -> None:
-            backend_class.__init__(
-                self,
-                input_size,
-                hidden_size,
-                num_layers,
-                bias,
-                batch_first,
-                dropout,
-                bidirectional,
-                proj_size,
-                device,
-                dtype,
-            )
-
-    cls = type(
-        cls_name,
-        (backend_class,),
-        {
-            "kind": kind,
-            "backend": label,
-            "__init__": __init__,
-            "__module__": backend_class.__module__,
-            "__qualname__": cls_name,
-            "_for_kind_origin": (backend_class, kind, label),
-        },
-    )
-    _MADE[(backend_class, kind, label)] = cls
-    # make the class findable by name, so modules pickle (torch.save, multiprocessing)
-    home = sys.modules.get(backend_class.__module__)
-    if home is not None and not hasattr(home, cls_name):
-        setattr(home, cls_name, cls)
-    return cls
+_rebuild = rebuild  # the name modules pickled before for_kind moved to cells/dropin.py refer to
+__all__ = ["LayerWeights", "RecurrentBase", "State", "for_kind"]

@@ -107,8 +107,9 @@ def capabilities_of(cls: type, backend: str | None = None) -> Capabilities:
             break
         if "capabilities" in klass.__dict__:
             return klass.__dict__["capabilities"]
-    name = backend or getattr(cls, "backend", "")
-    return DECLARED.get(name, getattr(cls, "capabilities", BASE))
+    name = str(backend or getattr(cls, "backend", ""))
+    declared = DECLARED.get(name)
+    return declared if declared is not None else getattr(cls, "capabilities", BASE)
 
 
 def supports(caps: Capabilities, column: str) -> bool:

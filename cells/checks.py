@@ -136,7 +136,7 @@ def _check_hx(module: Any, hx: Any, input: Tensor, batch: int | None, dim: int) 
                 f"LSTM expects hx as a tuple (h_0, c_0) of two Tensors, got {type(hx).__name__}"
                 + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
             )
-        named = (("hx[0]", hx[0]), ("hx[1]", hx[1]))
+        named: tuple[tuple[str, Any], ...] = (("hx[0]", hx[0]), ("hx[1]", hx[1]))
     else:
         if not isinstance(hx, Tensor):
             raise TypeError(f"hx must be a Tensor, got {type(hx).__name__}")

@@ -9,6 +9,7 @@ transposed or permuted results).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,8 +39,8 @@ class Config:
     # pack_padded_sequence(enforce_sorted=False); outputs compared after pad_packed_sequence
     lengths: tuple[int, ...] | None = None
 
-    def nn_kwargs(self) -> dict:
-        kw = dict(
+    def nn_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(
             num_layers=self.num_layers,
             bias=self.bias,
             batch_first=self.batch_first,
@@ -258,6 +259,9 @@ def compare(
     d = 2 if config.bidirectional else 1
     n_states = spec(config.kind).states
     widths = [config.proj_size or config.hidden_size, config.hidden_size][:n_states]  # h, c
+    x_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    h_shapes: list[tuple[int, ...]]
     if config.batch is None:
         x_shape, out_shape = (config.seq_len, config.input_size), (config.seq_len, d * widths[0])
         h_shapes = [(config.num_layers * d, w) for w in widths]

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import cells
+from cells import recurrence
 from cells.equivalence import Config, compare
-from cells.kernels import compiled
+from cells.kernels import compiled, compiled_infer, compiled_support
 
 pytestmark = pytest.mark.skipif(
     compiled.unavailable_reason() is not None,
@@ -51,8 +52,8 @@ class _EagerSteps(cells.RecurrentBase):
     """The same Recurrence with the step functions run eagerly: checks the backward math alone."""
 
     def run_layer(self, x, state, weights):
-        variant = compiled.variant_of(self)
-        return compiled.recurrent_layer(variant, compiled.EAGER_STEPS[variant], x, state, weights)
+        steps = recurrence.EAGER_STEPS[recurrence.variant_of(self)]
+        return recurrence.recurrent_layer(steps, x, state, weights)
 
 
 @pytest.mark.parametrize(
@@ -141,19 +142,21 @@ def test_chunked_matches_single_steps():
 def test_packed_mm_uses_registered_weight_and_falls_back():
     """`packed_mm` (the steps' recurrent GEMM on float32 CPU) equals x @ b with the packed copy
     registered, and falls back to torch.mm without one or after b changed in place."""
-    op = compiled._define_packed_mm()
+    op = compiled_support.define_packed_mm()
     if op is None:
         pytest.skip("oneDNN packed linear not in this torch build")
-    steps = compiled.Steps(None, None, packed=True)
     torch.manual_seed(0)
     x, b = torch.randn(5, 16), torch.randn(16, 24)
     torch.testing.assert_close(op(x, b), x.mm(b))
-    with compiled._packed_for(steps, b, x.size(0)):
-        assert compiled._PACKED[id(b)][0] is b
+    assert compiled_support.packed_for(b.double(), x.size(0)) is None  # float32 CPU only
+    packing = compiled_support.packed_for(b, x.size(0))
+    assert packing is not None
+    with packing:
+        assert compiled_support._PACKED[id(b)][0] is b
         torch.testing.assert_close(op(x, b), x.mm(b), rtol=1e-5, atol=1e-5)
         b.add_(1.0)  # new version: the packed copy is stale and must not be used
         torch.testing.assert_close(op(x, b), x.mm(b))
-    assert id(b) not in compiled._PACKED
+    assert id(b) not in compiled_support._PACKED
 
 
 # --- inference on short inputs (generation): the no-grad path --------------------------------
@@ -266,9 +269,9 @@ def test_short_inference_path_only_without_grad(monkeypatch):
     """Under grad (training, even at T = 1) the autograd path runs; under no_grad with T >=
     SHORT_STEPS the chunked path runs; only short no-grad calls take the inference step."""
     taken = []
-    real = compiled.infer_short
+    real = compiled_infer.infer_short
     monkeypatch.setattr(
-        compiled,
+        compiled_infer,
         "infer_short",
         lambda *a, **k: taken.append((a[1].size(0), k.get("eager"))) or real(*a, **k),
     )

@@ -16,6 +16,7 @@ from ..capabilities import Capabilities
 def _per_gate(weights: LayerWeights, gates: int):
     """Split torch.nn's stacked rows into per-gate (W_x, W_h, b_x, b_h), transposed as d2l has them."""
     w_ih, w_hh, b_ih, b_hh = weights[:4]
+    assert w_ih is not None and w_hh is not None
     out = []
     for w_x, w_h, k in zip(w_ih.chunk(gates), w_hh.chunk(gates), range(gates)):
         b_x = b_ih.chunk(gates)[k] if b_ih is not None else None

@@ -16,7 +16,7 @@ Design (after FlashRNN, simplified; see docs/compiled-and-triton.md):
   easily); keeping them on chip there needs FlashRNN's split of the gate dimension across
   CTAs with a per-step grid barrier — not done here.
 * Backward: a correct PyTorch backward from the saved activated gates and states (the one of
-  cells.kernels.compiled.Recurrence, run eagerly): per step one pointwise pass and one GEMM
+  cells.recurrence.Recurrence, its step functions run eagerly): per step one pointwise pass and one GEMM
   for dh_{t-1}; dW_hh for all steps as one GEMM at the end. Not a Triton kernel yet.
 
 Availability: Triton importable and either CUDA available, or TRITON_INTERPRET=1 set before
@@ -27,13 +27,14 @@ the float32 equivalence tolerance on long sequences).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 from torch import Tensor
 
 from ..base import LayerWeights, RecurrentBase, State
-from .compiled import EAGER_STEPS, recurrent_layer, variant_of
+from ..recurrence import EAGER_STEPS, History, recurrent_layer, variant_of
 
 try:
     import triton
@@ -73,6 +74,10 @@ if triton is not None:
         """W_hh[q*H + rh, rk] as a (BLOCK_K, BLOCK_H) tile: the slice of W_hh^T for gate q."""
         mask = (rk[:, None] < H) & (rh[None, :] < H)
         return tl.load(w_ptr + (q * H + rh[None, :]) * H + rk[:, None], mask=mask, other=0.0)
+
+    @triton.jit
+    def _streamed_dot(hk, w_ptr, q, rh, rk, H, PRECISION: tl.constexpr, ACC: tl.constexpr):
+        return tl.dot(hk, _w_tile(w_ptr, q, rh, rk, H), input_precision=PRECISION, out_dtype=ACC)
 
     @triton.jit
     def _recurrence_fwd(
@@ -132,33 +137,13 @@ if triton is not None:
                             a2 += tl.dot(hk, w2, input_precision=PRECISION, out_dtype=ACC)
                         if G > 3:
                             a3 += tl.dot(hk, w3, input_precision=PRECISION, out_dtype=ACC)
-                    else:
-                        a0 += tl.dot(
-                            hk,
-                            _w_tile(w_ptr, 0, rh, rk, H),
-                            input_precision=PRECISION,
-                            out_dtype=ACC,
-                        )
+                    else:  # streamed: gate q's tile of W_hh^T loaded at every step
+                        a0 += _streamed_dot(hk, w_ptr, 0, rh, rk, H, PRECISION, ACC)
                         if G > 1:
-                            a1 += tl.dot(
-                                hk,
-                                _w_tile(w_ptr, 1, rh, rk, H),
-                                input_precision=PRECISION,
-                                out_dtype=ACC,
-                            )
-                            a2 += tl.dot(
-                                hk,
-                                _w_tile(w_ptr, 2, rh, rk, H),
-                                input_precision=PRECISION,
-                                out_dtype=ACC,
-                            )
+                            a1 += _streamed_dot(hk, w_ptr, 1, rh, rk, H, PRECISION, ACC)
+                            a2 += _streamed_dot(hk, w_ptr, 2, rh, rk, H, PRECISION, ACC)
                         if G > 3:
-                            a3 += tl.dot(
-                                hk,
-                                _w_tile(w_ptr, 3, rh, rk, H),
-                                input_precision=PRECISION,
-                                out_dtype=ACC,
-                            )
+                            a3 += _streamed_dot(hk, w_ptr, 3, rh, rk, H, PRECISION, ACC)
                 x_row = xw_ptr + t * B * G * H + rb[:, None] * (G * H) + rh[None, :]
                 out_off = rb[:, None] * H + rh[None, :]
                 acts_row = acts_ptr + t * B * 4 * H + rb[:, None] * (4 * H) + rh[None, :]
@@ -208,14 +193,15 @@ def _pow2(n: int, low: int, high: int) -> int:
 
 
 def triton_forward(
-    variant: str, xw: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, b_hn: Tensor | None
-):
-    """Runs the kernel; returns (hs (T,B,H), cs (T,B,H) or None, acts (T,B,4H) or None)."""
+    variant: str, xw: Tensor, state0: State, w_hh: Tensor, b_hn: Tensor | None
+) -> History:
+    """Runs the kernel; returns hs (T,B,H), for LSTM cs (T,B,H), and acts (T,B,4H) or None."""
     if not (xw.is_cuda or interpreted()):
         raise RuntimeError(
             "backend 'triton' runs on CUDA tensors (or on the CPU only with "
             "TRITON_INTERPRET=1); move the module to a GPU"
         )
+    h0 = state0[0]
     seq, batch, hidden = xw.size(0), xw.size(1), h0.size(1)
     gates = 4 if variant == "lstm" else 3 if variant == "gru" else 1
     xw = xw.contiguous()
@@ -225,7 +211,7 @@ def triton_forward(
     c = None
     if variant == "lstm":
         c = xw.new_empty((seq + 1, batch, hidden))
-        c[0] = c0
+        c[0] = state0[1]
     acts = xw.new_empty((seq, batch, 4 * hidden)) if variant in ("lstm", "gru") else None
     bhn = b_hn.contiguous() if b_hn is not None else y  # unused unless GRU
     block = _pow2(hidden, 16, 64)
@@ -257,7 +243,7 @@ def triton_forward(
         ACC=acc,
         num_warps=4,
     )
-    return y[1:], (c[1:] if c is not None else None), acts
+    return History((y[1:],) if c is None else (y[1:], c[1:]), acts)
 
 
 class TritonLoop(RecurrentBase):
@@ -267,16 +253,11 @@ class TritonLoop(RecurrentBase):
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         variant = variant_of(self)
-
-        def forward_impl(xw, h0, c0, w_hh, b_hn):
-            return triton_forward(variant, xw, h0, c0, w_hh, b_hn)
-
         return recurrent_layer(
-            variant,
             EAGER_STEPS[variant],
             x,
             state,
             weights,
-            forward_impl=forward_impl,
+            forward_impl=functools.partial(triton_forward, variant),
             pad_batch_one=False,
         )
