@@ -92,11 +92,22 @@ def _speed_backends(kind: str, wanted: Sequence[str] | None, quick: bool) -> lis
     return list(wanted)
 
 
-def _speed_check(target: str, kind: str, name: str, out: Path, backends: list[str], quick: bool):
+def _speed_check(
+    target: str,
+    kind: str,
+    name: str,
+    out: Path,
+    backends: list[str],
+    quick: bool,
+    progress: Callable[[str], None],
+) -> dict:
+    """measure_speed at the d2l shape (and the large one unless quick); a failure of the timing
+    machinery itself becomes a result with no rows."""
     shapes = {"d2l": D2L_SHAPE} if quick else {"d2l": D2L_SHAPE, "large": LARGE_SHAPE}
+    options = Options(memory=not quick)
     try:
         return measure_speed(
-            target, kind, name, out, shapes, backends, options=Options(memory=not quick)
+            target, kind, name, out, shapes, backends, options=options, progress=progress
         )
     except Exception as exc:
         return dict(status="error", reason=f"{type(exc).__name__}: {exc}", rows=[])
@@ -184,7 +195,7 @@ def validate(
 
     if run_speed:
         progress("speed")
-        v["speed"] = _speed_check(target, kind, name, out, backends, quick)
+        v["speed"] = _speed_check(target, kind, name, out, backends, quick, progress)
         failures += [
             f"speed: the candidate failed in the timing ({r['shape']} {r['mode']}): {r['error']}"
             for r in v["speed"].get("candidate_errors", [])

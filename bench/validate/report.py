@@ -170,7 +170,7 @@ def _speed(s: dict | None, name: str) -> list[str]:
     )
     lines += [
         "Measured by bench.timing.GroupTimer (the engine of `bench run`) in an isolated worker "
-        f"at {s['threads']} thread(s), float32 on the CPU. Per shape and mode, every backend "
+        f"at {s['threads']} thread{'s' if s['threads'] > 1 else ''}, float32 on the CPU. Per shape and mode, every backend "
         "is built, passes the correctness gate (bench.gate), is called once (compilation), "
         "warmed up and timed for a first round; further rounds time every backend back to back "
         f"in alternating order. A round times at least {o['min_run_time']:g} s of calls in at least {o['min_repeats']} blocks "

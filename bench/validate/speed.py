@@ -10,7 +10,7 @@ module. The result rows are bench.records.CaseRecord fields plus the shape's nam
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,6 +65,7 @@ def measure_speed(
     modes: Sequence[str] = SPEED_MODES,
     options: Options | None = None,
     threads: int = 1,
+    progress: Callable[[str], None] = lambda s: None,
 ) -> dict:
     """Time the candidate `name` with `backends` (native is always added: the ratios are to it).
 
@@ -87,6 +88,7 @@ def measure_speed(
     try:
         for shape_name, shape in shapes.items():
             for mode in modes:
+                progress(f"  {shape_name} {mode}: {', '.join(names)}")
                 cases = group(kind, names, mode, shape, threads)
                 records = GroupTimer(
                     cases, worker, options, {}, lambda c: CaseRecord(**asdict(c))
