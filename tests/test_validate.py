@@ -229,6 +229,10 @@ def test_cli_exit_status_and_one_line_reason(tmp_path, capsys):
             )
             == 2
         )
+        # speed is on here: the unknown backend is refused before anything is measured
+        argv = ["validate", f"{STEP}:StepLSTM", "--kind", "lstm", "--quick", "--no-train"]
+        assert cli([*argv, "--speed-backends", "native,nosuch", "--out", str(tmp_path / "y")]) == 2
+        assert "--speed-backends nosuch" in capsys.readouterr().err
     finally:
         cells.unregister("lstm", "candidate")
 
@@ -274,6 +278,25 @@ def test_speed_times_the_candidate_with_the_shared_engine(tmp_path):
     )
     assert "bench.timing.GroupTimer" in report and "at least 0.02 s of calls" in report
     assert "**candidate**" in report
+
+
+@pytest.mark.slow
+def test_speed_reports_a_candidate_the_gate_rejects(tmp_path):
+    """A wrong kernel is never timed: the gate marks it incorrect, and validate would fail on it."""
+    from bench.measure import Options
+
+    result = V.measure_speed(
+        f"{BUGS}:TimeShiftLSTM",
+        "lstm",
+        "candidate",
+        tmp_path,
+        {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)},
+        [],
+        modes=("infer",),
+        options=Options(min_run_time=0.02, min_repeats=2, min_rounds=2, max_rounds=2, memory=False),
+    )
+    (bad,) = result["candidate_errors"]
+    assert bad["status"] == "incorrect" and bad["rounds"] == 0 and bad["ratio_to_native"] is None
 
 
 # --- third-party backends through entry points ------------------------------------------------
