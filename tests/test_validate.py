@@ -237,23 +237,20 @@ def test_cli_exit_status_and_one_line_reason(tmp_path, capsys):
         cells.unregister("lstm", "candidate")
 
 
+def time_tiny(target: str, kind: str, tmp_path: Path) -> dict:
+    """measure_speed at a tiny shape in infer mode, with few short rounds."""
+    from bench.measure import Options
+
+    options = Options(min_run_time=0.02, min_repeats=3, min_rounds=2, max_rounds=3, memory=False)
+    tiny = {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)}
+    return V.measure_speed(target, kind, "candidate", tmp_path, tiny, [], ("infer",), options)
+
+
 @pytest.mark.slow
 def test_speed_times_the_candidate_with_the_shared_engine(tmp_path):
     """The candidate is registered in the timing worker by a generated module (tiny shape, one
     mode); the rows are the engine's CaseRecords, with the ratio and CI the engine computed."""
-    from bench.measure import Options
-
-    options = Options(min_run_time=0.02, min_repeats=3, min_rounds=2, max_rounds=3, memory=False)
-    result = V.measure_speed(
-        f"{STEP}:StepGRU",
-        "gru",
-        "candidate",
-        tmp_path,
-        {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)},
-        [],
-        modes=("infer",),
-        options=options,
-    )
+    result = time_tiny(f"{STEP}:StepGRU", "gru", tmp_path)
     assert result["status"] == "ok", result["reason"]
     rows = {r["backend"]: r for r in result["rows"]}
     assert set(rows) == {"native", "candidate"}
@@ -262,20 +259,9 @@ def test_speed_times_the_candidate_with_the_shared_engine(tmp_path):
     assert rows["native"]["ratio_to_native"] == pytest.approx(1.0)
     assert rows["candidate"]["tokens_per_s"] > 0 and len(rows["candidate"]["ratio_ci95"]) == 2
     assert 2 <= rows["candidate"]["rounds"] <= 3 and rows["candidate"]["stop_reason"]
-    report = V.render(
-        dict(
-            target="t:T",
-            kind="gru",
-            name="candidate",
-            required=set(),
-            checks=[],
-            worst=[],
-            passed=True,
-            reason="",
-            train=None,
-            speed=result,
-        )
-    )
+    verdict = dict(target="t:T", kind="gru", name="candidate", required=set(), checks=[])
+    verdict.update(worst=[], passed=True, reason="", train=None, speed=result)
+    report = V.render(verdict)
     assert "bench.timing.GroupTimer" in report and "at least 0.02 s of calls" in report
     assert "**candidate**" in report
 
@@ -283,19 +269,7 @@ def test_speed_times_the_candidate_with_the_shared_engine(tmp_path):
 @pytest.mark.slow
 def test_speed_reports_a_candidate_the_gate_rejects(tmp_path):
     """A wrong kernel is never timed: the gate marks it incorrect, and validate would fail on it."""
-    from bench.measure import Options
-
-    result = V.measure_speed(
-        f"{BUGS}:TimeShiftLSTM",
-        "lstm",
-        "candidate",
-        tmp_path,
-        {"tiny": dict(input_size=4, hidden_size=8, batch=2, seq_len=3)},
-        [],
-        modes=("infer",),
-        options=Options(min_run_time=0.02, min_repeats=2, min_rounds=2, max_rounds=2, memory=False),
-    )
-    (bad,) = result["candidate_errors"]
+    (bad,) = time_tiny(f"{BUGS}:TimeShiftLSTM", "lstm", tmp_path)["candidate_errors"]
     assert bad["status"] == "incorrect" and bad["rounds"] == 0 and bad["ratio_to_native"] is None
 
 
