@@ -26,18 +26,8 @@ FASTMATH = {"contract", "reassoc", "arcp", "nsz", "afn"}
 # over the whole thread pool, a fork/join each (two per batch-1 LSTM step, whatever the
 # block count). Each kernel runs its blocks inline, outside the pool, when given one block
 # (threads.py decides). One instance for all kernels: ParallelOptions empties a dict it is given.
-PRANGE_ONLY = ParallelOptions(
-    dict(
-        prange=True,
-        comprehension=False,
-        reduction=False,
-        inplace_binop=False,
-        setitem=False,
-        numpy=False,
-        stencil=False,
-        fusion=False,
-    )
-)
+_OFF = ("comprehension", "reduction", "inplace_binop", "setitem", "numpy", "stencil", "fusion")
+PRANGE_ONLY = ParallelOptions({"prange": True, **dict.fromkeys(_OFF, False)})
 
 
 def serial(fn: F) -> Dispatcher[F]:
