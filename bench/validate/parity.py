@@ -19,7 +19,7 @@ PARITY_FACTOR = 10.0
 # an absolute floor (relative to the loss) for runs where torch.nn float32 is very close
 PARITY_FLOOR = 1e-5
 CORPUS_TOKENS = 10000  # d2l's first 10,000 characters of the Time Machine
-SOURCE = "the Time Machine via bench.tasks.charlm (d2l preprocessing)"
+SOURCE = f"the first {CORPUS_TOKENS:,} characters of the Time Machine (bench.tasks.charlm)"
 
 
 def parity_criterion(

@@ -60,8 +60,8 @@ def _header(v: dict) -> list[str]:
         f"(cells.equivalence.compare) over {per_dtype['float64']} configurations in float64, "
         f"{per_dtype['float32']} in float32 and, on a GPU, float16 and bfloat16: output, final "
         "state(s), and the gradients of every parameter, the input and hx, driven by random "
-        "inputs, initial states and upstream gradients; norm-wise relative error against the "
-        f"tolerance of cells/tolerances.py ({tolerances}).",
+        "inputs, initial states (where given) and upstream gradients; norm-wise relative "
+        f"error against the tolerance of cells/tolerances.py ({tolerances}).",
         "* **Contract**: torch.nn's behaviour beyond one forward and backward pass, one "
         "named check per clause (bench/contract.py).",
         f"* **Training parity**: {train}",
@@ -113,8 +113,8 @@ def _equivalence(v: dict) -> list[str]:
     if unsupported:
         lines += [
             "",
-            "Unsupported (the candidate raised at construction; pass `--require OPTION` "
-            "to make these failures): " + "; ".join(unsupported),
+            "Unsupported (the candidate raised at construction, or in a half dtype; pass "
+            "`--require OPTION` to make these failures): " + "; ".join(unsupported),
         ]
     return lines + [""]
 
@@ -170,20 +170,19 @@ def _speed(s: dict | None, name: str) -> list[str]:
     )
     lines += [
         "Measured by bench.timing.GroupTimer (the engine of `bench run`) in an isolated worker "
-        f"at {s['threads']} thread{'s' if s['threads'] > 1 else ''}, float32 on the CPU. Per shape and mode, every backend "
-        "is built, passes the correctness gate (bench.gate), is called once (compilation), "
-        "warmed up and timed for a first round; further rounds time every backend back to back "
-        f"in alternating order. A round times at least {o['min_run_time']:g} s of calls in at least {o['min_repeats']} blocks "
+        f"at {s['threads']} thread{'s' if s['threads'] > 1 else ''}, float32 on the CPU. Per "
+        "shape and mode, every backend is built, passes the correctness gate (bench.gate), is "
+        "called once (compilation), warmed up and timed for a first round; further rounds time "
+        "every backend back to back in alternating order. A round times at least "
+        f"{o['min_run_time']:g} s of calls in at least {o['min_repeats']} blocks "
         "(torch.utils.benchmark), the round's time being the median per-call time of its "
         f"blocks. Rounds stop once, from round {o['min_rounds']} on, every ratio's 95% "
         f"bootstrap CI has a half-width within {o['ci_target']:.0%} of the ratio, or after "
-        f"{o['group_time_cap']:g} s of rounds or "
-        f"{o['max_rounds']} rounds (column *stop*). Ratio = native's round time / the "
-        "backend's, median over rounds (> 1: faster than torch.nn), with its percentile-"
-        "bootstrap 95% CI; *undecided* when the interval contains 1. IQR / median is the spread "
-        f"of the round times (*noisy* above {o['noise_threshold']:.0%}). Generate runs at "
-        "batch 1. "
-        f"Shapes: {shapes}.",
+        f"{o['group_time_cap']:g} s of rounds or {o['max_rounds']} rounds (column *stop*). "
+        "Ratio = native's round time / the backend's, median over rounds (> 1: faster than "
+        "torch.nn), with its percentile-bootstrap 95% CI; *undecided* when the interval "
+        "contains 1. IQR / median is the spread of the round times (*noisy* above "
+        f"{o['noise_threshold']:.0%}). Generate runs at batch 1. Shapes: {shapes}.",
         "",
         "| shape | mode | backend | tokens/s | ratio to native (95% CI) | rounds | IQR / median "
         "| stop | status |",
