@@ -24,6 +24,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from bench import cli, cluster, sweep  # noqa: E402
+from bench.measure import CASE_FIELDS  # noqa: E402
 from bench.records import RECORDS_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,15 +74,8 @@ def planned(*argv: str) -> list[tuple]:
 
 
 def key(record: dict) -> tuple:
-    return tuple(
-        record[name]
-        for name in (
-            *(
-                "kind backend mode input_size hidden_size num_layers batch seq_len device dtype "
-                "threads optimizer_step"
-            ).split(),
-        )
-    )
+    """A case record's identity, as Case.key() gives it."""
+    return tuple(record[name] for name in CASE_FIELDS)
 
 
 def groups_of(records: list[dict]) -> dict[tuple, list[dict]]:
