@@ -126,6 +126,11 @@ def compare_records(
     return rows
 
 
+def _marked(status: str, alarming: str) -> str:
+    """The status, in bold when it is the one that fails the gate in this row's form."""
+    return f"**{status}**" if status == alarming else status
+
+
 def render(
     rows: list[dict],
     base: dict,
@@ -156,13 +161,13 @@ def render(
             lines.append(
                 f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | {r['base']:.3f} | "
                 f"{r['new']:.3f} | {r['change']:.3f}x | {r['low']:.3f}–{r['high']:.3f} | "
-                f"{r['p']:.3g} | {'**' + r['status'] + '**' if r['status'] == 'regressed' else r['status']} |"
+                f"{r['p']:.3g} | {_marked(r['status'], 'regressed')} |"
             )
         else:
             new_ratio = f"{r['new']:.3f}" if "new" in r else "—"
             lines.append(
-                f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | — | {new_ratio} | — | — | — | "
-                f"{'**missing**' if r['status'] == 'missing' else r['status']} |"
+                f"| {r['kind']} | {r['backend']} | {r['mode']} | {shape} | — | {new_ratio} | — | "
+                f"— | — | {_marked(r['status'], 'missing')} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -98,7 +98,8 @@ def _malformed(data) -> str:
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
             for x in ratios
         ):
-            return f"result {i} ({r.get('kind')}/{r.get('backend')}/{r.get('mode')}) has invalid ratios"
+            what = f"{r.get('kind')}/{r.get('backend')}/{r.get('mode')}"
+            return f"result {i} ({what}) has invalid ratios"
         if len(ratios) < MIN_ROUNDS:
             return (
                 f"result {i} ({r['kind']}/{r['backend']}/{r['mode']}) has {len(ratios)} rounds; "

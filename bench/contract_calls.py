@@ -69,9 +69,8 @@ def dtype_device(ctx: Context) -> str:
     except Exception as exc:
         if "cuda" in ctx.required:
             raise
-        return f"float32 and float64 on cpu; cuda unsupported ({type(exc).__name__}: {exc})".splitlines()[
-            0
-        ]
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return f"float32 and float64 on cpu; cuda unsupported ({why})"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
     fail_if(wrong)
@@ -101,7 +100,10 @@ def inputs_unchanged(ctx: Context) -> str:
                 f"{ctx.step}: forward and backward changed the caller's "
                 + ", ".join(changed + [f"{n} (written in place)" for n in written])
             )
-    return "input, hx and parameters bitwise unchanged, no in-place writes, in 4 requires_grad combinations"
+    return (
+        "input, hx and parameters bitwise unchanged, no in-place writes, "
+        "in 4 requires_grad combinations"
+    )
 
 
 def _strided(s: Tensor) -> Tensor:
@@ -223,6 +225,7 @@ def new_shapes(ctx: Context) -> str:
         problems += expect_fresh(module, cfg, ctx.step, seed=n)
     fail_if(problems)
     return f"{len(NEW_SHAPES)} calls on one module: " + ", ".join(
-        f"T{c.seq_len} {'unbatched' if c.batch is None else f'B{c.batch}'}{' hx' if c.with_hx else ''}"
+        f"T{c.seq_len} {'unbatched' if c.batch is None else f'B{c.batch}'}"
+        + (" hx" if c.with_hx else "")
         for c in (ctx.config(**shape) for shape in NEW_SHAPES)
     )

@@ -186,4 +186,7 @@ def module_copies(ctx: Context) -> str:
             module, cfg, f"the original after its {label} copy changed", seed=1
         )
     fail_if(problems)
-    return ".double(), .to(float64) after float32 use; deepcopy and pickle copies correct and independent"
+    return (
+        ".double(), .to(float64) after float32 use; "
+        "deepcopy and pickle copies correct and independent"
+    )
