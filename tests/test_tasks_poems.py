@@ -114,13 +114,35 @@ def test_lab_loss_is_the_mean_of_each_poems_mean():
 
 def test_suite_argument_lists_parse():
     for mode in ("short", "full"):
-        for task in suite.SHORT:
-            parser = argparse.ArgumentParser()
-            runner.configure(parser, runner.spec(task))
-            args = parser.parse_args(
-                suite.task_argv(task, mode, "/tmp/x", "lstm", "native,fused", True)
-            )
-            assert args.resume and args.backends == ["native", "fused"]
+        for task in runner.TASKS:
+            parser = parser_for(task)
+            for argv in suite.task_argvs(task, mode, "/tmp/x", "lstm", "native,fused", True):
+                args = parser.parse_args(argv)
+                assert args.resume and args.backends == ["native", "fused"]
+
+
+def test_full_suite_runs_each_lab_at_its_own_settings():
+    """--full: for every task a lab-protocol run, a cellbench run, and a naive/native pair
+    (the speed ratio); main runs get FULL_BACKEND; several seeds for aⁿbⁿ."""
+    for task in runner.TASKS:
+        parser = parser_for(task)
+        runs = [parser.parse_args(a) for a in suite.task_argvs(task, "full", "/tmp/x", None, None)]
+        protocols = [a.protocol for a in runs]
+        assert protocols.count("lab") >= 1 and "cellbench" in protocols, task
+        assert ["naive", "native"] in [a.backends for a in runs], task
+        assert all(a.backends in (["naive", "native"], [suite.FULL_BACKEND[task]]) for a in runs)
+        assert all(a.suite == "full" for a in runs)
+    parser = parser_for("anbn")
+    anbn = [parser.parse_args(a) for a in suite.task_argvs("anbn", "full", "/x", None, None)]
+    lab = [a for a in anbn if a.protocol == "lab" and a.steps is None]  # the lab's counts
+    assert sorted(k for a in lab for k in a.kinds) == ["lstm", "rnn"]
+    assert all(len(a.seeds) >= 3 for a in lab)
+
+
+def parser_for(task: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    runner.configure(parser, runner.spec(task))
+    return parser
 
 
 def test_suite_rejects_unknown_task(tmp_path, capsys):

@@ -3,10 +3,8 @@ while the suite goes on (exit 1), the report's provenance lines and failed-task 
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from tasks_cli import argv
+from tasks_cli import argv, records
 
 from bench.cli import main as bench_main
 from bench.tasks import report_section, suite
@@ -79,9 +77,9 @@ def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, ca
         no_plots=True,
     )
     monkeypatch.setitem(
-        suite.SHORT, "anbn", ["--steps", "5", "--n-eval", "5", "--seeds", "0", "--hidden", "-3"]
+        suite.SHORT, "anbn", [("--steps 5 --n-eval 5 --seeds 0 --hidden -3", 0.1)]
     )  # fails inside the task
-    monkeypatch.setitem(suite.SHORT, "poems", tiny_poems)
+    monkeypatch.setitem(suite.SHORT, "poems", [(" ".join(tiny_poems), 0.1)])
     out = tmp_path / "runs"
     rc = bench_main(
         ["tasks", "--short", "--tasks", "anbn,poems", "--backends", "native", "--out", str(out)]
@@ -90,7 +88,7 @@ def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, ca
     captured = capsys.readouterr()
     assert "error: anbn: ValueError: --hidden must be an integer >= 1, got -3" in captured.err
     assert "1/2 ok" in captured.out and "failed: anbn" in captured.out
-    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    recs = records(out)
     failed = [r for r in recs if r.get("status") == "failed"]
     ok = [r for r in recs if r.get("status") == "ok"]
     assert [r["task"] for r in failed] == ["anbn"] and "--hidden" in failed[0]["reason"]
@@ -101,24 +99,91 @@ def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, ca
     assert "## Tang poetry" in md and "Data: embedded copy" in md and "**short settings**" in md
 
 
+def test_jobs_run_in_parallel_processes_into_one_record_file(tmp_path, monkeypatch, capsys):
+    """--jobs 2: two worker processes append to one records.jsonl (under a lock): every run's
+    record is there, whole."""
+    tiny = "--steps 3 --n-eval 3 --no-plots --seeds {}"
+    monkeypatch.setitem(suite.SHORT, "anbn", [(tiny.format(0), 0.1), (tiny.format(1), 0.2)])
+    out = tmp_path / "j"
+    argv = ["tasks", "--short", "--tasks", "anbn", "--jobs", "2", "--backends", "native,fused"]
+    assert bench_main([*argv, "--out", str(out)]) == 0
+    recs = records(out)
+    assert sorted((r["seed"], r["backend"]) for r in recs) == [
+        (0, "fused"),
+        (0, "native"),
+        (1, "fused"),
+        (1, "native"),
+    ]
+    assert "2 runs, about 0 CPU minutes, 2 at a time" in capsys.readouterr().out
+    assert bench_main([*argv[:-2], "--jobs", "0", "--out", str(out)]) == 2
+
+
+def _short(task: str, out) -> list[dict]:
+    (argv,) = suite.task_argvs(task, "short", str(out), "lstm", "native")
+    assert bench_main(["train", task, *argv, "--no-plots"]) == 0
+    return records(out)
+
+
 @pytest.mark.slow
 def test_short_anbn_settings_give_a_real_capacity(tmp_path):
     """The short suite's aⁿbⁿ settings must leave every seed with capacity >= 5 under both
     readings (lr 1e-3 for as many steps leaves 0: a suite that shows nothing)."""
-    out = tmp_path / "a"
-    argv = list(suite.SHORT["anbn"]) + [
-        "--kind",
-        "lstm",
-        "--backend",
-        "native",
-        "--out",
-        str(out),
-        "--no-plots",
-        "--n-eval",
-        "12",
-    ]
-    assert bench_main(["train", "anbn", *argv]) == 0
-    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    recs = _short("anbn", tmp_path / "a")
     assert len(recs) == 2
     for r in recs:
         assert r["metrics"]["capacity"] >= 5 and r["metrics"]["capacity_lab"] >= 5, r["metrics"]
+
+
+@pytest.mark.slow
+def test_short_names_settings_reach_a_real_held_out_accuracy(tmp_path):
+    """The short suite's names run must classify held-out names (>= 0.70; it reaches 0.78)."""
+    (r,) = _short("names", tmp_path / "n")
+    assert r["metrics"]["test_accuracy"] >= 0.70, r["metrics"]
+
+
+def _anbn_record(protocol, backend, seed, capacity, lab, steps, tokens_per_s):
+    settings = {"protocol": protocol, "steps": steps, "hidden_size": 2, "lr": 1e-3}
+    if protocol == "lab":
+        settings["variant"] = "LSTM hidden 2"
+    return {
+        "type": "task",
+        "task": "anbn",
+        "protocol": protocol,
+        "kind": "lstm",
+        "backend": backend,
+        "seed": seed,
+        "run_key": f"{protocol}{backend}{seed}{steps}",
+        "settings": settings,
+        "metrics": {
+            "capacity": capacity,
+            "capacity_lab": lab,
+            "steps": steps,
+            "train_time_s": 1.0,
+            "tokens_per_s": tokens_per_s,
+        },
+        "curves": {"step": [steps], "loss": [0.3], "capacity": [capacity], "capacity_lab": [lab]},
+    }
+
+
+def test_lab_vs_cellbench_table(tmp_path):
+    """The lab's number (lab_numbers), cellbench under the lab's protocol (median, range over
+    seeds), cellbench's held-out figure, native/naive speed, and the lab protocol's flaw."""
+    from bench.tasks import runner
+
+    out = tmp_path / "runs"
+    for seed, (cap, lab) in enumerate([(7, 12), (30, 40), (9, 25)]):
+        runner.append(out, _anbn_record("lab", "native", seed, cap, lab, 40000, 300.0))
+    for seed, cap in enumerate([11, 13]):
+        runner.append(out, _anbn_record("cellbench", "native", seed, cap, cap, 10000, 900.0))
+    for backend, tps in (("naive", 100.0), ("native", 400.0)):
+        runner.append(out, _anbn_record("lab", backend, 0, 1, 1, 2000, tps))
+    md = report_section.render([out], tmp_path / "report")
+    table = md[md.index("### Lab vs cellbench") :]
+    row = next(line for line in table.splitlines() if " 40000 |" in line)
+    assert "LSTM hidden 2" in row and "| >=19 " in row  # the lab: still right at n = 19
+    assert "25 [12-40] (3 seeds)" in row  # the lab's reading over the lab-protocol seeds
+    assert "12 [11-13] (2 seeds)" in row  # cellbench's strict capacity
+    assert "4.00x" in row  # native 400 / naive 100 tokens/s, the 2000-step pair
+    short = [line for line in table.splitlines() if " 2000 |" in line]
+    assert len(short) == 2  # the speed pair is a row per backend, not seeds of the long run
+    assert "forgives the error its nets make at the second symbol" in table

@@ -86,9 +86,11 @@ def lab_vs_cellbench(task: str, runs: list[dict]) -> str:
     ours = [r for r in runs if protocol(r) == "cellbench"]
     rows = []
     groups: dict[tuple, list[dict]] = {}
-    for r in lab_runs:
-        groups.setdefault((r["settings"].get("variant"), r["kind"], r["backend"]), []).append(r)
-    for (variant, kind, backend), group in sorted(groups.items(), key=str):
+    for r in lab_runs:  # a short speed run is its own row, not another seed of the long one
+        length = r["metrics"].get("epochs") or r["metrics"].get("steps")
+        group_key = (r["settings"].get("variant"), r["kind"], r["backend"], length)
+        groups.setdefault(group_key, []).append(r)
+    for (variant, kind, backend, length), group in sorted(groups.items(), key=str):
         figures = [
             f for f in lab_numbers.for_task(task) if f.variant == variant and f.metric == lab_metric
         ]
@@ -97,10 +99,12 @@ def lab_vs_cellbench(task: str, runs: list[dict]) -> str:
         rows.append(
             {
                 "lab variant": variant,
+                "epochs / steps": length,
                 "metric": lab_metric,
                 "lab": figure.text if figure else "not reported",
                 "source": figure.lab if figure else "",
-                f"cellbench, lab protocol ({backend})": _spread(
+                "backend": backend,
+                "cellbench, lab protocol": _spread(
                     [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
                 ),
                 f"cellbench {held_label}": _spread([v for v in held if v is not None]) or "not run",

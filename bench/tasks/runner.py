@@ -99,6 +99,20 @@ def task_record(
     return record
 
 
+def append(out_dir: str | os.PathLike, record: dict) -> None:
+    """records.append under an exclusive lock on OUT/.records.lock: `tasks --jobs 2` runs two
+    grids that write one records.jsonl, and a long record is more than one write() call."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / ".records.lock", "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        except ImportError:  # Windows: no fcntl; the suite runs one job there
+            pass
+        records.append(out_dir, record)
+
+
 class Loaded(NamedTuple):
     """A task's data and which copy it came from (bench.data's source; None for generated data)."""
 
@@ -194,7 +208,7 @@ def main(task: TaskSpec, args: argparse.Namespace) -> int:
         record["protocol"] = run.settings.get("protocol", "cellbench")
         record["device"] = device
         provenance(record, args, loaded.source)
-        records.append(args.out, record)
+        append(args.out, record)
         written.append(record)
         print(task.line(record), flush=True)
     for text in task.summary(written):
