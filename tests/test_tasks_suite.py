@@ -4,7 +4,7 @@ while the suite goes on (exit 1), the report's provenance lines and failed-task 
 from __future__ import annotations
 
 import pytest
-from tasks_cli import argv, records
+from tasks_cli import argv, records, train
 
 from bench.cli import main as bench_main
 from bench.tasks import report_section, suite
@@ -187,3 +187,41 @@ def test_lab_vs_cellbench_table(tmp_path):
     short = [line for line in table.splitlines() if " 2000 |" in line]
     assert len(short) == 2  # the speed pair is a row per backend, not seeds of the long run
     assert "forgives the error its nets make at the second symbol" in table
+
+
+TINY = {
+    "charlm": dict(epochs=1, hidden=8, max_tokens=400, num_steps=5, num_preds=1),
+    "names": dict(epochs=1, hidden=8, max_train=64),
+    "anbn": dict(steps=2, n_eval=3),
+    "poems": dict(
+        epochs=1,
+        max_poems=20,
+        hidden=8,
+        embed=8,
+        lab_loop_poems=0,
+        max_gen=2,
+        begin="日",
+        corpus="sample",
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(TINY))
+def test_device_reaches_every_tasks_model(tmp_path, monkeypatch, task):
+    """--device cuda on a CPU machine, with torch told it has a GPU and Module.to watched (and
+    left on the CPU): every task moves its model to the device it was given, and records it."""
+    import torch
+
+    moved = []
+    to = torch.nn.Module.to
+
+    def watch(self, *args, **kwargs):
+        moved.append((type(self).__name__, str(args[0]) if args else kwargs.get("device")))
+        return to(self, "cpu")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", watch)
+    out = tmp_path / task
+    assert train(task, out, device="cuda", no_plots=True, **TINY[task]) == 0
+    assert records(out)[0]["device"] == "cuda"
+    assert moved and all(device == "cuda" for _, device in moved), moved
