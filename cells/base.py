@@ -170,8 +170,8 @@ class RecurrentBase(nn.Module):
     ) -> LayerWeights:
         """(w_ih, w_hh, b_ih, b_hh[, w_hr]) of one layer and direction, cast to `dtype` (autocast)."""
         tensors = [getattr(self, n) for n in self._weight_names[layer][direction]]
-        if dtype is not None:
-            tensors = [t.to(dtype) for t in tensors]
+        if dtype is not None:  # (t.to is a no-op at the same dtype, but costs a call per weight)
+            tensors = [t if t.dtype == dtype else t.to(dtype) for t in tensors]
         if not self.bias:
             tensors[2:2] = [None, None]
         return tuple(tensors)
@@ -256,7 +256,8 @@ class RecurrentBase(nn.Module):
         return output, (finals if len(finals) == 2 else finals[0])
 
     def _run(self, x: Tensor, states: State, lengths: list[int] | None) -> tuple[Tensor, State]:
-        """Refuse what this backend does not declare, apply torch.nn's autocast rule, run."""
+        """Refuse what this backend does not declare, apply torch.nn's autocast rule, run.
+        (The capabilities are looked up once per call: this runs at every generated token.)"""
         caps, device = self.caps(), x.device.type
         if (
             not caps.vmap
@@ -275,14 +276,16 @@ class RecurrentBase(nn.Module):
         if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
             # torch.nn under autocast runs input, hx and weights in the autocast dtype
             dtype = torch.get_autocast_dtype(device)
-            self._check_dtype(dtype, "under torch.autocast")
+            self._check_dtype(caps, dtype, "under torch.autocast")
             with torch.autocast(device, enabled=False):
-                return self._stack(x.to(dtype), tuple(s.to(dtype) for s in states), lengths)
-        self._check_dtype(x.dtype, "")
-        return self._stack(x, states, lengths)
+                states = tuple(s.to(dtype) for s in states)
+                return self._stack(caps, x.to(dtype), states, lengths)
+        self._check_dtype(caps, x.dtype, "")
+        return self._stack(caps, x, states, lengths)
 
-    def _stack(self, x: Tensor, states: State, lengths: list[int] | None) -> tuple[Tensor, State]:
-        caps = self.caps()
+    def _stack(
+        self, caps: Capabilities, x: Tensor, states: State, lengths: list[int] | None
+    ) -> tuple[Tensor, State]:
         if not caps.compile_in_model and torch.compiler.is_compiling():
             return _run_eagerly(self, x, states, lengths)  # a graph break: Dynamo cannot trace it
         if x.size(1) == 0:
@@ -308,8 +311,7 @@ class RecurrentBase(nn.Module):
             link + torch.zeros_like(s) for s in states
         )
 
-    def _check_dtype(self, dtype: torch.dtype, context: str) -> None:
-        caps = self.caps()
+    def _check_dtype(self, caps: Capabilities, dtype: torch.dtype, context: str) -> None:
         if dtype not in caps.dtypes:
             raise TypeError(
                 f"backend {self._name()!r} does not compute in {dtype}{' ' + context if context else ''}; "

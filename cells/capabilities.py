@@ -15,7 +15,9 @@ the test suite checks that the committed file is in sync.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -43,27 +45,27 @@ class Capabilities:
 BASE = Capabilities()
 _CPU_FLOAT = (torch.float64, torch.float32)
 
+
+# what a hand-written autograd.Function around kernels outside torch cannot offer
+_REFUSED_BY_OWN_BACKWARD = ("vmap", "double_backward", "compile_in_model", "meta_init")
+
+
+def _kernels_with_own_backward(
+    devices: tuple[str, ...], dtypes: tuple[torch.dtype, ...]
+) -> Capabilities:
+    """No torch.func, no double backward, no torch.compile of a model through the kernels, no
+    meta-device construction."""
+    refused: dict[str, Any] = dict.fromkeys(_REFUSED_BY_OWN_BACKWARD, False)
+    return dataclasses.replace(Capabilities(devices=devices, dtypes=dtypes), **refused)
+
+
 # Backends whose own files declare nothing (other owners); keyed by registry name.
 DECLARED: dict[str, Capabilities] = {
-    # numpy kernels behind a custom autograd.Function with a hand-written backward
-    "numba": Capabilities(
-        devices=("cpu",),
-        dtypes=_CPU_FLOAT,
-        vmap=False,
-        double_backward=False,
-        compile_in_model=False,
-        meta_init=False,
-    ),
+    # numpy kernels (numba) and a Triton kernel, each with a hand-written backward
+    "numba": _kernels_with_own_backward(("cpu",), _CPU_FLOAT),
+    "triton": _kernels_with_own_backward(("cuda",), (torch.float32,)),
     # its own torch.compile'd steps and a hand-written backward
     "compiled": Capabilities(dtypes=_CPU_FLOAT, vmap=False, double_backward=False),
-    "triton": Capabilities(
-        devices=("cuda",),
-        dtypes=(torch.float32,),
-        vmap=False,
-        double_backward=False,
-        compile_in_model=False,
-        meta_init=False,
-    ),
 }
 
 # Column -> (header, what a ✔ means). The matrix and the docs use this order.
@@ -97,13 +99,19 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
+_RECURRENT_BASE: type | None = None
+
+
 def capabilities_of(cls: type, backend: str | None = None) -> Capabilities:
     """The capabilities `cls` declares: its own attribute (or a base's below RecurrentBase's),
     else the DECLARED entry for its registry name, else the shared defaults."""
-    from .base import RecurrentBase
+    global _RECURRENT_BASE
+    if _RECURRENT_BASE is None:  # imported once: this runs at every forward call
+        from .base import RecurrentBase
 
+        _RECURRENT_BASE = RecurrentBase
     for klass in cls.__mro__:
-        if klass is RecurrentBase:
+        if klass is _RECURRENT_BASE:
             break
         if "capabilities" in klass.__dict__:
             return klass.__dict__["capabilities"]

@@ -109,8 +109,15 @@ def _autocast(t: Tensor) -> bool:
     return torch.is_autocast_enabled(t.device.type)
 
 
+def _first_parameter(module: Any) -> Tensor:
+    """next(module.parameters()), without walking the module tree where the module lists its
+    weights' names (RecurrentBase: its first is weight_ih_l0, the first registered)."""
+    names = getattr(module, "_weight_names", None)
+    return getattr(module, names[0][0][0]) if names else next(module.parameters())
+
+
 def _check_type_and_device(module: Any, input: Tensor) -> None:
-    param = next(module.parameters())
+    param = _first_parameter(module)
     if not input.is_floating_point() or (input.dtype != param.dtype and not _autocast(input)):
         raise TypeError(
             f"input must have the type {param.dtype} (the parameters' dtype), "
