@@ -182,18 +182,19 @@ def poems_perplexity(runs: list[dict], out_dir: str | Path, stem: str = "poems")
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
         c = r["curves"]
-        label = (
-            f"{r['kind']}/{r['backend']} s{r['seed']} {(r.get('split') or {}).get('train')} poems"
-        )
+        protocol = r.get("protocol", "cellbench")
+        poems = (r.get("split") or {}).get("train")
+        label = f"{protocol} {r['kind']}/{r['backend']} s{r['seed']} {poems} poems"
         (line,) = ax.plot(c["epoch"], c["train_perplexity"], marker="o", label=label + " train")
-        ax.plot(
-            c["epoch"],
-            c["test_perplexity"],
-            marker="x",
-            ls="--",
-            color=line.get_color(),
-            label=label + " held-out",
-        )
+        if c.get("test_perplexity"):  # the lab's protocol holds no poem out
+            ax.plot(
+                c["epoch"],
+                c["test_perplexity"],
+                marker="x",
+                ls="--",
+                color=line.get_color(),
+                label=label + " held-out",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")

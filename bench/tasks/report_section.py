@@ -95,7 +95,12 @@ def lab_vs_cellbench(task: str, runs: list[dict]) -> str:
             f for f in lab_numbers.for_task(task) if f.variant == variant and f.metric == lab_metric
         ]
         figure = max(figures, key=lambda f: f.epoch or 0) if figures else None
-        held = [r["metrics"][held_key] for r in ours if r["kind"] == kind]
+        layers = group[0]["settings"].get("num_layers")
+        held = [
+            r["metrics"].get(held_key)
+            for r in ours
+            if r["kind"] == kind and r["settings"].get("num_layers") == layers
+        ]
         rows.append(
             {
                 "lab variant": variant,
