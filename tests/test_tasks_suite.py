@@ -11,6 +11,23 @@ from bench.tasks import report_section, suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+TINY = {
+    "charlm": dict(epochs=1, hidden=8, max_tokens=400, num_steps=5, num_preds=1),
+    "names": dict(epochs=1, hidden=8, max_train=64),
+    "anbn": dict(steps=2, n_eval=3),
+    "poems": dict(
+        epochs=1,
+        max_poems=20,
+        hidden=8,
+        embed=8,
+        lab_loop_poems=0,
+        max_gen=2,
+        begin="日",
+        corpus="sample",
+    ),
+}
+
+
 BAD_TRAIN = [
     ("charlm --epochs 0", "--epochs must be an integer >= 1, got 0"),
     ("charlm --lr -0.5", "--lr must be a number > 0, got -0.5"),
@@ -65,17 +82,7 @@ def test_tasks_refuses_bad_options(tmp_path, capsys, argv, message):
 
 
 def test_failed_task_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
-    tiny_poems = argv(
-        epochs=1,
-        max_poems=20,
-        hidden=8,
-        embed=8,
-        lab_loop_poems=0,
-        begin="日",
-        max_gen=5,
-        corpus="sample",
-        no_plots=True,
-    )
+    tiny_poems = argv(**TINY["poems"], no_plots=True)
     monkeypatch.setitem(
         suite.SHORT, "anbn", [("--steps 5 --n-eval 5 --seeds 0 --hidden -3", 0.1)]
     )  # fails inside the task
@@ -187,23 +194,6 @@ def test_lab_vs_cellbench_table(tmp_path):
     short = [line for line in table.splitlines() if " 2000 |" in line]
     assert len(short) == 2  # the speed pair is a row per backend, not seeds of the long run
     assert "forgives the error its nets make at the second symbol" in table
-
-
-TINY = {
-    "charlm": dict(epochs=1, hidden=8, max_tokens=400, num_steps=5, num_preds=1),
-    "names": dict(epochs=1, hidden=8, max_train=64),
-    "anbn": dict(steps=2, n_eval=3),
-    "poems": dict(
-        epochs=1,
-        max_poems=20,
-        hidden=8,
-        embed=8,
-        lab_loop_poems=0,
-        max_gen=2,
-        begin="日",
-        corpus="sample",
-    ),
-}
 
 
 @pytest.mark.parametrize("task", sorted(TINY))
