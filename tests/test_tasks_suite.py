@@ -213,5 +213,6 @@ def test_device_reaches_every_tasks_model(tmp_path, monkeypatch, task):
     monkeypatch.setattr(torch.nn.Module, "to", watch)
     out = tmp_path / task
     assert train(task, out, device="cuda", no_plots=True, **TINY[task]) == 0
-    assert records(out)[0]["device"] == "cuda"
+    (record, *_) = records(out)
+    assert record["device"] == record["settings"]["device"] == "cuda"  # its own --resume key
     assert moved and all(device == "cuda" for _, device in moved), moved

@@ -199,6 +199,8 @@ def main(task: TaskSpec, args: argparse.Namespace) -> int:
     done = done_keys(args.out) if args.resume else set()
     written = []
     for run in grid:
+        if device != "cpu":  # a GPU run is another configuration for --resume (CPU keys unchanged)
+            run = Run(run.kind, run.backend, run.seed, {**run.settings, "device": device})
         if run_key(task.name, run.kind, run.backend, run.seed, run.settings) in done:
             print(
                 f"{task.name} {run.kind}/{run.backend} seed {run.seed}: already recorded, skipped"
