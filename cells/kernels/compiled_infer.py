@@ -31,8 +31,9 @@ SHORT_STEPS = 5  # < one K-step chunk: below this, packing and chunking cannot p
 
 
 def _gates(x_t: Tensor, h: Tensor, w_ih_t: Tensor, w_hh_t: Tensor, bias: Tensor | None) -> Tensor:
-    a = torch.mm(x_t, w_ih_t) + torch.mm(h, w_hh_t)
-    return a if bias is None else a + bias
+    # addmm: the bias and the recurrent product added by the GEMMs, not as separate ops
+    a = torch.mm(x_t, w_ih_t) if bias is None else torch.addmm(bias, x_t, w_ih_t)
+    return torch.addmm(a, h, w_hh_t)
 
 
 def lstm_infer_step(
@@ -48,9 +49,10 @@ def gru_infer_step(
     x_t: Tensor, state: State, w_ih_t: Tensor, w_hh_t: Tensor, b_ih: Tensor | None, b_hh: Tensor
 ) -> State:
     h = state[0]
-    xw, hw = torch.mm(x_t, w_ih_t), torch.mm(h, w_hh_t)
-    if b_ih is not None:
-        xw, hw = xw + b_ih, hw + b_hh
+    if b_ih is None:
+        xw, hw = torch.mm(x_t, w_ih_t), torch.mm(h, w_hh_t)
+    else:
+        xw, hw = torch.addmm(b_ih, x_t, w_ih_t), torch.addmm(b_hh, h, w_hh_t)
     x_r, x_z, x_n = xw.chunk(3, 1)
     h_r, h_z, h_n = hw.chunk(3, 1)
     r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
