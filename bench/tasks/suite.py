@@ -46,9 +46,9 @@ FULL: dict[str, list[Command]] = {
         ),
     ],
     "names": [
-        ("--protocol lab --model elman", 3.5),
-        ("--protocol lab --model cell --kind lstm --layers 2", 7.5),
-        ("--model cell,elman --kind lstm --layers 2 --epochs 10", 3.5),
+        ("--protocol lab --model elman", 2.5),
+        ("--protocol lab --model cell --kind lstm --layers 2", 5.5),
+        ("--model cell,elman --kind lstm --layers 2 --epochs 10", 1.5),
         (
             "--protocol lab --model cell --kind lstm --layers 2 --steps 2000 --backend naive,native",
             1.0,
@@ -57,12 +57,12 @@ FULL: dict[str, list[Command]] = {
     "anbn": [
         ("--protocol lab --kind rnn --seeds 0,1,2,3,4", 16.0),
         ("--protocol lab --kind lstm --seeds 0,1,2,3,4", 6.0),
-        ("--kind rnn,lstm --seeds 0,1,2,3,4 --steps 10000", 4.5),
+        ("--kind rnn,lstm --seeds 0,1,2,3,4 --steps 10000", 3.0),
         ("--protocol lab --kind rnn,lstm --seeds 0 --steps 2000 --backend naive,native", 0.4),
     ],
     "poems": [
-        ("--protocol lab --corpus full --kind lstm --epochs 4 --seeds 5 --lab-loop-poems 0", 37.0),
-        ("--corpus full --kind lstm --epochs 1 --lab-loop-poems 100", 9.5),
+        ("--protocol lab --corpus full --kind lstm --epochs 4 --seeds 5 --lab-loop-poems 0", 31.0),
+        ("--corpus full --kind lstm --epochs 1 --lab-loop-poems 100", 5.5),
         (
             "--protocol lab --corpus full --max-poems 2000 --epochs 1 --seeds 5 "
             "--lab-loop-poems 0 --backend naive,native",
