@@ -138,7 +138,7 @@ def isolated(session: nox.Session) -> None:
 
 @nox.session(**VENV)
 def textbook(session: nox.Session) -> None:
-    """The four textbook labs at their full settings (long: hours on 2 CPU cores)."""
+    """Every textbook lab at its own protocol and at cellbench's (within an hour on 2 CPU cores)."""
     install(session)
     out = os.environ.get("CELLBENCH_OUT", str(HERE / "runs" / "textbook"))
     session.run(

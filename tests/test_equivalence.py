@@ -8,8 +8,6 @@ New backends join automatically: the matrix is built from cells.backends(kind).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from conftest import requires_cuda
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 import cells
 from cells.capabilities import declared
 from cells.equivalence import Config, compare
+from cells.matrix import matrix
 
 # inference-only peers (ort, openvino) refuse backward: their forward runs this matrix in test_peers
 BACKENDS = [
@@ -27,30 +26,6 @@ BACKENDS = [
     for backend in cells.backends(kind)
     if not getattr(cells.get(kind, backend), "inference_only", False)
 ]
-
-
-def matrix(kind: str) -> list[Config]:
-    base = Config(kind)
-    configs = [
-        base,
-        dataclasses.replace(base, num_layers=2, bidirectional=True, batch_first=True),
-        dataclasses.replace(base, num_layers=3, with_hx=False),
-        dataclasses.replace(base, bias=False),
-        dataclasses.replace(base, bias=False, num_layers=2, bidirectional=True, with_hx=False),
-        dataclasses.replace(base, batch=None),
-        dataclasses.replace(base, batch=None, with_hx=False, bidirectional=True, num_layers=2),
-        dataclasses.replace(base, seq_len=1),
-        dataclasses.replace(base, seq_len=1, batch=1, with_hx=False),
-        dataclasses.replace(base, batch=1, batch_first=True),
-        dataclasses.replace(base, seq_len=200),
-        dataclasses.replace(base, seq_len=200, num_layers=2, bidirectional=True),
-        dataclasses.replace(base, input_size=1, hidden_size=1),
-    ]
-    if kind == "rnn":
-        configs += [
-            dataclasses.replace(c, nonlinearity="relu") for c in configs[:3] + configs[10:11]
-        ]
-    return configs
 
 
 CASES = [

@@ -16,11 +16,10 @@ import torch
 for _package in ("onnx", "onnxruntime", "openvino", "jax"):
     pytest.importorskip(_package, reason="the peers extra: pip install cellbench[peers]")
 
-from test_equivalence import matrix  # noqa: E402
-
 import cells  # noqa: E402
 from cells.equivalence import Config, compare, reference_module  # noqa: E402
 from cells.errors import Unsupported  # noqa: E402
+from cells.matrix import matrix  # noqa: E402
 from cells.tolerances import tolerance  # noqa: E402
 
 INFERENCE_ONLY = ("ort", "openvino")

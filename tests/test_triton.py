@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cells.equivalence import Config
+from cells.matrix import matrix
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
@@ -26,18 +29,16 @@ pytestmark = pytest.mark.skipif(
     reason="triton is not installed (pip install triton; Linux x86_64 only)",
 )
 
-# (kind, Config keyword arguments): small shapes, since the interpreter runs tile by tile in numpy
+# (kind, Config keyword arguments): the one matrix's quick subset at short lengths (the
+# interpreter runs tile by tile in numpy), plus shapes that reach the kernel's own paths
+_FIELDS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional")
 CASES = [
-    ("lstm", {}),
-    ("gru", {}),
-    ("rnn", {}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("lstm", {"num_layers": 2, "bidirectional": True}),
-    ("gru", {"num_layers": 2, "batch_first": True}),
-    ("lstm", {"bias": False, "with_hx": False}),
-    ("gru", {"bias": False, "with_hx": False}),
+    (c.kind, {f: getattr(c, f) for f in (*_FIELDS, "nonlinearity", "batch", "with_hx")})
+    for kind in ("lstm", "gru", "rnn")
+    for c in matrix(kind, quick=True)
+    if c.seq_len <= 40
+] + [
     ("lstm", {"batch": None}),
-    ("gru", {"batch": 1, "seq_len": 1}),
     # hidden 70 > one 64-wide block: the streamed-weights path, with partial tiles in H and K
     ("lstm", {"hidden_size": 70, "batch": 20, "seq_len": 3}),
     ("gru", {"hidden_size": 70, "seq_len": 3}),
@@ -90,9 +91,7 @@ def interpreted_results():
     return {r["label"]: r for r in out["results"]}
 
 
-@pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}"
-)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: Config(c[0], **c[1]).label())
 def test_interpreted_matches_torch_nn(interpreted_results, case):
     from cells.equivalence import Config
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bench.contract_support import threads
 from cells.equivalence import Config, Result, compare
+from cells.matrix import low_precision_matrix, matrix
 from cells.tolerances import tolerance
 
 # Constructor options a candidate may leave unsupported (it must raise at construction).
@@ -46,66 +47,6 @@ def config_options(config: Config) -> frozenset[str]:
         if on
     }
     return frozenset(used)
-
-
-def matrix(kind: str, quick: bool = False) -> list[Config]:
-    """The float64 configuration matrix. Each entry targets a class of real bugs:
-
-    base (T6 B3 hx): gate order, biases, state update, final states, time shift, backward;
-    hx None: default state handling; T1: no loop at all (final state = output); B1: batch
-    broadcasting; layers 2/3: layer stacking and the input width of upper layers; bidirectional:
-    reversal and the h_n order layer * D + d; batch_first: transposes; bias=False: bias-free
-    paths; T200: drift and error that accumulate over long sequences; relu (rnn).
-    The quick matrix keeps one representative of each (7 configurations; 9 for the RNN).
-    """
-    base = Config(kind)
-    everything = replace(
-        base, num_layers=3, bidirectional=True, batch_first=True, bias=False, with_hx=False, batch=1
-    )
-    if quick:
-        configs = [
-            base,
-            replace(base, with_hx=False),
-            replace(base, seq_len=1, batch=1),
-            replace(base, num_layers=2, bidirectional=True, batch_first=True),
-            replace(base, bias=False),
-            replace(everything, batch_first=False),
-            replace(base, seq_len=200, hidden_size=5, input_size=3),
-        ]
-    else:
-        configs = [
-            base,
-            replace(base, with_hx=False),
-            replace(base, seq_len=1),
-            replace(base, batch=1),
-            replace(base, num_layers=2),
-            replace(base, num_layers=3),
-            replace(base, bidirectional=True),
-            replace(base, bidirectional=True, num_layers=2),
-            replace(base, batch_first=True),
-            replace(base, bias=False),
-            replace(base, seq_len=1, batch=1, with_hx=False),
-            replace(base, seq_len=200),
-            replace(
-                base, seq_len=200, num_layers=2, bidirectional=True, batch_first=True, with_hx=False
-            ),
-            everything,
-        ]
-    if kind == "rnn":
-        configs += [
-            replace(base, nonlinearity="relu"),
-            replace(base, nonlinearity="relu", num_layers=2, bidirectional=True),
-        ]
-    return configs
-
-
-def low_precision_matrix(kind: str, quick: bool = False) -> list[Config]:
-    """Configurations checked in float32 (and float16/bfloat16 on a GPU)."""
-    base = Config(kind)
-    configs = [base, replace(base, seq_len=200, hidden_size=5, input_size=3)]
-    if not quick:
-        configs.insert(1, replace(base, num_layers=2, bidirectional=True, batch_first=True))
-    return configs
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 from bench import contract
 from bench.report import ratio_text
+from cells.matrix import catches
 from cells.tolerances import tolerance
 
 from .equivalence import Check
@@ -85,15 +86,17 @@ def _equivalence(v: dict) -> list[str]:
     first = next((c for c in checks if c.status == "fail"), None)
     if first:
         lines += [f"**First failing configuration:** `{first.label()}` — {first.reason}", ""]
+        if catches(first.config):
+            lines += [f"That configuration is in the matrix to catch: {catches(first.config)}.", ""]
     lines += [
-        "| configuration | dtype | status | worst tensor | rel. error | tolerance | note |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | catches | dtype | status | worst tensor | rel. error | tolerance | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in checks:
         w = c.result.worst() if c.result else None
         note = c.reason if c.status != "pass" else ""
         lines.append(
-            f"| {c.config.label()} | {c.where()} | {c.status} | {w.name if w else '—'} | "
+            f"| {c.config.label()} | {_cell(catches(c.config))} | {c.where()} | {c.status} | {w.name if w else '—'} | "
             f"{_fmt(w.rel_error) if w else '—'} | {_fmt(w.tolerance, '.0e') if w else '—'} | "
             f"{_cell(note)} |"
         )

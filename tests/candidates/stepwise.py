@@ -19,24 +19,26 @@ class _Stepwise(nn.Module):
     GATES = 0  # rows of the weight matrices in units of hidden_size
     STATES = 1  # 1: h, 2: (h, c)
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        nonlinearity: str = "tanh",
-    ):
+    # torch.nn's keyword arguments; dropout and proj_size are accepted only at their defaults
+    OPTIONS = dict(
+        bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
+        device=None, dtype=None, nonlinearity="tanh",
+    )  # fmt: skip
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, **options):
         super().__init__()
-        if dropout:
+        if set(options) - set(self.OPTIONS):
+            raise TypeError(f"unexpected arguments: {sorted(set(options) - set(self.OPTIONS))}")
+        given = {**self.OPTIONS, **options}
+        bias, batch_first, bidirectional = (
+            given["bias"],
+            given["batch_first"],
+            given["bidirectional"],
+        )
+        nonlinearity, device, dtype = given["nonlinearity"], given["device"], given["dtype"]
+        if given["dropout"]:
             raise ValueError("this kernel does not implement dropout")
-        if proj_size:
+        if given["proj_size"]:
             raise ValueError("this kernel does not implement proj_size")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"unknown nonlinearity {nonlinearity!r}")
@@ -139,33 +141,6 @@ class _Stepwise(nn.Module):
 class StepRNN(_Stepwise):
     GATES, STATES = 1, 1
 
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        nonlinearity="tanh",
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            0,
-            device,
-            dtype,
-            nonlinearity,
-        )
-
     def step(self, x, state, w_ih, w_hh, b_ih, b_hh, t):
         pre = self.affine(x, w_ih, b_ih) + self.affine(state[0], w_hh, b_hh)
         return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre),)
@@ -173,31 +148,6 @@ class StepRNN(_Stepwise):
 
 class StepGRU(_Stepwise):
     GATES, STATES = 3, 1
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            0,
-            device,
-            dtype,
-        )
 
     def step(self, x, state, w_ih, w_hh, b_ih, b_hh, t):
         (h,) = state
@@ -211,32 +161,6 @@ class StepGRU(_Stepwise):
 
 class StepLSTM(_Stepwise):
     GATES, STATES = 4, 2
-
-    def __init__(
-        self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        proj_size=0,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device,
-            dtype,
-        )
 
     def gates(self, x, h, w_ih, w_hh, b_ih, b_hh):
         """Pre-activations split in torch.nn's row order i, f, g, o."""
