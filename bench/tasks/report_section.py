@@ -54,6 +54,16 @@ def _spread(values: list[float]) -> str:
     return f"{median:.4g} [{min(values):.4g}-{max(values):.4g}] ({len(values)} seeds)"
 
 
+def _settings_key(record: dict) -> str:
+    return json.dumps(record["settings"], sort_keys=True, default=str)
+
+
+def speed_pair_keys(runs: list[dict]) -> set[str]:
+    """The settings of the short naive/native speed pairs: every configuration also run on the
+    naive backend. Those runs feed only the speed column, never a row of the lab table."""
+    return {_settings_key(r) for r in runs if r["backend"] == "naive"}
+
+
 def _speed_ratio(runs: list[dict], kind: str) -> str:
     """native tokens/s over naive tokens/s, from runs of one kind whose settings match but for
     the backend (the same protocol, sizes and steps): how much faster torch.nn runs the lab's
@@ -62,8 +72,7 @@ def _speed_ratio(runs: list[dict], kind: str) -> str:
     for r in runs:
         tps = r["metrics"].get("tokens_per_s")
         if r["kind"] == kind and tps:
-            key = json.dumps(r["settings"], sort_keys=True, default=str)
-            by.setdefault(key, {}).setdefault(r["backend"], []).append(tps)
+            by.setdefault(_settings_key(r), {}).setdefault(r["backend"], []).append(tps)
     ratios = [
         statistics.median(b["native"]) / statistics.median(b["naive"])
         for b in by.values()
@@ -73,52 +82,68 @@ def _speed_ratio(runs: list[dict], kind: str) -> str:
 
 
 def lab_vs_cellbench(task: str, runs: list[dict]) -> str:
-    """For each lab variant run under `--protocol lab`: the lab's reported figure, cellbench's
-    runs of the lab's protocol (median, range over seeds), cellbench's held-out figure for the
-    same kind (`--protocol cellbench`) and the native / naive speed ratio."""
-    from . import lab_numbers
+    """One row per lab variant: the lab's reported figure, cellbench's runs of the lab's
+    protocol at the lab's length (median, range over seeds), the verdict under
+    verdict.TOLERANCES with its evidence, cellbench's held-out figure for the same kind
+    (`--protocol cellbench`) and the native / naive speed ratio of the short speed pairs."""
+    from . import lab_numbers, verdict
     from .runner import spec
 
     task_spec = spec(task)
     key, lab_metric = task_spec.lab_metric
     held_key, held_label = task_spec.heldout_metric
-    lab_runs = [r for r in runs if protocol(r) == "lab"]
+    speed = speed_pair_keys(runs)
+    lab_runs = [r for r in runs if protocol(r) == "lab" and _settings_key(r) not in speed]
     ours = [r for r in runs if protocol(r) == "cellbench"]
-    rows = []
+    figures = [f for f in lab_numbers.for_task(task) if f.metric == lab_metric]
     groups: dict[tuple, list[dict]] = {}
-    for r in lab_runs:  # a short speed run is its own row, not another seed of the long one
+    for r in lab_runs:
         length = r["metrics"].get("epochs") or r["metrics"].get("steps")
         group_key = (r["settings"].get("variant"), r["kind"], r["backend"], length)
         groups.setdefault(group_key, []).append(r)
+    for variant in dict.fromkeys(f.variant for f in figures):  # a variant not run: its own row
+        if not any(k[0] == variant for k in groups):
+            groups[(variant, "", "", None)] = []
+    rows = []
     for (variant, kind, backend, length), group in sorted(groups.items(), key=str):
-        figures = [
-            f for f in lab_numbers.for_task(task) if f.variant == variant and f.metric == lab_metric
-        ]
-        figure = max(figures, key=lambda f: f.epoch or 0) if figures else None
-        layers = group[0]["settings"].get("num_layers")
+        mine = [f for f in figures if f.variant == variant]
+        figure = max(mine, key=lambda f: f.epoch or 0) if mine else None
+        layers = group[0]["settings"].get("num_layers") if group else None
         held = [
             r["metrics"].get(held_key)
             for r in ours
-            if r["kind"] == kind and r["settings"].get("num_layers") == layers
+            if group and r["kind"] == kind and r["settings"].get("num_layers") == layers
         ]
+        values = [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
+        said, why = verdict.judge(figure, values, length)
+        if said in ("differs", "not reached"):
+            why = "; ".join(w for w in (why, verdict.evidence(task, group, runs)) if w)
         rows.append(
             {
                 "lab variant": variant,
-                "epochs / steps": length,
+                "epochs / steps": str(length) if length else "",
                 "metric": lab_metric,
                 "lab": figure.text if figure else "not reported",
                 "source": figure.lab if figure else "",
                 "backend": backend,
-                "cellbench, lab protocol": _spread(
-                    [r["metrics"][key] for r in group if r["metrics"].get(key) is not None]
-                ),
+                "cellbench, lab protocol": _spread(values) or "not run",
+                "verdict": said,
+                "why": why,
                 f"cellbench {held_label}": _spread([v for v in held if v is not None]) or "not run",
-                "native / naive tokens/s": _speed_ratio(runs, kind),
+                "native / naive tokens/s": _speed_ratio(runs, kind) if group else "",
             }
         )
     if not rows:
         return ""
-    return "\n### Lab vs cellbench\n\n" + task_spec.flaws + "\n\n" + table(rows) + "\n"
+    return (
+        "\n### Lab vs cellbench\n\n"
+        + task_spec.flaws
+        + "\n\n"
+        + verdict.TOLERANCES
+        + " The short naive/native speed pairs feed only the speed column.\n\n"
+        + table(rows)
+        + "\n"
+    )
 
 
 def provenance_lines(runs: list[dict]) -> str:
