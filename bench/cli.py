@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,13 +61,39 @@ def number(
     return parse
 
 
+def split_list(value: str | Sequence, cast: Callable = str, name: str = "") -> list:
+    """'a,b,c' -> [cast(a), cast(b), cast(c)], with an error naming the option."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        prefix = f"{name}: " if name else ""
+        raise argparse.ArgumentTypeError(f"{prefix}expected a comma-separated list, got {value!r}")
+    out = []
+    for v in items:
+        try:
+            out.append(cast(v))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name or 'value'}: {v!r} is not a valid {getattr(cast, '__name__', 'value')}"
+            ) from None
+    return out
+
+
+def list_of(cast: Callable, name: str) -> Callable[[str], list]:
+    def parse(value: str) -> list:
+        return split_list(value, cast, name)
+
+    parse.__name__ = f"list of {getattr(cast, '__name__', 'value')}"
+    return parse
+
+
 def csv(kind: type = str, low: int | None = 1) -> Callable[[str], list]:
     """An argparse type: a comma-separated list (of integers >= low when kind is int)."""
 
     def parse(text: str) -> list:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        items = split_list(text)
         if kind is int:
             check = number(int, low)
             return [check(t) for t in items]

@@ -21,7 +21,6 @@ This module imports nothing heavy at the top: the child sets its environment fir
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import signal
@@ -105,10 +104,10 @@ def _cleanup() -> None:
 def prepare(threads: int, imports: list[str]) -> dict:
     """Set threads and import plug-in modules in this process; returns the threads in effect."""
     from . import measure
+    from .cli import import_modules
 
     got = measure.set_threads(threads)
-    for name in imports:
-        importlib.import_module(name)
+    import_modules(imports)
     return got
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import cells
+from bench.cli import list_of, split_list  # noqa: F401  (the one list parser; re-exported)
 
 INITS = ("default", "normal", "xavier", "kaiming")
 PROTOCOLS = ("cellbench", "lab")
@@ -130,33 +131,6 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-
-
-def split_list(value: str | Sequence, cast: Callable = str, name: str = "value") -> list:
-    """'a,b,c' -> [cast(a), cast(b), cast(c)], with an error naming the option."""
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated list, got {value!r}")
-    out = []
-    for v in items:
-        try:
-            out.append(cast(v))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name}: {v!r} is not a valid {getattr(cast, '__name__', 'value')}"
-            ) from None
-    return out
-
-
-def list_of(cast: Callable, name: str) -> Callable[[str], list]:
-    def parse(value: str) -> list:
-        return split_list(value, cast, name)
-
-    parse.__name__ = f"list of {getattr(cast, '__name__', 'value')}"
-    return parse
 
 
 def add_common_arguments(

@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-TASKS = ("charlm", "names", "anbn", "poems")
+from bench.tasks import TASKS  # the one task list
+
 REPORTS = {  # lab id -> (lab report file in shared/labs, task)
     "000": ("000_aeff4532109385e8.txt", "charlm"),
     "001": ("001_c1c465d720ad8b91.txt", "charlm"),
