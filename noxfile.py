@@ -111,9 +111,10 @@ GPU_OR_EXTRA = ("triton", "ort", "openvino", "jax")
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) and mypy over the public API, as configured in pyproject.toml."""
     install(session, "lint")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-    session.run("mypy")
+    # as modules of the session's python: found in the venv, or in the system's site-packages
+    session.run("python", "-m", "ruff", "check", ".")
+    session.run("python", "-m", "ruff", "format", "--check", ".")
+    session.run("python", "-m", "mypy")
 
 
 @nox.session(venv_params=[])
