@@ -216,10 +216,15 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
     df, runs = load(paths)
     out_dir = output.parent
     fig_dir_name = f"{output.stem}-figures"
+    shown = ", ".join(_shown(p, out_dir) for p in paths)
+    tasks = tasks_section(paths, out_dir, out_dir / fig_dir_name)
+    if df.empty and tasks:  # training tasks only: the sweep's sections would all be empty
+        head = f"# cellbench report\n\nRecords: {shown}. Training tasks only (no sweep records).\n"
+        return head + "\n" + tasks.strip() + "\n"
     lines = [
         "# cellbench report",
         "",
-        f"Records: {', '.join(_shown(p, out_dir) for p in paths)}. Each cell: tokens/s (ratio to `native` of "
+        f"Records: {shown}. Each cell: tokens/s (ratio to `native` of "
         "the same shape, > 1 faster, with its 95% confidence interval; % of the float32 GEMM peak); "
         "*undecided* marks a ratio whose interval contains 1.0; `~` marks a noisy case (IQR/median "
         f"of its round times above the run's threshold, default {Options().noise_threshold:.0%}). "
@@ -310,7 +315,6 @@ def render(paths: list[str], output: Path, plots: bool = True) -> str:
         "",
         environment_section(runs),
     ]
-    tasks = tasks_section(paths, out_dir, out_dir / fig_dir_name)
     if tasks:
         lines += ["", tasks.strip(), ""]
     return "\n".join(lines).rstrip() + "\n"

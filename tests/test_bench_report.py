@@ -185,6 +185,21 @@ def test_task_section_is_appended_when_there_are_task_records(run_dir, monkeypat
     assert calls == [([str(run_dir)], run_dir / "r-figures", run_dir)]  # plots beside the sweep's
 
 
+def test_task_only_directory_skips_the_sweep_sections(tmp_path, monkeypatch):
+    fake = types.ModuleType("bench.tasks.report_section")
+    fake.render = lambda paths, out_dir, link_base: "## Training tasks\n\nppl 1.2\n"
+    import bench.tasks
+
+    monkeypatch.setitem(sys.modules, "bench.tasks.report_section", fake)
+    monkeypatch.setattr(bench.tasks, "report_section", fake, raising=False)
+    out = tmp_path / "tasks"
+    append(out, {"type": "task", "task": "charlm"})
+    text = report.render([str(out)], tmp_path / "r.md", plots=False)
+    assert "Training tasks only" in text and text.rstrip().endswith("ppl 1.2")
+    for sweep_only in ("No sweep records found", "No run records", "## Method", "Each cell"):
+        assert sweep_only not in text
+
+
 def test_empty_directory_renders(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "_No sweep records found._" in report.render(

@@ -169,7 +169,7 @@ def test_cli_writes_a_complete_record(tmp_path):
         sample = r["samples"]["time traveller"]["text"]
         assert sample.startswith("time traveller") and len(sample) == len("time traveller") + 5
     assert {r["settings"]["optimizer"] for r in recs} == {"sgd", "adam"}
-    assert (out / "charlm_ppl_native.png").is_file()
+    assert (out / "charlm_cellbench_ppl.png").is_file()
     # --resume skips both
     assert train("charlm", out, kind="rnn", optimizer="sgd,adam", resume=True, **small) == 0
     assert len(records(out)) == 2
@@ -241,3 +241,53 @@ def test_cuda_is_refused_clearly_where_there_is_none(tmp_path, capsys, monkeypat
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --device cuda: torch sees no CUDA device here")
     assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def _fake_run(variant: str, epochs: int, protocol: str = "lab", backend: str = "native") -> dict:
+    settings = {"variant": variant, "hidden_size": 256, "num_layers": 1, "epochs": epochs}
+    curves = {
+        "epoch": list(range(1, epochs + 1)),
+        "perplexity": [20.0 / e for e in range(1, epochs + 1)],
+        "val_epoch": [epochs],
+        "val_perplexity": [9.0],
+    }
+    return {
+        "protocol": protocol,
+        "kind": "lstm",
+        "backend": backend,
+        "seed": 0,
+        "settings": settings,
+        "curves": curves,
+        "metrics": {"perplexity": 1.0},
+    }
+
+
+def test_report_plots_the_labs_points_and_leaves_out_speed_pairs(tmp_path, monkeypatch):
+    from bench.tasks import plots
+
+    calls = []
+    monkeypatch.setattr(plots, "charlm_perplexity", lambda *a, **k: calls.append(a) or [])
+    runs = [_fake_run("scratch LSTM", 20), _fake_run("concise LSTM", 3, backend="naive")]
+    charlm.section(runs, tmp_path)
+    lab_curves = calls[0][3]
+    assert lab_curves["scratch LSTM"][0] == (50, 14.5)  # lab 9.2's curve, not lab 000's end point
+    assert len(lab_curves["scratch LSTM"]) == 10 and lab_curves["concise LSTM"] == [(500, 1.1)]
+    monkeypatch.undo()
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
+    runs += [_fake_run("concise LSTM", 20), _fake_run("", 20, protocol="cellbench")]
+    paths = plots.charlm_perplexity(runs, tmp_path, "r", {"scratch LSTM": [(5, 4.0), (10, 2.0)]})
+    assert [p.name for p in paths] == ["r_lab_ppl.png", "r_cellbench_ppl.png"]
+    lab_axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in lab_axes) == [
+        "concise LSTM (lstm/native)",  # the 3-epoch naive speed pair is no curve
+        "scratch LSTM (lstm/native)",
+    ]
+    scratch = next(ax for ax in lab_axes if ax.get_title().startswith("scratch"))
+    assert [len(line.get_xdata()) for line in scratch.get_lines()] == [20, 2]  # run, lab's points
+    ours = figures[1].axes[0]
+    assert [line.get_label() for line in ours.get_lines()] == [
+        "lstm/native s0 H256 L1 train",
+        "lstm/native s0 H256 L1 validation",
+    ]

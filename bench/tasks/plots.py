@@ -18,38 +18,95 @@ def _pyplot():
     return plt
 
 
-def charlm_perplexity(runs: list[dict], out_dir: str | Path, stem: str = "charlm") -> list[Path]:
-    """One perplexity-per-epoch plot per backend (a line per run); returns the files written."""
-    plt = _pyplot()
+def _curves_only(runs: list[dict]) -> list[dict]:
+    """Drops runs shorter than another of the same protocol and variant: the short speed pairs
+    time the lab's recipe, their three points are no training curve."""
+    longest: dict[tuple, int] = collections.defaultdict(int)
+    key = [(r.get("protocol", "cellbench"), r["settings"].get("variant", "")) for r in runs]
+    for k, r in zip(key, runs):
+        longest[k] = max(longest[k], len(r["curves"]["epoch"]))
+    return [r for k, r in zip(key, runs) if len(r["curves"]["epoch"]) == longest[k]]
 
-    by_backend: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in runs:
-        by_backend[r["backend"]].append(r)
+
+def _train_and_held_out(ax, train: tuple, held: tuple, label: str, held_name: str, **style) -> None:
+    """Training perplexity solid, held-out perplexity (when measured) dashed in the same colour
+    (marked x where training is marked, so a single epoch's points are told apart)."""
+    (line,) = ax.plot(*train, label=label + " train", **style)
+    if held[1]:
+        marked = {**style, "marker": "x"} if "marker" in style else style
+        ax.plot(*held, ls="--", color=line.get_color(), label=f"{label} {held_name}", **marked)
+
+
+def _perplexity_axes(ax, title: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+
+
+def charlm_perplexity(
+    runs: list[dict],
+    out_dir: str | Path,
+    stem: str = "charlm",
+    lab_curves: dict[str, list[tuple[int, float]]] | None = None,
+) -> list[Path]:
+    """Training perplexity per epoch: the lab-protocol runs in small multiples (a panel per
+    variant, the lab's own points from `lab_curves`, by variant, as markers), the cellbench-
+    protocol runs in a figure of their own with validation perplexity dashed. Returns the files."""
+    plt = _pyplot()
+    runs = _curves_only(runs)
+    lab = [r for r in runs if r.get("protocol") == "lab"]
+    ours = [r for r in runs if r.get("protocol") != "lab"]
     paths = []
-    for backend, rs in sorted(by_backend.items()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rs:
+    if lab:
+        by_variant: dict[str, list[dict]] = collections.defaultdict(list)
+        for r in lab:
+            by_variant[r["settings"].get("variant", "")].append(r)
+        cols = min(4, len(by_variant))
+        rows = -(-len(by_variant) // cols)
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(3.2 * cols, 2.4 * rows + 0.6),
+            sharex=True,
+            sharey=True,
+            squeeze=False,
+        )
+        for ax, (variant, rs) in zip(axes.flat, sorted(by_variant.items())):
+            for r in rs:
+                ax.plot(r["curves"]["epoch"], r["curves"]["perplexity"], lw=1, color="C0")
+            points = (lab_curves or {}).get(variant, [])
+            if points:
+                ax.plot(*zip(*points), ls="", marker="o", ms=3, color="C3")
+            who = ", ".join(sorted({f"{r['kind']}/{r['backend']}" for r in rs}))
+            ax.set_title(f"{variant} ({who})", fontsize=8)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        for ax in axes.flat[len(by_variant) :]:
+            ax.set_visible(False)
+        for ax in axes[-1]:
+            ax.set_xlabel("epoch")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("train perplexity")
+        fig.suptitle(
+            "charlm, the lab's protocol: training perplexity (line: this run; "
+            "red dots: the lab's reported points)",
+            fontsize=10,
+        )
+        paths.append(save_figure(fig, Path(out_dir) / f"{safe_name(stem, 'lab', 'ppl')}.png"))
+    if ours:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for r in ours:
             s, c = r["settings"], r["curves"]
             label = (
-                f"{r['kind']} s{r['seed']} b{s['batch_size']} T{s['num_steps']} lr{s['lr']} "
-                f"H{s['hidden_size']} L{s['num_layers']} {s['optimizer']} {s['init']}"
+                f"{r['kind']}/{r['backend']} s{r['seed']} H{s['hidden_size']} L{s['num_layers']}"
             )
-            (line,) = ax.plot(c["epoch"], c["perplexity"], label=label + " train", lw=1)
-            if c.get("val_perplexity"):
-                ax.plot(
-                    c["val_epoch"],
-                    c["val_perplexity"],
-                    ls="--",
-                    color=line.get_color(),
-                    lw=1,
-                    label=label + " val",
-                )
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("perplexity")
-        ax.set_title(f"charlm, backend {backend}")
-        ax.legend(fontsize=6)
-        path = save_figure(fig, Path(out_dir) / f"{safe_name(stem, 'ppl', backend)}.png")
+            held = (c["val_epoch"], c.get("val_perplexity"))
+            _train_and_held_out(ax, (c["epoch"], c["perplexity"]), held, label, "validation", lw=1)
+        _perplexity_axes(ax, "charlm, cellbench's protocol: training and validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside, not over
+        path = save_figure(fig, Path(out_dir) / f"{safe_name(stem, 'cellbench', 'ppl')}.png")
         paths.append(path)
     return paths
 
@@ -185,20 +242,11 @@ def poems_perplexity(runs: list[dict], out_dir: str | Path, stem: str = "poems")
         protocol = r.get("protocol", "cellbench")
         poems = (r.get("split") or {}).get("train")
         label = f"{protocol} {r['kind']}/{r['backend']} s{r['seed']} {poems} poems"
-        (line,) = ax.plot(c["epoch"], c["train_perplexity"], marker="o", label=label + " train")
-        if c.get("test_perplexity"):  # the lab's protocol holds no poem out
-            ax.plot(
-                c["epoch"],
-                c["test_perplexity"],
-                marker="x",
-                ls="--",
-                color=line.get_color(),
-                label=label + " held-out",
-            )
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_title("Tang poems")
+        held = (c["epoch"], c.get("test_perplexity"))  # the lab's protocol holds no poem out
+        _train_and_held_out(
+            ax, (c["epoch"], c["train_perplexity"]), held, label, "held-out", marker="o"
+        )
+    _perplexity_axes(ax, "Tang poems")
     ax.legend(fontsize=6)
     path = save_figure(fig, Path(out_dir) / f"{stem}_ppl.png")
     return path
