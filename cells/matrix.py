@@ -88,10 +88,14 @@ LOW_PRECISION: tuple[Entry, ...] = (
 )
 
 
-def entries(kind: str, quick: bool = False) -> list[Entry]:
-    """The matrix's entries for a kind (the quick subset with `quick`)."""
+def _known(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def entries(kind: str, quick: bool = False) -> list[Entry]:
+    """The matrix's entries for a kind (the quick subset with `quick`)."""
+    _known(kind)
     chosen = ENTRIES + (RELU_ENTRIES if kind == "rnn" else ())
     return [entry for entry in chosen if entry.quick or not quick]
 
@@ -103,8 +107,7 @@ def matrix(kind: str, quick: bool = False) -> list[Config]:
 
 def low_precision_matrix(kind: str, quick: bool = False) -> list[Config]:
     """The configurations checked in float32 and the half dtypes: 3; quick: 2."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    _known(kind)
     return [entry.config(kind) for entry in LOW_PRECISION if entry.quick or not quick]
 
 
