@@ -131,16 +131,17 @@ class LayerFunction(torch.autograd.Function):
             need_db = ctx.has_bias and (need[7] or need[8])
             G = 4 * H
             wpT, dyT = WORKSPACE.take((H, G), dt), WORKSPACE.take((T, H, B), dt)
-            dg, dg_all = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((G, T * B), dt)
+            dg, dgT = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((2, B, G), dt)
+            dg_all = WORKSPACE.take((G, T * B), dt)
             L.pack_hh_t(w_hh, nth, wpT)  # nth: the forward's unit blocks
             db_ih, dh0, dc0 = L.backward(
-                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all
+                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
             dw_ih, dw_hh, dx2 = L.weight_grads(
                 dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, nw
             )
-            WORKSPACE.give(wpT, dyT, dg, dg_all)
+            WORKSPACE.give(wpT, dyT, dg, dgT, dg_all)
             db_hh = db_ih.copy()
         else:
             n = batch_threads(gate_rows(kind, H), H, I, T, B)

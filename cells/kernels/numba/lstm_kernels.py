@@ -36,7 +36,7 @@ import numpy as np
 from numba import prange
 
 from .activations import act_sigmoid, act_tanh
-from .gemm import row_blocks_dot
+from .gemm import dot_nt, row_blocks_dot
 from .jit_options import block, parallel, serial
 
 
@@ -46,6 +46,28 @@ def _rowdot(w, v, out):
     M*N*K <= 2^19: measured fastest for the step GEMMs here ((512, 284) x (284, 32) forward,
     (128, 1024) x (1024, 32) backward, per thread)."""
     row_blocks_dot(w, v, out, max(8, (524288 // max(v.shape[1] * w.shape[1], 1)) // 16 * 16))
+
+
+# the backward's dh GEMM uses dot_nt up to this batch and while a thread's block of W_hh fits in
+# its core's L2 (gemm.dot_nt rereads it once per chunk of columns), OpenBLAS otherwise
+NT_MAX_COLUMNS = 48
+NT_MAX_WEIGHT_BYTES = 1 << 20
+
+
+@serial
+def use_nt(rows, cols, batch, itemsize):
+    """Whether the backward's dh GEMM of a (rows, cols) weight block runs on dot_nt."""
+    return batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES
+
+
+@serial
+def _bwd_dot(w, dg, dgT, out, nt):
+    """out (M, B) = w (M, G) @ dg (G, B): dot_nt on dgT = dg.T (B, G) when `nt`, else OpenBLAS
+    (docs/numba.md, "Where the time goes")."""
+    if nt:
+        dot_nt(w, dgT, out)
+    else:
+        np.dot(w, dg, out)
 
 
 @serial
@@ -107,8 +129,9 @@ def pack_hh_t(w_hh, nth, out):
 
 
 @serial
-def _fwd_units(t, wp, bp, z, cells, gates, save, k, nblocks):
-    """Step t for block k (units a:b): one GEMM for their gates, then the pointwise cell update."""
+def _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nblocks):
+    """Step t for block k (units a:b): one GEMM for their gates, then the pointwise cell update.
+    bias_x (G, B): the packed bias repeated along the batch."""
     H = cells.shape[1]
     a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     B = z.shape[2]
@@ -118,34 +141,38 @@ def _fwd_units(t, wp, bp, z, cells, gates, save, k, nblocks):
     ts = t if save else 0
     cp = t if save else t & 1
     cn = t + 1 if save else (t + 1) & 1
-    g = gates[ts, 4 * a : 4 * b]
-    _rowdot(wp[4 * a : 4 * b], z[t], g)
-    r0 = 4 * a
-    for u in range(hk):  # one pass per unit: its four gate rows, the cell and h
-        j = a + u
-        gi = g[u]
-        gf = g[hk + u]
-        gg = g[2 * hk + u]
-        go = g[3 * hk + u]
-        bi = bp[r0 + u]
-        bf = bp[r0 + hk + u]
-        bg = bp[r0 + 2 * hk + u]
-        bo = bp[r0 + 3 * hk + u]
-        cprev = cells[cp, j]
-        cnew = cells[cn, j]
-        hz = z[t + 1, j]
-        for n in range(B):
-            i = act_sigmoid(gi[n] + bi)
-            f = act_sigmoid(gf[n] + bf)
-            gv = two * act_sigmoid(gg[n] + bg) - one
-            o = act_sigmoid(go[n] + bo)
-            gi[n] = i
-            gf[n] = f
-            gg[n] = gv
-            go[n] = o
-            c = f * cprev[n] + i * gv
-            cnew[n] = c
-            hz[n] = o * act_tanh(c)
+    _rowdot(wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
+    # One flat loop over the block's hk*B (unit, row) pairs: each gate's rows are one contiguous
+    # run of the block (i, f, g, o; module docstring), and so are the units' rows of cells and
+    # z. A loop per unit would run only B iterations, which at small batches is all remainder
+    # and no vector body.
+    ne = hk * B
+    gfl = gates.reshape(-1)
+    bfl = bias_x.reshape(-1)
+    cfl = cells.reshape(-1)
+    zfl = z.reshape(-1)
+    g0 = (ts * 4 * H + 4 * a) * B
+    b0 = 4 * a * B
+    c0 = (cp * H + a) * B
+    c1 = (cn * H + a) * B
+    h1 = ((t + 1) * z.shape[1] + a) * B
+    gi, gf = gfl[g0 : g0 + ne], gfl[g0 + ne : g0 + 2 * ne]
+    gg, go = gfl[g0 + 2 * ne : g0 + 3 * ne], gfl[g0 + 3 * ne : g0 + 4 * ne]
+    bi, bf = bfl[b0 : b0 + ne], bfl[b0 + ne : b0 + 2 * ne]
+    bg, bo = bfl[b0 + 2 * ne : b0 + 3 * ne], bfl[b0 + 3 * ne : b0 + 4 * ne]
+    cprev, cnew, hz = cfl[c0 : c0 + ne], cfl[c1 : c1 + ne], zfl[h1 : h1 + ne]
+    for e in range(ne):
+        i = act_sigmoid(gi[e] + bi[e])
+        f = act_sigmoid(gf[e] + bf[e])
+        gv = two * act_sigmoid(gg[e] + bg[e]) - one
+        o = act_sigmoid(go[e] + bo[e])
+        gi[e] = i
+        gf[e] = f
+        gg[e] = gv
+        go[e] = o
+        c = f * cprev[e] + i * gv
+        cnew[e] = c
+        hz[e] = o * act_tanh(c)
 
 
 @serial
@@ -186,12 +213,16 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
             z[0, j, n] = h0[n, j]
             cells[0, j, n] = c0[n, j]
     hs[0] = h0
+    bias_x = np.empty((wp.shape[0], B), x2.dtype)
+    for r in range(wp.shape[0]):
+        for n in range(B):
+            bias_x[r, n] = bp[r]
     for t in range(T):
         if nth == 1:
-            _fwd_units(t, wp, bp, z, cells, gates, save, 0, 1)
+            _fwd_units(t, wp, bias_x, z, cells, gates, save, 0, 1)
         else:
             for k in prange(nth):
-                _fwd_units(t, wp, bp, z, cells, gates, save, k, nth)
+                _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nth)
     if nth == 1:
         _store_h(z, hs, 0, 1)
     else:
@@ -206,59 +237,59 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
 
 
 @serial
-def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b):
-    """Gate gradients of step t for units a:b (dh holds dL/dh_t from later steps, transposed)."""
+def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, nt, a, b):
+    """Gate gradients of step t for units a:b (dh holds dL/dh_t from later steps, transposed):
+    into dg[t & 1] (G, B) in packed row order, then copied to dg_all in torch's row order and,
+    when the next GEMM is dot_nt (`nt`), to dgT[t & 1] (B, G)."""
     B = dyT.shape[2]
     H = dyT.shape[1]
     hk = b - a
     one = dyT.dtype.type(1)
-    zero = dyT.dtype.type(0)
     p = t & 1
-    for u in range(hk):
-        j = a + u
-        ri, rf, rg, ro = 4 * a + u, 4 * a + hk + u, 4 * a + 2 * hk + u, 4 * a + 3 * hk + u
-        gi, gf, gg, go = gates[t, ri], gates[t, rf], gates[t, rg], gates[t, ro]
-        c_row = cells[t + 1, j]
-        cprev = cells[t, j]
-        dhr = dh[j]
-        dcr = dc[j]
-        dyr = dyT[t, j]
-        di, df, dgg, do = dg[p, ri], dg[p, rf], dg[p, rg], dg[p, ro]
-        ai = dg_all[j, t * B : (t + 1) * B]  # torch's row order: gate q of unit j is row q*H + j
-        af = dg_all[H + j, t * B : (t + 1) * B]
-        ag = dg_all[2 * H + j, t * B : (t + 1) * B]
-        ao = dg_all[3 * H + j, t * B : (t + 1) * B]
-        si = sf = sg = so = zero
+    # one flat loop over the block's hk*B pairs, as in _fwd_units: each gate's rows are one
+    # contiguous run, and so are the units' rows of cells, dh, dc and dy
+    ne = hk * B
+    g0 = (t * 4 * H + 4 * a) * B
+    d0 = (p * 4 * H + 4 * a) * B
+    gfl = gates.reshape(-1)
+    dfl = dg.reshape(-1)
+    cfl = cells.reshape(-1)
+    gi, gf = gfl[g0 : g0 + ne], gfl[g0 + ne : g0 + 2 * ne]
+    gg, go = gfl[g0 + 2 * ne : g0 + 3 * ne], gfl[g0 + 3 * ne : g0 + 4 * ne]
+    di, df = dfl[d0 : d0 + ne], dfl[d0 + ne : d0 + 2 * ne]
+    dgg, do = dfl[d0 + 2 * ne : d0 + 3 * ne], dfl[d0 + 3 * ne : d0 + 4 * ne]
+    c_now = cfl[((t + 1) * H + a) * B : ((t + 1) * H + b) * B]
+    cprev = cfl[(t * H + a) * B : (t * H + b) * B]
+    dhr = dh.reshape(-1)[a * B : b * B]
+    dcr = dc.reshape(-1)[a * B : b * B]
+    dyr = dyT.reshape(-1)[(t * H + a) * B : (t * H + b) * B]
+    for e in range(ne):
+        i = gi[e]
+        f = gf[e]
+        g = gg[e]
+        o = go[e]
+        tc = act_tanh(c_now[e])  # recomputed: cheaper than saving tanh(c) to memory
+        dht = dhr[e] + dyr[e]
+        dct = dcr[e] + dht * o * (one - tc * tc)
+        dcr[e] = dct * f
+        di[e] = dct * g * i * (one - i)
+        df[e] = dct * cprev[e] * f * (one - f)
+        dgg[e] = dct * i * (one - g * g)
+        do[e] = dht * tc * o * (one - o)
+    # all steps, for the weight gradients: torch's row order, gate q of unit j is row q*H + j
+    dgp = dg[p]
+    for q in range(4):
+        for u in range(hk):
+            src = dgp[4 * a + q * hk + u]
+            dst = dg_all[q * H + a + u, t * B : (t + 1) * B]
+            for n in range(B):
+                dst[n] = src[n]
+    if nt:  # the next step's dot_nt operand, batch-major
+        dgTp = dgT[p]
         for n in range(B):
-            i = gi[n]
-            f = gf[n]
-            g = gg[n]
-            o = go[n]
-            tc = act_tanh(c_row[n])  # recomputed: cheaper than saving tanh(c) to memory
-            dht = dhr[n] + dyr[n]
-            dct = dcr[n] + dht * o * (one - tc * tc)
-            dcr[n] = dct * f
-            vi = dct * g * i * (one - i)
-            vf = dct * cprev[n] * f * (one - f)
-            vg = dct * i * (one - g * g)
-            vo = dht * tc * o * (one - o)
-            di[n] = vi  # the next step's GEMM operand
-            df[n] = vf
-            dgg[n] = vg
-            do[n] = vo
-            ai[n] = vi  # all steps, for the weight gradients
-            af[n] = vf
-            ag[n] = vg
-            ao[n] = vo
-            si += vi
-            sf += vf
-            sg += vg
-            so += vo
-        if need_db:
-            db[j] += si
-            db[H + j] += sf
-            db[2 * H + j] += sg
-            db[3 * H + j] += so
+            row = dgTp[n]
+            for r in range(4 * a, 4 * b):
+                row[r] = dgp[r, n]
 
 
 @serial
@@ -269,18 +300,18 @@ def _load_dy(dy, dyT, k, nblocks):
 
 
 @serial
-def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, k, nblocks):
+def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, k, nblocks):
     T, H = dyT.shape[0], dyT.shape[1]
     a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
-        _rowdot(wpT[a:b], dg[(t + 1) & 1], dh[a:b])
-    _bwd_units(t, dyT, dh, dc, cells, gates, dg, dg_all, db, need_db, a, b)
+        _bwd_dot(wpT[a:b], dg[(t + 1) & 1], dgT[(t + 1) & 1], dh[a:b], nt)
+    _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, nt, a, b)
 
 
 @parallel
-def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dg_all):
+def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
-    (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B).
+    (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B), dgT (2, B, G).
 
     wpT (H, G) = pack_hh_t(w_hh): thread k's rows a:b give dh_{t-1}[a:b] = wpT[a:b] @ dg_t."""
     T, B, H = dy.shape
@@ -293,22 +324,28 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             dh[j, n] = dh_T[n, j]
             dc[j, n] = dc_T[n, j]
     db = np.zeros(G, dt)
+    nt = use_nt(block(H, 1, nth), G, B, dg.itemsize)
     if nth == 1:  # inline: no thread pool
         _load_dy(dy, dyT, 0, 1)
         for t in range(T - 1, -1, -1):
-            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, 0, 1)
+            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, 0, 1)
         if need_dh0:
-            _rowdot(wpT, dg[0], dh)
+            _bwd_dot(wpT, dg[0], dgT[0], dh, nt)
+        if need_db:
+            _row_sums(dg_all, db, 0, 1)
     else:
         for k in prange(nth):
             _load_dy(dy, dyT, k, nth)
         for t in range(T - 1, -1, -1):
             for k in prange(nth):
-                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dg_all, db, need_db, k, nth)
+                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, k, nth)
         if need_dh0:
             for k in prange(nth):
                 a, b = block(H, k, nth), block(H, k + 1, nth)
-                _rowdot(wpT[a:b], dg[0], dh[a:b])
+                _bwd_dot(wpT[a:b], dg[0], dgT[0], dh[a:b], nt)
+        if need_db:
+            for k in prange(nth):
+                _row_sums(dg_all, db, k, nth)
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     if need_dh0:
@@ -317,6 +354,18 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
                 dh0[n, j] = dh[j, n]
                 dc0[n, j] = dc[j, n]
     return db, dh0, dc0
+
+
+@serial
+def _row_sums(m, out, k, nblocks):
+    """out[r] = sum of row r of m, for block k of the rows (the bias gradient from dg_all)."""
+    R = m.shape[0]
+    for r in range(block(R, k, nblocks), block(R, k + 1, nblocks)):
+        row = m[r]
+        s = m.dtype.type(0)
+        for c in range(m.shape[1]):
+            s += row[c]
+        out[r] = s
 
 
 @serial
