@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...base import RecurrentBase, State
 from .threads import default_blas_threads, lstm_threads
@@ -36,7 +36,7 @@ _IMPORT_ERROR = _missing_dependency()
 if _IMPORT_ERROR is None:
     from . import gru_rnn_kernels as K
     from . import lstm_kernels as L
-    from .autograd_layer import LayerFunction, as_numpy, bias_or_zeros, forward
+    from .autograd_layer import LayerFunction, PackedLSTM, as_numpy, bias_or_zeros, forward
 
     default_blas_threads()
 
@@ -78,6 +78,7 @@ class NumbaLoop(RecurrentBase):
                 f"backend 'numba' runs on the CPU only; parameters are on {p.device}"
             )
         self._fast = None  # cached numpy views of the weights for the batch-1 step path
+        self._packed: dict = {}  # id(w_hh) -> PackedLSTM of the general path (LSTM)
         self._last_state = None  # (h_n, c_n, their numpy views) that the step path returned last
         self._single = self.num_layers == 1 and not self.bidirectional
 
@@ -85,14 +86,17 @@ class NumbaLoop(RecurrentBase):
     def __getstate__(self):  # copy / deepcopy / pickle: the caches refer to this instance's memory
         state = self.__dict__.copy()
         state["_fast"] = state["_last_state"] = None
+        state["_packed"] = {}
         return state
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .double() ... replace the storage
         self._fast = None
+        self._packed = {}
         return super()._apply(fn, *args, **kwargs)
 
     def register_parameter(self, name, param) -> None:  # module.weight_hh_l0 = nn.Parameter(..)
         self.__dict__["_fast"] = None
+        self.__dict__["_packed"] = {}
         super().register_parameter(name, param)
 
     def _fast_weights(self):
@@ -209,6 +213,16 @@ class NumbaLoop(RecurrentBase):
         return super().forward(input, hx)
 
     # --- general path: the shared stacking code calls this per layer and direction ------
+    def _packed_for(self, weights) -> PackedLSTM | None:
+        """The packed-weight cache of this layer and direction: kept only for the module's own
+        parameters (a weight cast under autocast is a new tensor each call)."""
+        if self.kind != "lstm" or not isinstance(weights[1], nn.Parameter):
+            return None
+        packed = self._packed.get(id(weights[1]))
+        if packed is None:
+            packed = self._packed[id(weights[1])] = PackedLSTM()
+        return packed
+
     def run_layer(self, x: Tensor, state: State, weights) -> tuple[Tensor, State]:
         _check_dtype(x.dtype, "the input's dtype")
         if x.device.type != "cpu" or weights[0].device.type != "cpu":
@@ -219,8 +233,9 @@ class NumbaLoop(RecurrentBase):
         relu = self.nonlinearity == "relu"
         c0 = state[1] if self.kind == "lstm" else None
         tensors = (x, state[0], c0) + tuple(weights)
+        packed = self._packed_for(weights)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            y, *finals = LayerFunction.apply(self.kind, relu, *tensors)
+            y, *finals = LayerFunction.apply(self.kind, relu, packed, *tensors)
             return y, tuple(finals)
         T, B, I = x.shape
         rows = weights[0].shape[0]
@@ -232,7 +247,7 @@ class NumbaLoop(RecurrentBase):
             bias_or_zeros(weights[3], rows, xn.dtype),
         )
         states = tuple(as_numpy(s) for s in state)
-        hs, finals, _ = forward(self.kind, relu, xn, states, wn, B, False)
+        hs, finals, _ = forward(self.kind, relu, xn, states, wn, B, False, packed, weights)
         return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
 
 
