@@ -11,6 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from . import gru_rnn_kernels as K
 from . import lstm_kernels as L
+from . import onednn
 from .gemm import wgrad
 from .threads import batch_threads, lstm_threads, threads_for, wgrad_threads
 from .workspace import WORKSPACE, Lease
@@ -111,7 +112,10 @@ def forward(
         z = WORKSPACE.take((T + 1, H + I, B), dt)
         cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
         gates = WORKSPACE.take((T if save else 1, G, B), dt)
-        c_n = L.forward(x2, states[0], states[1], wp, bp, hs, z, cells, gates, save, nth)
+        br_ok = onednn.AVAILABLE and dt == np.float32
+        c_n = L.forward(
+            x2, states[0], states[1], wp, bp, hs, z, cells, gates, save, nth, onednn.BRGEMM, br_ok
+        )
         WORKSPACE.give(z)
         if not save:
             WORKSPACE.give(cells, gates)
@@ -201,8 +205,10 @@ class LayerFunction(torch.autograd.Function):
             dyT = WORKSPACE.take((T, H, B), dt)
             dg, dgT = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((2, B, G), dt)
             dg_all = WORKSPACE.take((G, T * B), dt)
+            br_ok = onednn.AVAILABLE and dt == np.float32
             db_ih, dh0, dc0 = L.backward(
-                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all
+                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all,
+                onednn.BRGEMM, br_ok,
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
             dw_ih, dw_hh, dx2 = L.weight_grads(

@@ -48,24 +48,55 @@ def _rowdot(w, v, out):
     row_blocks_dot(w, v, out, max(8, (524288 // max(v.shape[1] * w.shape[1], 1)) // 16 * 16))
 
 
-# the backward's dh GEMM uses dot_nt up to this batch and while a thread's block of W_hh fits in
-# its core's L2 (gemm.dot_nt rereads it once per chunk of columns), OpenBLAS otherwise
-NT_MAX_COLUMNS = 48
-NT_MAX_WEIGHT_BYTES = 1 << 20
+# Which GEMM a step uses (docs/numba.md, "Where the time goes"): OpenBLAS, oneDNN's brgemm
+# (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
+OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
+BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
+NT_MAX_COLUMNS = 16  # the backward's dot_nt up to this batch ...
+NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
 
 
 @serial
-def use_nt(rows, cols, batch, itemsize):
-    """Whether the backward's dh GEMM of a (rows, cols) weight block runs on dot_nt."""
-    return batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES
+def forward_gemm(batch, br_ok):
+    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
 
 
 @serial
-def _bwd_dot(w, dg, dgT, out, nt):
-    """out (M, B) = w (M, G) @ dg (G, B): dot_nt on dgT = dg.T (B, G) when `nt`, else OpenBLAS
-    (docs/numba.md, "Where the time goes")."""
-    if nt:
+def backward_gemm(rows, cols, batch, itemsize, br_ok):
+    """The GEMM of the backward's dh step for a (rows, cols) block of W_hh."""
+    if batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES:
+        return DOT_NT
+    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
+
+
+@serial
+def _brgemm(br, a, b, c):
+    """c (M, N) = a (M, K) @ b (K, N) by oneDNN's brgemm `br`; rows contiguous (row strides may
+    exceed the widths)."""
+    M, K = a.shape
+    sz = a.itemsize
+    br(
+        M,
+        b.shape[1],
+        K,
+        a.strides[0] // sz,
+        b.strides[0] // sz,
+        c.strides[0] // sz,
+        False,
+        a.ctypes.data,
+        b.ctypes.data,
+        c.ctypes.data,
+        False,
+    )
+
+
+@serial
+def _bwd_dot(w, dg, dgT, out, how, br):
+    """out (M, B) = w (M, G) @ dg (G, B); `how` from backward_gemm (dot_nt reads dgT = dg.T)."""
+    if how == DOT_NT:
         dot_nt(w, dgT, out)
+    elif how == BRGEMM:
+        _brgemm(br, w, dg, out)
     else:
         np.dot(w, dg, out)
 
@@ -129,7 +160,7 @@ def pack_hh_t(w_hh, nth, out):
 
 
 @serial
-def _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nblocks):
+def _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nblocks, how, br):
     """Step t for block k (units a:b): one GEMM for their gates, then the pointwise cell update.
     bias_x (G, B): the packed bias repeated along the batch."""
     H = cells.shape[1]
@@ -141,7 +172,10 @@ def _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nblocks):
     ts = t if save else 0
     cp = t if save else t & 1
     cn = t + 1 if save else (t + 1) & 1
-    _rowdot(wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
+    if how == BRGEMM:
+        _brgemm(br, wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
+    else:
+        _rowdot(wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
     # One flat loop over the block's hk*B (unit, row) pairs: each gate's rows are one contiguous
     # run of the block (i, f, g, o; module docstring), and so are the units' rows of cells and
     # z. A loop per unit would run only B iterations, which at small batches is all remainder
@@ -199,8 +233,9 @@ def _store_h(z, hs, k, nblocks):
 
 
 @parallel
-def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
-    """hs[1:] <- outputs; returns the final cell state (B, H). Buffers: see the module doc."""
+def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth, br, br_ok):
+    """hs[1:] <- outputs; returns the final cell state (B, H). Buffers: see the module doc.
+    br: oneDNN's brgemm (onednn.BRGEMM), used where forward_gemm says when br_ok."""
     T = hs.shape[0] - 1
     B, H = h0.shape
     if nth == 1:  # inline: no thread pool
@@ -217,12 +252,13 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth):
     for r in range(wp.shape[0]):
         for n in range(B):
             bias_x[r, n] = bp[r]
+    how = forward_gemm(B, br_ok and H + x2.shape[1] > 0)
     for t in range(T):
         if nth == 1:
-            _fwd_units(t, wp, bias_x, z, cells, gates, save, 0, 1)
+            _fwd_units(t, wp, bias_x, z, cells, gates, save, 0, 1, how, br)
         else:
             for k in prange(nth):
-                _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nth)
+                _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nth, how, br)
     if nth == 1:
         _store_h(z, hs, 0, 1)
     else:
@@ -300,16 +336,18 @@ def _load_dy(dy, dyT, k, nblocks):
 
 
 @serial
-def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, k, nblocks):
+def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br, k, nblocks):
     T, H = dyT.shape[0], dyT.shape[1]
     a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
-        _bwd_dot(wpT[a:b], dg[(t + 1) & 1], dgT[(t + 1) & 1], dh[a:b], nt)
-    _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, nt, a, b)
+        _bwd_dot(wpT[a:b], dg[(t + 1) & 1], dgT[(t + 1) & 1], dh[a:b], how, br)
+    _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, how == DOT_NT, a, b)
 
 
 @parallel
-def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all):
+def backward(
+    dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all, br, br_ok
+):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
     (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B), dgT (2, B, G).
 
@@ -324,13 +362,13 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             dh[j, n] = dh_T[n, j]
             dc[j, n] = dc_T[n, j]
     db = np.zeros(G, dt)
-    nt = use_nt(block(H, 1, nth), G, B, dg.itemsize)
+    how = backward_gemm(block(H, 1, nth), G, B, dg.itemsize, br_ok)
     if nth == 1:  # inline: no thread pool
         _load_dy(dy, dyT, 0, 1)
         for t in range(T - 1, -1, -1):
-            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, 0, 1)
+            _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br, 0, 1)
         if need_dh0:
-            _bwd_dot(wpT, dg[0], dgT[0], dh, nt)
+            _bwd_dot(wpT, dg[0], dgT[0], dh, how, br)
         if need_db:
             _row_sums(dg_all, db, 0, 1)
     else:
@@ -338,11 +376,11 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg,
             _load_dy(dy, dyT, k, nth)
         for t in range(T - 1, -1, -1):
             for k in prange(nth):
-                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, nt, k, nth)
+                _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br, k, nth)
         if need_dh0:
             for k in prange(nth):
                 a, b = block(H, k, nth), block(H, k + 1, nth)
-                _bwd_dot(wpT[a:b], dg[0], dgT[0], dh[a:b], nt)
+                _bwd_dot(wpT[a:b], dg[0], dgT[0], dh[a:b], how, br)
         if need_db:
             for k in prange(nth):
                 _row_sums(dg_all, db, k, nth)
