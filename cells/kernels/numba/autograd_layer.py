@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import gru_rnn_kernels as K
+from . import lstm_gemm as LG
 from . import lstm_kernels as L
 from . import onednn
 from .gemm import wgrad
@@ -44,7 +45,9 @@ class PackedLSTM:
 
     def __init__(self) -> None:
         self.key: tuple | None = None
-        self.wp = self.bp = self.wpT = None
+        self.wp: np.ndarray | None = None
+        self.bp: np.ndarray | None = None
+        self.wpT: np.ndarray | None = None
 
     @staticmethod
     def _key(tensors: tuple, nth: int) -> tuple:
@@ -61,11 +64,10 @@ class PackedLSTM:
         return self.wp, self.bp
 
     def backward_weight(self, tensors: tuple, w_hh: np.ndarray, nth: int) -> np.ndarray:
-        if self._key(tensors, nth) != self.key or self.wpT is None:
-            wpT = pack_backward(w_hh, nth)
-            if self._key(tensors, nth) != self.key:
-                return wpT  # the parameters changed since the forward: do not keep
-            self.wpT = wpT
+        if self._key(tensors, nth) != self.key:
+            return pack_backward(w_hh, nth)  # the parameters changed since: do not keep
+        if self.wpT is None:
+            self.wpT = pack_backward(w_hh, nth)
         return self.wpT
 
 
@@ -207,11 +209,24 @@ class LayerFunction(torch.autograd.Function):
             dg_all = WORKSPACE.take((G, T * B), dt)
             br_ok = onednn.AVAILABLE and dt == np.float32
             db_ih, dh0, dc0 = L.backward(
-                dyn, dhn, dcn, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all,
-                onednn.BRGEMM, br_ok,
+                dyn,
+                dhn,
+                dcn,
+                cells,
+                gates,
+                wpT,
+                need_dh0,
+                need_db,
+                nth,
+                dyT,
+                dg,
+                dgT,
+                dg_all,
+                onednn.BRGEMM,
+                br_ok,
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
-            dw_ih, dw_hh, dx2 = L.weight_grads(
+            dw_ih, dw_hh, dx2 = LG.weight_grads(
                 dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, nw
             )
             WORKSPACE.give(dyT, dg, dgT, dg_all)

@@ -36,69 +36,16 @@ import numpy as np
 from numba import prange
 
 from .activations import act_sigmoid, act_tanh
-from .gemm import dot_nt, row_blocks_dot
 from .jit_options import block, parallel, serial
-
-
-@serial
-def _rowdot(w, v, out):
-    """out (M, N) = w (M, K) @ v (K, N) in row blocks of a multiple of 16 rows with
-    M*N*K <= 2^19: measured fastest for the step GEMMs here ((512, 284) x (284, 32) forward,
-    (128, 1024) x (1024, 32) backward, per thread)."""
-    row_blocks_dot(w, v, out, max(8, (524288 // max(v.shape[1] * w.shape[1], 1)) // 16 * 16))
-
-
-# Which GEMM a step uses (docs/numba.md, "Where the time goes"): OpenBLAS, oneDNN's brgemm
-# (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
-OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
-BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
-NT_MAX_COLUMNS = 16  # the backward's dot_nt up to this batch ...
-NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
-
-
-@serial
-def forward_gemm(batch, br_ok):
-    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
-
-
-@serial
-def backward_gemm(rows, cols, batch, itemsize, br_ok):
-    """The GEMM of the backward's dh step for a (rows, cols) block of W_hh."""
-    if batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES:
-        return DOT_NT
-    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
-
-
-@serial
-def _brgemm(br, a, b, c):
-    """c (M, N) = a (M, K) @ b (K, N) by oneDNN's brgemm `br`; rows contiguous (row strides may
-    exceed the widths)."""
-    M, K = a.shape
-    sz = a.itemsize
-    br(
-        M,
-        b.shape[1],
-        K,
-        a.strides[0] // sz,
-        b.strides[0] // sz,
-        c.strides[0] // sz,
-        False,
-        a.ctypes.data,
-        b.ctypes.data,
-        c.ctypes.data,
-        False,
-    )
-
-
-@serial
-def _bwd_dot(w, dg, dgT, out, how, br):
-    """out (M, B) = w (M, G) @ dg (G, B); `how` from backward_gemm (dot_nt reads dgT = dg.T)."""
-    if how == DOT_NT:
-        dot_nt(w, dgT, out)
-    elif how == BRGEMM:
-        _brgemm(br, w, dg, out)
-    else:
-        np.dot(w, dg, out)
+from .lstm_gemm import (
+    BRGEMM,
+    DOT_NT,
+    backward_dot,
+    backward_gemm,
+    brgemm_dot,
+    forward_gemm,
+    row_dot,
+)
 
 
 @serial
@@ -173,9 +120,9 @@ def _fwd_units(t, wp, bias_x, z, cells, gates, save, k, nblocks, how, br):
     cp = t if save else t & 1
     cn = t + 1 if save else (t + 1) & 1
     if how == BRGEMM:
-        _brgemm(br, wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
+        brgemm_dot(br, wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
     else:
-        _rowdot(wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
+        row_dot(wp[4 * a : 4 * b], z[t], gates[ts, 4 * a : 4 * b])
     # One flat loop over the block's hk*B (unit, row) pairs: each gate's rows are one contiguous
     # run of the block (i, f, g, o; module docstring), and so are the units' rows of cells and
     # z. A loop per unit would run only B iterations, which at small batches is all remainder
@@ -340,7 +287,7 @@ def _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br,
     T, H = dyT.shape[0], dyT.shape[1]
     a, b = block(H, k, nblocks), block(H, k + 1, nblocks)
     if t < T - 1:  # dL/dh_t through step t+1's gates (all of them: after the join)
-        _bwd_dot(wpT[a:b], dg[(t + 1) & 1], dgT[(t + 1) & 1], dh[a:b], how, br)
+        backward_dot(wpT[a:b], dg[(t + 1) & 1], dgT[(t + 1) & 1], dh[a:b], how, br)
     _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, how == DOT_NT, a, b)
 
 
@@ -368,7 +315,7 @@ def backward(
         for t in range(T - 1, -1, -1):
             _bwd_step_units(t, dyT, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br, 0, 1)
         if need_dh0:
-            _bwd_dot(wpT, dg[0], dgT[0], dh, how, br)
+            backward_dot(wpT, dg[0], dgT[0], dh, how, br)
         if need_db:
             _row_sums(dg_all, db, 0, 1)
     else:
@@ -380,7 +327,7 @@ def backward(
         if need_dh0:
             for k in prange(nth):
                 a, b = block(H, k, nth), block(H, k + 1, nth)
-                _bwd_dot(wpT[a:b], dg[0], dgT[0], dh[a:b], how, br)
+                backward_dot(wpT[a:b], dg[0], dgT[0], dh[a:b], how, br)
         if need_db:
             for k in prange(nth):
                 _row_sums(dg_all, db, k, nth)
@@ -406,44 +353,6 @@ def _row_sums(m, out, k, nblocks):
         out[r] = s
 
 
-@serial
-def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, k, nblocks):
-    """Block k of the rows of dW_hh and dW_ih, and their share of dx into dx_part."""
-    G = dg_all.shape[0]
-    r0, r1 = block(G, k, nblocks), block(G, k + 1, nblocks)
-    if r1 == r0:
-        return
-    rows = dg_all[r0:r1]
-    if need_dw:
-        np.dot(rows, hs_prev, dw_hh[r0:r1])
-        if x2.shape[1] > 0:
-            np.dot(rows, x2, dw_ih[r0:r1])
-    if need_dx and x2.shape[1] > 0:
-        np.dot(rows.T, w_ih[r0:r1], dx_part)
-
-
-@parallel
-def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
-    """dW_ih (G, I), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order.
-
-    The rows are split evenly over the threads: one GEMM each for dW_hh and dW_ih, K = T*B, no
-    reduction across threads; dx sums one partial product per thread."""
-    G, TB = dg_all.shape
-    H = G // 4
-    I = x2.shape[1]
-    dt = dg_all.dtype
-    dw_ih = np.empty((G, I), dt)
-    dw_hh = np.empty((G, H), dt)
-    parts = np.zeros((nth, TB if need_dx else 0, I), dt)
-    if nth == 1:  # inline: no thread pool
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, 1)
-        return dw_ih, dw_hh, parts[0]
-    for k in prange(nth):
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k], k, nth)
-    return dw_ih, dw_hh, parts.sum(axis=0)
-
-
-# --- batch 1, one step (generation) ----------------------------------------------------------
 @serial
 def _step_units(wp, bp, z, c, out, k, nblocks):
     H = c.shape[0]

@@ -1,0 +1,179 @@
+"""Where the numba LSTM's training step spends its time, against the FLOP floor and the measured
+GEMM peak, beside torch.nn's whole step.
+
+    python -m bench.lstm_profile [--shapes d2l,B8,B128,H128,H512] [--rounds 15] [--threads 2]
+
+For each shape it times, in interleaved rounds, torch.nn's and the numba module's training step
+(forward, `y.sum().backward()`, gradients cleared, as `bench run` times train mode) and the
+numba kernels of that step called directly on the arrays the module would use: the forward
+(step GEMMs and pointwise), the backward's recurrence (dh GEMM per step and pointwise) and the
+weight gradients. "rest" is the module step minus its kernels: packing the weights is cached
+across calls (autograd_layer.PackedLSTM), so what remains is Python, autograd and allocation.
+The table gives each part's median time, its FLOPs, and GFLOP/s as a share of the machine's
+float32 GEMM peak (bench.machine.measure_peak). docs/numba.md, "Where the time goes", quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+SHAPES = {  # name: (input, hidden, batch, steps)
+    "d2l": (28, 256, 32, 35),
+    "B8": (28, 256, 8, 35),
+    "B128": (28, 256, 128, 35),
+    "H128": (28, 128, 32, 35),
+    "H512": (28, 512, 32, 35),
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.lstm_profile", description=__doc__)
+    p.add_argument("--shapes", default=",".join(SHAPES), help=f"from {', '.join(SHAPES)}")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+    if unknown:
+        p.error(f"--shapes: expected names from {', '.join(SHAPES)}, got {', '.join(unknown)}")
+    if args.rounds < 1 or args.threads < 1:
+        p.error(f"--rounds and --threads must be >= 1, got {args.rounds} and {args.threads}")
+    return args
+
+
+def _parts(module: Any, x: torch.Tensor) -> dict:
+    """Callables for the numba kernels of one training step, on the module's own weights."""
+    from cells.kernels.numba import lstm_gemm as LG
+    from cells.kernels.numba import lstm_kernels as L
+    from cells.kernels.numba import onednn
+    from cells.kernels.numba.autograd_layer import pack_backward, pack_forward
+    from cells.kernels.numba.threads import lstm_threads, threads_for
+
+    T, B, I = x.shape  # noqa: E741
+    H = int(module.hidden_size)
+    G = 4 * H
+    w = tuple(p.detach().numpy() for p in module.layer_weights(0, 0))
+    nth = lstm_threads(H, I, B)
+    wp, bp = pack_forward(w, nth)
+    wpT = pack_backward(w[1], nth)
+    x2 = x.numpy().reshape(T * B, I)
+    f32 = np.float32
+    zeros = np.zeros((B, H), f32)
+    hs = np.empty((T + 1, B, H), f32)
+    z, cells = np.empty((T + 1, H + I, B), f32), np.empty((T + 1, H, B), f32)
+    gates = np.empty((T, G, B), f32)
+    dy = np.random.default_rng(0).standard_normal((T, B, H)).astype(f32)
+    dyT, dg, dgT = np.empty((T, H, B), f32), np.empty((2, G, B), f32), np.empty((2, B, G), f32)
+    dg_all = np.empty((G, T * B), f32)
+    br, ok = onednn.BRGEMM, onednn.AVAILABLE
+    nw = threads_for(G * T * B * (H + I), G)
+    return {
+        "forward": lambda: L.forward(
+            x2, zeros, zeros, wp, bp, hs, z, cells, gates, True, nth, br, ok
+        ),
+        "backward recurrence": lambda: L.backward(
+            dy, zeros, zeros, cells, gates, wpT, True, True, nth, dyT, dg, dgT, dg_all, br, ok
+        ),
+        "weight gradients": lambda: LG.weight_grads(
+            dg_all, hs[:T].reshape(T * B, H), x2, w[0], True, False, nw
+        ),
+    }
+
+
+def _flops(I: int, H: int, B: int, T: int) -> dict[str, float]:  # noqa: E741
+    step = 2 * B * 4 * H
+    return {
+        "forward": T * step * (H + I),
+        "backward recurrence": T * step * H,
+        "weight gradients": T * step * (H + I),
+    }
+
+
+def profile(name: str, rounds: int, peak: float) -> list[dict]:
+    import cells
+
+    I, H, B, T = SHAPES[name]  # noqa: E741
+    torch.manual_seed(0)
+    native = torch.nn.LSTM(I, H)
+    numba_module = cells.create("lstm", "numba", I, H)
+    numba_module.load_state_dict(native.state_dict())
+    x = torch.randn(T, B, I)
+
+    def step(m: torch.nn.Module):
+        def call() -> None:
+            y, _ = m(x)
+            y.sum().backward()
+            for p in m.parameters():
+                p.grad = None
+
+        return call
+
+    calls = {"torch.nn step": step(native), "numba step": step(numba_module)}
+    calls.update(_parts(numba_module, x))
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for call in calls.values():
+        call()
+    for r in range(rounds):
+        order = list(calls) if r % 2 == 0 else list(reversed(calls))
+        for key in order:
+            start = time.perf_counter()
+            calls[key]()
+            times[key].append(time.perf_counter() - start)
+    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    flops = _flops(I, H, B, T)
+    kernels = sum(med[k] for k in flops)
+    rows = []
+    for key in calls:
+        fl = flops.get(key)
+        if key == "numba step":
+            fl = sum(flops.values())
+        gf = fl / med[key] / 1e6 if fl else None
+        rows.append(
+            {
+                "shape": name,
+                "part": key,
+                "ms": med[key],
+                "GFLOP": fl / 1e9 if fl else None,
+                "GFLOP/s": gf,
+                "% of peak": 100 * gf / peak if gf and peak else None,
+            }
+        )
+    rows.append(
+        {"shape": name, "part": "rest (Python, autograd)", "ms": med["numba step"] - kernels}
+    )
+    rows.append(
+        {
+            "shape": name,
+            "part": "floor at peak",
+            "ms": sum(flops.values()) / peak / 1e6 if peak else None,
+            "GFLOP": sum(flops.values()) / 1e9,
+        }
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    import numba
+    import pandas as pd
+
+    from bench.machine import measure_peak, set_threads
+
+    args = _parse(argv)
+    set_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    peak = measure_peak("cpu").get("peak_gflops") or 0.0
+    print(f"float32 GEMM peak at {args.threads} threads: {peak:.0f} GFLOP/s", flush=True)
+    rows = []
+    for name in args.shapes.split(","):
+        rows += profile(name, args.rounds, peak)
+        print(f"{name} done", flush=True)
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The GEMMs of the LSTM kernels (lstm_kernels.py): which GEMM a step uses and the calls, and
+the weight gradients after the backward's loop.
+
+A step's product is small (at the d2l size a thread's forward step is (512 x 284) @ (284 x 32))
+and there are T of them in sequence, so each library's small-N speed decides: oneDNN's brgemm
+from the torch build (onednn.py; float32) from batch BR_MIN_COLUMNS up, OpenBLAS in row blocks
+below it for the forward, and for the backward's dh product gemm.dot_nt up to NT_MAX_COLUMNS
+while a thread's block of W_hh fits in its core's L2. The measurements behind the thresholds
+are in docs/numba.md, "Where the time goes". The weight gradients are two large products per
+thread, where OpenBLAS's cache blocking beats brgemm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .gemm import dot_nt, row_blocks_dot
+from .jit_options import block, parallel, serial
+
+
+@serial
+def row_dot(w, v, out):
+    """out (M, N) = w (M, K) @ v (K, N) in row blocks of a multiple of 16 rows with
+    M*N*K <= 2^19: measured fastest for the step GEMMs here ((512, 284) x (284, 32) forward,
+    (128, 1024) x (1024, 32) backward, per thread)."""
+    row_blocks_dot(w, v, out, max(8, (524288 // max(v.shape[1] * w.shape[1], 1)) // 16 * 16))
+
+
+# Which GEMM a step uses (docs/numba.md, "Where the time goes"): OpenBLAS, oneDNN's brgemm
+# (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
+OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
+BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
+NT_MAX_COLUMNS = 16  # the backward's dot_nt up to this batch ...
+NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
+
+
+@serial
+def forward_gemm(batch, br_ok):
+    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
+
+
+@serial
+def backward_gemm(rows, cols, batch, itemsize, br_ok):
+    """The GEMM of the backward's dh step for a (rows, cols) block of W_hh."""
+    if batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES:
+        return DOT_NT
+    return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
+
+
+@serial
+def brgemm_dot(br, a, b, c):
+    """c (M, N) = a (M, K) @ b (K, N) by oneDNN's brgemm `br`; rows contiguous (row strides may
+    exceed the widths)."""
+    M, K = a.shape
+    sz = a.itemsize
+    br(
+        M,
+        b.shape[1],
+        K,
+        a.strides[0] // sz,
+        b.strides[0] // sz,
+        c.strides[0] // sz,
+        False,
+        a.ctypes.data,
+        b.ctypes.data,
+        c.ctypes.data,
+        False,
+    )
+
+
+@serial
+def backward_dot(w, dg, dgT, out, how, br):
+    """out (M, B) = w (M, G) @ dg (G, B); `how` from backward_gemm (dot_nt reads dgT = dg.T)."""
+    if how == DOT_NT:
+        dot_nt(w, dgT, out)
+    elif how == BRGEMM:
+        brgemm_dot(br, w, dg, out)
+    else:
+        np.dot(w, dg, out)
+
+
+@serial
+def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, k, nblocks):
+    """Block k of the rows of dW_hh and dW_ih, and their share of dx into dx_part."""
+    G = dg_all.shape[0]
+    r0, r1 = block(G, k, nblocks), block(G, k + 1, nblocks)
+    if r1 == r0:
+        return
+    rows = dg_all[r0:r1]
+    if need_dw:
+        np.dot(rows, hs_prev, dw_hh[r0:r1])
+        if x2.shape[1] > 0:
+            np.dot(rows, x2, dw_ih[r0:r1])
+    if need_dx and x2.shape[1] > 0:
+        np.dot(rows.T, w_ih[r0:r1], dx_part)
+
+
+@parallel
+def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
+    """dW_ih (G, I), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order.
+
+    The rows are split evenly over the threads: one GEMM each for dW_hh and dW_ih, K = T*B, no
+    reduction across threads; dx sums one partial product per thread."""
+    G, TB = dg_all.shape
+    H = G // 4
+    I = x2.shape[1]
+    dt = dg_all.dtype
+    dw_ih = np.empty((G, I), dt)
+    dw_hh = np.empty((G, H), dt)
+    parts = np.zeros((nth, TB if need_dx else 0, I), dt)
+    if nth == 1:  # inline: no thread pool
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, 1)
+        return dw_ih, dw_hh, parts[0]
+    for k in prange(nth):
+        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k], k, nth)
+    return dw_ih, dw_hh, parts.sum(axis=0)
+
+
+# --- batch 1, one step (generation) ----------------------------------------------------------
