@@ -2,6 +2,11 @@
 GEMM peak, beside torch.nn's whole step.
 
     python -m bench.lstm_profile [--shapes d2l,B8,B128,H128,H512] [--rounds 15] [--threads 2]
+    python -m bench.lstm_profile --gemms
+
+--gemms instead times, on one thread, the three GEMMs a step can use (lstm_gemm.py) at a
+thread's share of the d2l size's step products: the forward's (512 x 284) @ (284 x B) and the
+backward's (128 x 1024) @ (1024 x B), for B = 8, 16, 32, 128.
 
 For each shape it times, in interleaved rounds, torch.nn's and the numba module's training step
 (forward, `y.sum().backward()`, gradients cleared, as `bench run` times train mode) and the
@@ -36,6 +41,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"from {', '.join(SHAPES)}")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gemms", action="store_true", help="time the step GEMMs on one thread")
     args = p.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
@@ -156,6 +162,49 @@ def profile(name: str, rounds: int, peak: float) -> list[dict]:
     return rows
 
 
+def gemm_rows(batches=(8, 16, 32, 128), repeats: int = 200) -> list[dict]:
+    """GFLOP/s of OpenBLAS (row blocks, as the forward calls it), brgemm and dot_nt, one thread."""
+    from numba import njit
+
+    from cells.kernels.numba import gemm, onednn
+    from cells.kernels.numba.lstm_gemm import brgemm_dot, row_dot
+
+    @njit(cache=False)
+    def loop(how, br, w, v, vt, out, n):
+        for _ in range(n):
+            if how == 0:
+                row_dot(w, v, out)
+            elif how == 1:
+                brgemm_dot(br, w, v, out)
+            else:
+                gemm.dot_nt(w, vt, out)
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for what, (m, k) in (("forward step", (512, 284)), ("backward dh step", (128, 1024))):
+        for b in batches:
+            w = rng.standard_normal((m, k)).astype(np.float32)
+            v = rng.standard_normal((k, b)).astype(np.float32)
+            vt, out = np.ascontiguousarray(v.T), np.empty((m, b), np.float32)
+            row: dict = {"product": what, "M x K": f"{m} x {k}", "N (batch)": b}
+            for how, name in ((0, "OpenBLAS"), (1, "brgemm"), (2, "dot_nt")):
+                if how == 1 and not onednn.AVAILABLE:
+                    continue
+                loop(how, onednn.BRGEMM, w, v, vt, out, 1)
+                best = min(
+                    _timed(loop, how, onednn.BRGEMM, w, v, vt, out, repeats) for _ in range(5)
+                )
+                row[name] = 2 * m * k * b * repeats / best / 1e9
+            rows.append(row)
+    return rows
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     import numba
     import pandas as pd
@@ -163,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     from bench.machine import measure_peak, set_threads
 
     args = _parse(argv)
+    if args.gemms:
+        numba.set_num_threads(1)
+        print("GFLOP/s on one thread")
+        print(pd.DataFrame(gemm_rows()).to_markdown(index=False, floatfmt=".0f"))
+        return
     set_threads(args.threads)
     numba.set_num_threads(args.threads)
     peak = measure_peak("cpu").get("peak_gflops") or 0.0

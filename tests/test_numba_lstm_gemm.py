@@ -117,3 +117,32 @@ def test_packed_weights_follow_in_place_updates_and_new_parameters():
     with torch.no_grad():
         y = module(x.double())[0]
     assert rel(y, reference(module)(x.double())[0]) <= tolerance(torch.float64)
+
+
+def test_lstm_profile_reports_every_part_and_refuses_unknown_shapes(capsys):
+    from bench import lstm_profile
+
+    rows = lstm_profile.profile("H128", rounds=1, peak=100.0)
+    by_part = {r["part"]: r for r in rows}
+    assert list(by_part) == [
+        "torch.nn step",
+        "numba step",
+        "forward",
+        "backward recurrence",
+        "weight gradients",
+        "rest (Python, autograd)",
+        "floor at peak",
+    ]
+    kernels = ("forward", "backward recurrence", "weight gradients")
+    assert by_part["numba step"]["GFLOP"] == pytest.approx(
+        sum(by_part[k]["GFLOP"] for k in kernels)
+    )
+    assert all(by_part[k]["ms"] > 0 for k in kernels + ("torch.nn step", "numba step"))
+    # 2 * B * 4H * (H + I) * T for the forward at I 28, H 128, B 32, T 35
+    assert by_part["forward"]["GFLOP"] == pytest.approx(2 * 32 * 512 * 156 * 35 / 1e9)
+    gemms = lstm_profile.gemm_rows(batches=(8,), repeats=2)
+    assert [g["product"] for g in gemms] == ["forward step", "backward dh step"]
+    assert all(g["OpenBLAS"] > 0 and g["dot_nt"] > 0 for g in gemms)
+    with pytest.raises(SystemExit):
+        lstm_profile._parse(["--shapes", "d2l,nope"])
+    assert "expected names from d2l" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def row_dot(w, v, out):
 # (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
 OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
 BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
-NT_MAX_COLUMNS = 16  # the backward's dot_nt up to this batch ...
+NT_MAX_COLUMNS = 15  # the backward's dot_nt below brgemm's range ...
 NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
 
 
