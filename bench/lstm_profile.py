@@ -70,7 +70,7 @@ def _parts(module: Any, x: torch.Tensor) -> dict:
     f32 = np.float32
     zeros = np.zeros((B, H), f32)
     hs = np.empty((T + 1, B, H), f32)
-    z, cells = np.empty((T + 1, H + I, B), f32), np.empty((T + 1, H, B), f32)
+    z, cells = np.empty((T + 1, LG.padded_k(H + I), B), f32), np.empty((T + 1, H, B), f32)
     gates = np.empty((T, G, B), f32)
     dy = np.random.default_rng(0).standard_normal((T, B, H)).astype(f32)
     dyT, dg, dgT = np.empty((T, H, B), f32), np.empty((2, G, B), f32), np.empty((2, B, G), f32)

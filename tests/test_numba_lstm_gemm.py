@@ -70,7 +70,7 @@ def test_brgemm_is_found_in_this_torch_build():
 @pytest.mark.parametrize("batch", [5, 16, 21])
 def test_every_step_gemm_matches_torch_nn(batch, blocks, brgemm, monkeypatch):
     """Batch 5: OpenBLAS forward, dot_nt backward; 16 and 21: brgemm both ways, or OpenBLAS
-    without it. H = 10 with 1 or 2 unit blocks: edges of dot_nt's 4 x 4 tiles in both
+    without it. I = 5, H = 10 (K = 15, padded to 16) with 1 or 2 unit blocks: edges of dot_nt's 4 x 4 tiles in both
     dimensions. The no-grad forward follows the same choice."""
     if not brgemm:
         monkeypatch.setattr(onednn, "AVAILABLE", False)
@@ -82,10 +82,10 @@ def test_every_step_gemm_matches_torch_nn(batch, blocks, brgemm, monkeypatch):
     expected = (L.BRGEMM if brgemm else L.OPENBLAS) if batch >= 16 else L.OPENBLAS
     assert forward == expected
     assert backward == (L.DOT_NT if batch <= L.NT_MAX_COLUMNS else expected)
-    module = cells.create("lstm", "numba", 6, 10)
+    module = cells.create("lstm", "numba", 5, 10)
     check_train_step(module, batch)
     with torch.no_grad():
-        x = torch.randn(4, batch, 6)
+        x = torch.randn(4, batch, 5)
         assert rel(module(x)[0], reference(module)(x.double())[0]) <= TOL
 
 
@@ -102,14 +102,14 @@ def test_dot_nt_equals_numpy(rows, cols, k):
 def test_packed_weights_follow_in_place_updates_and_new_parameters():
     """The packed weights are kept across calls: an optimizer step, load_state_dict, a
     reassigned parameter and .double() must each be seen by the next call."""
-    module = cells.create("lstm", "numba", 6, 10)
-    x = torch.randn(5, 16, 6)
+    module = cells.create("lstm", "numba", 5, 10)
+    x = torch.randn(5, 16, 5)
     module(x)[0].sum().backward()
     assert len(module._packed) == 1
     torch.optim.SGD(module.parameters(), lr=0.5).step()  # in place: versions move
     module.zero_grad(set_to_none=True)
     check_train_step(module, 16)
-    module.load_state_dict(cells.create("lstm", "numba", 6, 10).state_dict())
+    module.load_state_dict(cells.create("lstm", "numba", 5, 10).state_dict())
     check_train_step(module, 16)
     module.weight_hh_l0 = torch.nn.Parameter(torch.randn(40, 10))
     check_train_step(module, 16)

@@ -74,7 +74,8 @@ class PackedLSTM:
 def pack_forward(arrays: tuple, nth: int) -> tuple[np.ndarray, np.ndarray]:
     w_ih, w_hh, b_ih, b_hh = arrays
     G, I = w_ih.shape
-    wp, bp = np.empty((G, w_hh.shape[1] + I), w_ih.dtype), np.empty(G, w_ih.dtype)
+    wp = np.empty((G, LG.padded_k(w_hh.shape[1] + I)), w_ih.dtype)
+    bp = np.empty(G, w_ih.dtype)
     L.pack(w_ih, w_hh, b_ih, b_hh, nth, wp, bp)
     return wp, bp
 
@@ -111,7 +112,7 @@ def forward(
             wp, bp = pack_forward(w, nth)
         else:
             wp, bp = packed.forward_weights(tensors, w, nth)
-        z = WORKSPACE.take((T + 1, H + I, B), dt)
+        z = WORKSPACE.take((T + 1, LG.padded_k(H + I), B), dt)
         cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
         gates = WORKSPACE.take((T if save else 1, G, B), dt)
         br_ok = onednn.AVAILABLE and dt == np.float32

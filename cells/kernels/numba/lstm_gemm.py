@@ -30,9 +30,15 @@ def row_dot(w, v, out):
 # Which GEMM a step uses (docs/numba.md, "Where the time goes"): OpenBLAS, oneDNN's brgemm
 # (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
 OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
+K_ALIGN = 16  # the forward's K (H + I) is padded with zeros to a multiple of this
 BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
 NT_MAX_COLUMNS = 15  # the backward's dot_nt below brgemm's range ...
 NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
+
+
+def padded_k(k: int) -> int:
+    """The K of the forward's packed weights and of z: k rounded up to a multiple of K_ALIGN."""
+    return -(-k // K_ALIGN) * K_ALIGN
 
 
 @serial
