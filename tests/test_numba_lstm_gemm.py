@@ -146,3 +146,23 @@ def test_lstm_profile_reports_every_part_and_refuses_unknown_shapes(capsys):
     with pytest.raises(SystemExit):
         lstm_profile._parse(["--shapes", "d2l,nope"])
     assert "expected names from d2l" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainable", ["bias only", "weights only", "all"])
+def test_bias_gradient_with_and_without_the_weight_gradients(trainable):
+    """With the weight gradients the bias gradient comes out of dW_ih's GEMM (a column of ones
+    beside x), without them from the row sums of the gate gradients: both equal torch.nn's."""
+    module = cells.create("lstm", "numba", 5, 10)
+    for name, p in module.named_parameters():
+        p.requires_grad_(
+            trainable == "all" or (name.startswith("bias") == (trainable == "bias only"))
+        )
+    ref = reference(module)
+    x = torch.randn(6, 20, 5)
+    up = torch.randn(6, 20, 10)
+    for m, xi in ((module, x), (ref, x.double())):
+        (m(xi)[0] * up.to(xi.dtype)).sum().backward()
+    for (name, p), q in zip(module.named_parameters(), ref.parameters()):
+        assert (p.grad is None) == (not p.requires_grad), name
+        if p.requires_grad:
+            assert rel(p.grad, q.grad) <= TOL, name

@@ -217,7 +217,7 @@ class LayerFunction(torch.autograd.Function):
                 gates,
                 wpT,
                 need_dh0,
-                need_db,
+                need_db and not need_dw,  # else from the weight-gradient GEMM, below
                 nth,
                 dyT,
                 dg,
@@ -227,9 +227,13 @@ class LayerFunction(torch.autograd.Function):
                 br_ok,
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
+            ones = need_db and need_dw  # x with a column of ones: dW_ih's last column is db
+            xw = np.concatenate((xn, np.ones((T * B, 1), dt)), axis=1) if ones else xn
             dw_ih, dw_hh, dx2 = LG.weight_grads(
-                dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, nw
+                dg_all, hs[:T].reshape(T * B, H), xw, w_ih, need_dw, need_dx, nw
             )
+            if ones:
+                db_ih, dw_ih = dw_ih[:, I].copy(), np.ascontiguousarray(dw_ih[:, :I])
             WORKSPACE.give(dyT, dg, dgT, dg_all)
             db_hh = db_ih.copy()
         else:

@@ -98,21 +98,23 @@ def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_pa
         np.dot(rows, hs_prev, dw_hh[r0:r1])
         if x2.shape[1] > 0:
             np.dot(rows, x2, dw_ih[r0:r1])
-    if need_dx and x2.shape[1] > 0:
+    if need_dx and w_ih.shape[1] > 0:
         np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
 @parallel
 def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
-    """dW_ih (G, I), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order.
+    """dW_ih (G, I'), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order,
+    x2 (T*B, I') being x, or x with a column of ones (I' = I + 1) whose column of dW_ih is then
+    the bias gradient (the row sums of dg_all, at no extra pass over it).
 
     The rows are split evenly over the threads: one GEMM each for dW_hh and dW_ih, K = T*B, no
     reduction across threads; dx sums one partial product per thread."""
     G, TB = dg_all.shape
     H = G // 4
-    I = x2.shape[1]
+    I = w_ih.shape[1]
     dt = dg_all.dtype
-    dw_ih = np.empty((G, I), dt)
+    dw_ih = np.empty((G, x2.shape[1]), dt)
     dw_hh = np.empty((G, H), dt)
     parts = np.zeros((nth, TB if need_dx else 0, I), dt)
     if nth == 1:  # inline: no thread pool
