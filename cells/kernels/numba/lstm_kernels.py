@@ -27,9 +27,13 @@ pointwise loops vectorise over the batch):
 * `hs` (T+1, B, H): h in torch's layout (transposed from z after the loop); hs[1:] is the
   output and hs[:T] the operand of dW_hh.
 * backward: per step the gate gradients go to a (2, G, B) ping-pong in packed order (the next
-  step's GEMM operand) and to `dg_all` (G, T*B) in torch's row order, the left operand of
-  dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x: one GEMM each per thread over an even share
-  of the rows (K = T*B), written straight into torch's layout.
+  step's GEMM operand; for gemm.dot_nt also transposed to (2, B, G)) and to `dg_all` (G, T*B)
+  in torch's row order, the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x
+  (lstm_gemm.weight_grads: one GEMM each per thread over an even share of the rows, K = T*B,
+  written straight into torch's layout).
+
+Which library computes each step's product is lstm_gemm.py's choice (forward_gemm,
+backward_gemm): oneDNN's brgemm, OpenBLAS or gemm.dot_nt.
 """
 
 from __future__ import annotations
