@@ -6,7 +6,7 @@ GEMM peak, beside torch.nn's whole step.
 
 --gemms instead times, on one thread, the three GEMMs a step can use (lstm_gemm.py) at a
 thread's share of the d2l size's step products: the forward's (512 x 284) @ (284 x B) and the
-backward's (128 x 1024) @ (1024 x B), for B = 8, 16, 32, 128.
+backward's (128 x 1024) @ (1024 x B), for B = 8, 9, 12, 16, 32, 128.
 
 For each shape it times, in interleaved rounds, torch.nn's and the numba module's training step
 (forward, `y.sum().backward()`, gradients cleared, as `bench run` times train mode) and the
@@ -162,7 +162,7 @@ def profile(name: str, rounds: int, peak: float) -> list[dict]:
     return rows
 
 
-def gemm_rows(batches=(8, 16, 32, 128), repeats: int = 200) -> list[dict]:
+def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]:
     """GFLOP/s of OpenBLAS (row blocks, as the forward calls it), brgemm and dot_nt, one thread."""
     from numba import njit
 

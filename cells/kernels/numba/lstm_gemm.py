@@ -31,8 +31,8 @@ def row_dot(w, v, out):
 # (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
 OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
 K_ALIGN = 16  # the forward's K (H + I) is padded with zeros to a multiple of this
-BR_MIN_COLUMNS = 16  # brgemm from this batch up; below it brgemm's small-N code is slower
-NT_MAX_COLUMNS = 15  # the backward's dot_nt below brgemm's range ...
+BR_MIN_COLUMNS = 9  # brgemm from this batch up; OpenBLAS is faster up to 8 columns, then halves
+NT_MAX_COLUMNS = 12  # the backward's dot_nt up to this batch (it beats brgemm there) ...
 NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
 
 
