@@ -10,8 +10,8 @@ the compiled code would break numba's on-disk cache across processes).
 
 Measured per thread on the development machine (AMD EPYC, AVX-512): the forward's step GEMM
 (512 x 284) @ (284 x 32) at 231 GFLOP/s against OpenBLAS's 166, the backward's
-(128 x 1024) @ (1024 x 32) at 191 against 155; at batch 8 the register-blocked gemm.dot_nt
-wins (docs/numba.md, "Where the time goes").
+(128 x 1024) @ (1024 x 32) at 191 against 155; at batch 8 OpenBLAS (forward) and the
+register-blocked gemm.dot_nt (backward) win (docs/numba.md, "Where the time goes").
 
 The symbol is C++-mangled and internal to torch, so it is looked up by its exact signature
 (int64 M, N, K, lda, ldb, ldc, bool add_C, const float* A, const float* B, float* C,
