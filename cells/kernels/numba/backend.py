@@ -36,7 +36,14 @@ _IMPORT_ERROR = _missing_dependency()
 if _IMPORT_ERROR is None:
     from . import gru_rnn_kernels as K
     from . import lstm_kernels as L
-    from .autograd_layer import LayerFunction, PackedLSTM, as_numpy, bias_or_zeros, forward
+    from .autograd_layer import (
+        LayerFunction,
+        PackedLSTM,
+        as_numpy,
+        bias_or_zeros,
+        forward,
+        pack_forward,
+    )
 
     default_blas_threads()
 
@@ -132,9 +139,7 @@ class NumbaLoop(RecurrentBase):
         )
         if self.kind == "lstm":  # a packed copy: see lstm_kernels.step
             nth = lstm_threads(self.hidden_size, self.input_size, 1)
-            wp = np.empty((rows, self.hidden_size + self.input_size), dt)
-            bp = np.empty(rows, dt)
-            L.pack(*arrays[:4], nth, wp, bp)
+            wp, bp = pack_forward(arrays[:4], nth)
             arrays = (wp, bp, nth, None, w_ih.dtype)
         self._fast = (arrays, [(p, p.data_ptr(), p._version) for p in params if p is not None])
         return arrays
