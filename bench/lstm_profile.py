@@ -8,7 +8,8 @@ GEMM peak, beside torch.nn's whole step.
 thread's share of the d2l size's step products: the forward's (512 x 284) @ (284 x B) and the
 backward's (128 x 1024) @ (1024 x B), for B = 8, 9, 12, 16, 32, 128.
 
-For each shape it times, in interleaved rounds, torch.nn's and the numba module's training step
+For each shape it times, in interleaved rounds (a round's time: the median of its
+torch.utils.benchmark blocks, bench.machine.time_calls), torch.nn's and the numba module's training step
 (forward, `y.sum().backward()`, gradients cleared, as `bench run` times train mode) and the
 numba kernels of that step called directly on the arrays the module would use: the forward
 (step GEMMs and pointwise), the backward's recurrence (dh GEMM per step and pointwise) and the
@@ -21,7 +22,6 @@ float32 GEMM peak (bench.machine.measure_peak). docs/numba.md, "Where the time g
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import numpy as np
@@ -99,8 +99,9 @@ def _flops(I: int, H: int, B: int, T: int) -> dict[str, float]:  # noqa: E741
     }
 
 
-def profile(name: str, rounds: int, peak: float) -> list[dict]:
+def profile(name: str, rounds: int, peak: float, threads: int = 2) -> list[dict]:
     import cells
+    from bench.machine import time_calls
 
     I, H, B, T = SHAPES[name]  # noqa: E741
     torch.manual_seed(0)
@@ -123,12 +124,11 @@ def profile(name: str, rounds: int, peak: float) -> list[dict]:
     times: dict[str, list[float]] = {k: [] for k in calls}
     for call in calls.values():
         call()
-    for r in range(rounds):
+    for r in range(rounds):  # a round's time: the median of its torch.utils.benchmark blocks
         order = list(calls) if r % 2 == 0 else list(reversed(calls))
         for key in order:
-            start = time.perf_counter()
-            calls[key]()
-            times[key].append(time.perf_counter() - start)
+            blocks = time_calls(calls[key], threads, min_run_time=0.02, min_repeats=1)
+            times[key].append(float(np.median(blocks)))
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     flops = _flops(I, H, B, T)
     kernels = sum(med[k] for k in flops)
@@ -163,9 +163,11 @@ def profile(name: str, rounds: int, peak: float) -> list[dict]:
 
 
 def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]:
-    """GFLOP/s of OpenBLAS (row blocks, as the forward calls it), brgemm and dot_nt, one thread."""
+    """GFLOP/s of OpenBLAS (as the kernels call it: in row blocks for the forward, whole for the
+    backward), brgemm and dot_nt, one thread."""
     from numba import njit
 
+    from bench.machine import time_calls
     from cells.kernels.numba import gemm, onednn
     from cells.kernels.numba.lstm_gemm import brgemm_dot, row_dot
 
@@ -176,8 +178,10 @@ def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]
                 row_dot(w, v, out)
             elif how == 1:
                 brgemm_dot(br, w, v, out)
-            else:
+            elif how == 2:
                 gemm.dot_nt(w, vt, out)
+            else:
+                np.dot(w, v, out)
 
     rng = np.random.default_rng(0)
     rows = []
@@ -187,22 +191,21 @@ def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]
             v = rng.standard_normal((k, b)).astype(np.float32)
             vt, out = np.ascontiguousarray(v.T), np.empty((m, b), np.float32)
             row: dict = {"product": what, "M x K": f"{m} x {k}", "N (batch)": b}
-            for how, name in ((0, "OpenBLAS"), (1, "brgemm"), (2, "dot_nt")):
+            openblas = 0 if what == "forward step" else 3
+            for how, name in ((openblas, "OpenBLAS"), (1, "brgemm"), (2, "dot_nt")):
                 if how == 1 and not onednn.AVAILABLE:
                     continue
-                loop(how, onednn.BRGEMM, w, v, vt, out, 1)
-                best = min(
-                    _timed(loop, how, onednn.BRGEMM, w, v, vt, out, repeats) for _ in range(5)
-                )
-                row[name] = 2 * m * k * b * repeats / best / 1e9
+
+                args = (how, onednn.BRGEMM, w, v, vt, out, repeats)
+
+                def call(args=args) -> None:
+                    loop(*args)
+
+                call()
+                per_call = float(np.median(time_calls(call, 1, min_run_time=0.05, min_repeats=3)))
+                row[name] = 2 * m * k * b * repeats / per_call / 1e9
             rows.append(row)
     return rows
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"float32 GEMM peak at {args.threads} threads: {peak:.0f} GFLOP/s", flush=True)
     rows = []
     for name in args.shapes.split(","):
-        rows += profile(name, args.rounds, peak)
+        rows += profile(name, args.rounds, peak, args.threads)
         print(f"{name} done", flush=True)
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False, floatfmt=".3g"))
