@@ -1,7 +1,7 @@
-"""GEMM helpers of the numba kernels: `dot_nt`, the register-blocked kernel of the LSTM's
-per-step products; np.dot, i.e. scipy's BLAS, kept at 1 thread (each numba thread makes its
-own calls; see threads.py), cut into blocks that suit OpenBLAS at few rows; and the two
-products over all T*B rows split over the threads."""
+"""GEMM helpers of the numba kernels: `dot_nt`, the register-blocked kernel of the LSTM
+backward's step product at small batches; np.dot, i.e. scipy's BLAS, kept at 1 thread (each
+numba thread makes its own calls; see threads.py), cut into blocks that suit OpenBLAS at few
+rows; and the two products over all T*B rows split over the threads."""
 
 from __future__ import annotations
 
