@@ -73,7 +73,8 @@ def _parts(module: Any, x: torch.Tensor) -> dict:
     z, cells = np.empty((T + 1, LG.padded_k(H + I), B), f32), np.empty((T + 1, H, B), f32)
     gates = np.empty((T, G, B), f32)
     dy = np.random.default_rng(0).standard_normal((T, B, H)).astype(f32)
-    dyT, dg, dgT = np.empty((T, H, B), f32), np.empty((2, G, B), f32), np.empty((2, B, G), f32)
+    dyT, dgT = np.empty((T, H, B), f32), np.empty((2, B, G), f32)
+    dg = np.empty((2, LG.padded_rows(G, 4), B), f32)
     dg_all = np.empty((G, T * B), f32)
     br, ok = onednn.BRGEMM, onednn.AVAILABLE
     nw = threads_for(G * T * B * (H + I), G)

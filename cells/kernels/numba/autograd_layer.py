@@ -81,7 +81,8 @@ def pack_forward(arrays: tuple, nth: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack_backward(w_hh: np.ndarray, nth: int) -> np.ndarray:
-    wpT = np.empty((w_hh.shape[1], w_hh.shape[0]), w_hh.dtype)
+    """W_hh.T (H, Gs) in packed row order, Gs = lstm_gemm.padded_rows(G), zeros beyond G."""
+    wpT = np.zeros((w_hh.shape[1], LG.padded_rows(w_hh.shape[0], w_hh.itemsize)), w_hh.dtype)
     L.pack_hh_t(w_hh, nth, wpT)  # nth: the forward's unit blocks
     return wpT
 
@@ -206,7 +207,8 @@ class LayerFunction(torch.autograd.Function):
             else:
                 wpT = ctx.packed.backward_weight(ctx.tensors, w_hh, nth)
             dyT = WORKSPACE.take((T, H, B), dt)
-            dg, dgT = WORKSPACE.take((2, G, B), dt), WORKSPACE.take((2, B, G), dt)
+            dg = WORKSPACE.take((2, LG.padded_rows(G, dt.itemsize), B), dt)
+            dgT = WORKSPACE.take((2, B, G), dt)
             dg_all = WORKSPACE.take((G, T * B), dt)
             br_ok = onednn.AVAILABLE and dt == np.float32
             db_ih, dh0, dc0 = L.backward(

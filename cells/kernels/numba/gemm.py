@@ -163,9 +163,11 @@ def _nt_1x1(w, zt, out, m, n, K):
 
 @serial
 def dot_nt(w, zt, out):
-    """out (M, N) = w (M, K) @ zt (N, K).T; rows of w, zt and out contiguous. The columns go in
-    chunks whose zt rows fit in L1; within a chunk 4 x 4 blocks, then the edges."""
-    M, K = w.shape
+    """out (M, N) = w[:, :K] @ zt (N, K).T; rows of w, zt and out contiguous (w may be wider
+    than K: a padded row stride). The columns go in chunks whose zt rows fit in L1; within a
+    chunk 4 x 4 blocks, then the edges."""
+    M = w.shape[0]
+    K = zt.shape[1]
     N = zt.shape[0]
     M4 = M - M % 4
     chunk = max(8, NT_CHUNK_BYTES // max(K * zt.itemsize, 1) // 4 * 4)

@@ -41,6 +41,19 @@ def padded_k(k: int) -> int:
     return -(-k // K_ALIGN) * K_ALIGN
 
 
+ROW_PAD_BYTES = 64  # added to the row stride of the backward's W_hh.T (padded_rows)
+
+
+def padded_rows(g: int, itemsize: int) -> int:
+    """The row stride, in elements, of the backward's packed W_hh.T (H, G) and the rows of its
+    gate-gradient operand dg: G plus ROW_PAD_BYTES of zeros. The products still use K = G. At
+    H = 256 a row of W_hh.T is 4 KB, and the step products on two threads ran 1.2x slower
+    with that stride than with 64 bytes more (brgemm at batch 16-32, interleaved rounds); at
+    H = 128, 512, 1024 and batch 64-128 the pad made no difference beyond noise
+    (docs/numba.md, "Where the time goes")."""
+    return g + ROW_PAD_BYTES // itemsize
+
+
 @serial
 def forward_gemm(batch, br_ok):
     return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
@@ -56,9 +69,10 @@ def backward_gemm(rows, cols, batch, itemsize, br_ok):
 
 @serial
 def brgemm_dot(br, a, b, c):
-    """c (M, N) = a (M, K) @ b (K, N) by oneDNN's brgemm `br`; rows contiguous (row strides may
-    exceed the widths)."""
-    M, K = a.shape
+    """c (M, N) = a[:, :K] @ b (K, N) by oneDNN's brgemm `br`; rows contiguous (a may be wider
+    than K: a padded row stride)."""
+    M = a.shape[0]
+    K = b.shape[0]
     sz = a.itemsize
     br(
         M,
@@ -77,12 +91,13 @@ def brgemm_dot(br, a, b, c):
 
 @serial
 def backward_dot(w, dg, dgT, out, how, br):
-    """out (M, B) = w (M, G) @ dg (G, B); `how` from backward_gemm (dot_nt reads dgT = dg.T)."""
+    """out (M, B) = w[:, :G] @ dg[:G] for w (M, Gs) and dg (Gs, B) padded to Gs = padded_rows(G)
+    (zeros beyond G in both); `how` from backward_gemm (dot_nt reads dgT (B, G) = dg[:G].T)."""
     if how == DOT_NT:
         dot_nt(w, dgT, out)
     elif how == BRGEMM:
-        brgemm_dot(br, w, dg, out)
-    else:
+        brgemm_dot(br, w, dg[: dgT.shape[1]], out)
+    else:  # OpenBLAS takes no row stride from numba: the zero pad rides along in K
         np.dot(w, dg, out)
 
 

@@ -26,7 +26,7 @@ pointwise loops vectorise over the batch):
   gates (1, G, B) scratch and cells a (2, H, B) ping-pong.
 * `hs` (T+1, B, H): h in torch's layout (transposed from z after the loop); hs[1:] is the
   output and hs[:T] the operand of dW_hh.
-* backward: per step the gate gradients go to a (2, G, B) ping-pong in packed order (the next
+* backward: per step the gate gradients go to a (2, Gs, B) ping-pong in packed order (the next
   step's GEMM operand; for gemm.dot_nt also transposed to (2, B, G)) and to `dg_all` (G, T*B)
   in torch's row order, the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x
   (lstm_gemm.weight_grads: one GEMM each per thread over an even share of the rows, K = T*B,
@@ -107,8 +107,9 @@ def _pack_hh_t_block(w_hh, nth, out, k):
 
 @parallel
 def pack_hh_t(w_hh, nth, out):
-    """out (H, G) <- torch's W_hh with its rows in packed order, transposed, for the backward's
-    dh_{t-1}[a:b] = out[a:b] @ dg_t (thread k reads only its rows a:b)."""
+    """out[:, :G] (H, G) <- torch's W_hh with its rows in packed order, transposed, for the
+    backward's dh_{t-1}[a:b] = out[a:b] @ dg_t (thread k reads only its rows a:b). out may be
+    wider than G (lstm_gemm.padded_rows); its columns beyond G are left as they are."""
     if nth == 1:
         _pack_hh_t_block(w_hh, nth, out, 0)
     else:
@@ -248,7 +249,7 @@ def _bwd_units(t, dyT, dh, dc, cells, gates, dg, dgT, dg_all, nt, a, b):
     # contiguous run, and so are the units' rows of cells, dh, dc and dy
     ne = hk * B
     g0 = (t * 4 * H + 4 * a) * B
-    d0 = (p * 4 * H + 4 * a) * B
+    d0 = (p * dg.shape[1] + 4 * a) * B  # dg's rows are padded (lstm_gemm.padded_rows)
     gfl = gates.reshape(-1)
     dfl = dg.reshape(-1)
     cfl = cells.reshape(-1)
@@ -311,9 +312,10 @@ def backward(
     dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dyT, dg, dgT, dg_all, br, br_ok
 ):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
-    (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, G, B), dgT (2, B, G).
+    (torch's order), dh0, dc0 (B, H). Scratch: dyT (T, H, B), dg (2, Gs, B), dgT (2, B, G).
 
-    wpT (H, G) = pack_hh_t(w_hh): thread k's rows a:b give dh_{t-1}[a:b] = wpT[a:b] @ dg_t."""
+    wpT (H, Gs) = pack_hh_t(w_hh), zeros beyond G: thread k's rows a:b give
+    dh_{t-1}[a:b] = wpT[a:b] @ dg_t. Gs = lstm_gemm.padded_rows(G): the row stride of wpT."""
     T, B, H = dy.shape
     G = 4 * H
     dt = dy.dtype
@@ -324,6 +326,7 @@ def backward(
             dh[j, n] = dh_T[n, j]
             dc[j, n] = dc_T[n, j]
     db = np.zeros(G, dt)
+    dg[:, G:, :] = 0  # the pad rows (lstm_gemm.padded_rows): OpenBLAS multiplies them
     how = backward_gemm(block(H, 1, nth), G, B, dg.itemsize, br_ok)
     if nth == 1:  # inline: no thread pool
         _load_dy(dy, dyT, 0, 1)
