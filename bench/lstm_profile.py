@@ -73,7 +73,7 @@ def _parts(module: Any, x: torch.Tensor) -> dict:
     z, cells = np.empty((T + 1, LG.padded_k(H + I), B), f32), np.empty((T + 1, H, B), f32)
     gates = np.empty((T, G, B), f32)
     dy = np.random.default_rng(0).standard_normal((T, B, H)).astype(f32)
-    dyT, dgT = np.empty((T, H, B), f32), np.empty((2, B, G), f32)
+    dgT = np.empty((2, B, G), f32)
     dg = np.empty((2, LG.padded_rows(G, 4), B), f32)
     dg_all = np.empty((G, T * B), f32)
     br, ok = onednn.BRGEMM, onednn.AVAILABLE
@@ -83,7 +83,7 @@ def _parts(module: Any, x: torch.Tensor) -> dict:
             x2, zeros, zeros, wp, bp, hs, z, cells, gates, True, nth, br, ok
         ),
         "backward recurrence": lambda: L.backward(
-            dy, zeros, zeros, cells, gates, wpT, True, True, nth, dyT, dg, dgT, dg_all, br, ok
+            dy, zeros, zeros, cells, gates, wpT, True, True, nth, dg, dgT, dg_all, br, ok
         ),
         "weight gradients": lambda: LG.weight_grads(
             dg_all, hs[:T].reshape(T * B, H), x2, w[0], True, False, nw

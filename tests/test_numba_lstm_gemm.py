@@ -94,14 +94,43 @@ def test_every_step_gemm_matches_torch_nn(batch, blocks, brgemm, monkeypatch):
         assert rel(module(x)[0], reference(module)(x.double())[0]) <= TOL
 
 
+@pytest.mark.parametrize("pad", [0, 16], ids=["plain", "padded-stride"])
 @pytest.mark.parametrize("rows, cols, k", [(4, 4, 16), (7, 5, 33), (1, 1, 1), (9, 2, 1030)])
-def test_dot_nt_equals_numpy(rows, cols, k):
+def test_dot_nt_equals_numpy(rows, cols, k, pad):
+    """w may be wider than K (the backward's padded row stride): the columns beyond K, here
+    NaN, are never read."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((rows, k)).astype(np.float32)
+    w = np.full((rows, k + pad), np.nan, np.float32)
+    w[:, :k] = rng.standard_normal((rows, k))
     zt = rng.standard_normal((cols, k)).astype(np.float32)
     out = np.full((rows, cols), np.nan, np.float32)
     gemm.dot_nt(w, zt, out)
-    np.testing.assert_allclose(out, w @ zt.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    np.testing.assert_allclose(out, w[:, :k] @ zt.T, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("batch", [3, 9, 16])
+def test_output_gradient_of_any_layout(batch):
+    """The backward reads dL/dy through its strides, 8 x 8 tiles and edges at H = 17: the
+    expanded gradient of y.sum() (stride 0), a transposed view and a contiguous tensor all give
+    float64 torch.nn's gradients."""
+    module = cells.create("lstm", "numba", 3, 17)
+    ref = reference(module)
+    x = torch.randn(5, batch, 3)
+    up = torch.randn(batch, 5, 17)
+    for name, grad in (
+        ("expanded", torch.ones(1, 1, 1).expand(5, batch, 17)),
+        ("transposed", up.transpose(0, 1)),
+        ("contiguous", up.transpose(0, 1).contiguous()),
+    ):
+        got = []
+        for m, cast in ((module, lambda t: t), (ref, lambda t: t.double())):
+            xi = cast(x).clone().requires_grad_()
+            y, _ = m(xi)
+            y.backward(cast(grad))
+            got.append([xi.grad] + [p.grad for p in m.parameters()])
+            m.zero_grad(set_to_none=True)
+        for a, b in zip(*got):
+            assert rel(a, b) <= TOL, name
 
 
 def test_packed_weights_follow_in_place_updates_and_new_parameters():

@@ -206,7 +206,6 @@ class LayerFunction(torch.autograd.Function):
                 wpT = pack_backward(w_hh, nth)
             else:
                 wpT = ctx.packed.backward_weight(ctx.tensors, w_hh, nth)
-            dyT = WORKSPACE.take((T, H, B), dt)
             dg = WORKSPACE.take((2, LG.padded_rows(G, dt.itemsize), B), dt)
             dgT = WORKSPACE.take((2, B, G), dt)
             dg_all = WORKSPACE.take((G, T * B), dt)
@@ -221,7 +220,6 @@ class LayerFunction(torch.autograd.Function):
                 need_dh0,
                 need_db and not need_dw,  # else from the weight-gradient GEMM, below
                 nth,
-                dyT,
                 dg,
                 dgT,
                 dg_all,
@@ -236,7 +234,7 @@ class LayerFunction(torch.autograd.Function):
             )
             if ones:
                 db_ih, dw_ih = dw_ih[:, I].copy(), np.ascontiguousarray(dw_ih[:, :I])
-            WORKSPACE.give(dyT, dg, dgT, dg_all)
+            WORKSPACE.give(dg, dgT, dg_all)
             db_hh = db_ih.copy()
         else:
             n = batch_threads(gate_rows(kind, H), H, I, T, B)
