@@ -198,10 +198,7 @@ def _load_x(x2, z, H, k, nblocks):
     zero = z.dtype.type(0)
     for t in range(block(T, k, nblocks), block(T, k + 1, nblocks)):
         zt = z[t]
-        for n in range(B):
-            xr = x2[t * B + n]
-            for i in range(I):
-                zt[H + i, n] = xr[i]
+        _transpose(x2[t * B : (t + 1) * B], zt[H : H + I], False)
         for i in range(H + I, z.shape[1]):
             pad = zt[i]
             for n in range(B):
@@ -219,10 +216,8 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth, br, br_ok):
     else:
         for k in prange(nth):  # transpose x into z
             _load_x(x2, z, H, k, nth)
-    for n in range(B):
-        for j in range(H):
-            z[0, j, n] = h0[n, j]
-            cells[0, j, n] = c0[n, j]
+    _transpose(h0, z[0, :H], False)
+    _transpose(c0, cells[0], False)
     hs[0] = h0
     bias_x = np.empty((wp.shape[0], B), x2.dtype)
     for r in range(wp.shape[0]):
@@ -237,9 +232,7 @@ def forward(x2, h0, c0, wp, bp, hs, z, cells, gates, save, nth, br, br_ok):
                 _fwd_units(t, wp, bias_x, z, cells, gates, hs, save, k, nth, how, br)
     last = T if save else T & 1
     c_n = np.empty((B, H), x2.dtype)
-    for n in range(B):
-        for j in range(H):
-            c_n[n, j] = cells[last, j, n]
+    _transpose(cells[last], c_n, False)
     return c_n
 
 
@@ -289,12 +282,9 @@ def _bwd_units(t, dh, dc, cells, gates, dg, dgT, dg_all, nt, a, b):
             dst = dg_all[q * H + a + u, t * B : (t + 1) * B]
             for n in range(B):
                 dst[n] = src[n]
-    if nt:  # the next step's dot_nt operand, batch-major
-        dgTp = dgT[p]
-        for n in range(B):
-            row = dgTp[n]
-            for r in range(4 * a, 4 * b):
-                row[r] = dgp[r, n]
+    if nt:  # the next step's dot_nt operand, batch-major (tiles: 1.8 us here at B = 8, hk = 128,
+        # against 3.7 for a loop over the batch)
+        _transpose(dgp[4 * a : 4 * b], dgT[p, :, 4 * a : 4 * b], False)
 
 
 @serial
@@ -321,10 +311,8 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dg, dgT,
     dt = dy.dtype
     dh = np.empty((H, B), dt)
     dc = np.empty((H, B), dt)
-    for n in range(B):
-        for j in range(H):
-            dh[j, n] = dh_T[n, j]
-            dc[j, n] = dc_T[n, j]
+    _transpose(dh_T, dh, False)
+    _transpose(dc_T, dc, False)
     db = np.zeros(G, dt)
     dg[:, G:, :] = 0  # the pad rows (lstm_gemm.padded_rows): OpenBLAS multiplies them
     how = backward_gemm(block(H, 1, nth), G, B, dg.itemsize, br_ok)
@@ -349,10 +337,8 @@ def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dg, dgT,
     dh0 = np.empty((B, H), dt)
     dc0 = np.empty((B, H), dt)
     if need_dh0:
-        for n in range(B):
-            for j in range(H):
-                dh0[n, j] = dh[j, n]
-                dc0[n, j] = dc[j, n]
+        _transpose(dh, dh0, False)
+        _transpose(dc, dc0, False)
     return db, dh0, dc0
 
 
