@@ -29,10 +29,10 @@ pointwise loops vectorise over the batch):
 * backward: per step dL/dy_t is added into dh's block, transposed (read through dy's strides:
   y.sum()'s expanded gradient is never copied); the gate gradients go to a (2, Gs, B) ping-pong
   in packed order, Gs = lstm_gemm.padded_rows(G) (the next step's GEMM operand; for
-  gemm.dot_nt also transposed to (2, B, G)) and to `dg_all` (G, T*B)
-  in torch's row order, the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x
-  (lstm_gemm.weight_grads: one GEMM each per thread over an even share of the rows, K = T*B,
-  written straight into torch's layout).
+  gemm.dot_nt also transposed to (2, B, G)), and to `dg_all` (G, T*B) in torch's row order,
+  the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x (lstm_gemm.weight_grads:
+  one GEMM each per thread over an even share of the rows, K = T*B, written straight into
+  torch's layout).
 
 Which library computes each step's product is lstm_gemm.py's choice (forward_gemm,
 backward_gemm): oneDNN's brgemm, OpenBLAS or gemm.dot_nt.
@@ -183,12 +183,7 @@ def _fwd_units(t, wp, bias_x, z, cells, gates, hs, save, k, nblocks, how, br):
         hz[e] = o * act_tanh(c)
     # h_t[a:b] into torch's layout while it is in L1: a transpose of all T steps after the loop
     # reads z back from L2 or memory (118 of 1960 us of a d2l forward)
-    hfl = hs.reshape(-1)
-    h0 = (t + 1) * B * H + a
-    for n in range(B):
-        row = hfl[h0 + n * H : h0 + n * H + hk]
-        for u in range(hk):
-            row[u] = hz[u * B + n]
+    _transpose(z[t + 1, a:b], hs[t + 1, :, a:b], False)
 
 
 @serial
