@@ -86,7 +86,7 @@ def _parts(module: Any, x: torch.Tensor) -> dict:
             dy, zeros, zeros, cells, gates, wpT, True, True, nth, dg, dgT, dg_all, br, ok
         ),
         "weight gradients": lambda: LG.weight_grads(
-            dg_all, hs[:T].reshape(T * B, H), x2, w[0], True, False, nw
+            dg_all, hs[:T].reshape(T * B, H), x2, w[0], True, False, True, nw
         ),
     }
 

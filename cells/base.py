@@ -37,6 +37,10 @@ class RecurrentBase(nn.Module):
     kind: ClassVar[str] = ""  # set by for_kind()
     backend: ClassVar[str] = ""  # the registry name, for messages
     capabilities: ClassVar[Capabilities] = BASE  # what the shared base gives a run_layer backend
+    # True when every output of run_layer comes out of the backend's own autograd.Function, whose
+    # backward raises double_backward_refusal() under create_graph=True: the base then adds no
+    # identity Function of its own to refuse it (a second graph node, about 30 us of a call)
+    refuses_double_backward_itself: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -293,7 +297,12 @@ class RecurrentBase(nn.Module):
         output, finals = (
             self.run_stack(x, states, lengths) if lengths is not None else self.run_stack(x, states)
         )
-        if not caps.double_backward and torch.is_grad_enabled() and output.requires_grad:
+        if (
+            not caps.double_backward
+            and not self.refuses_double_backward_itself
+            and torch.is_grad_enabled()
+            and output.requires_grad
+        ):
             output, *rest = _FirstOrderOnly.apply(self._name(), output, *finals)
             finals = tuple(rest)
         return output, finals
@@ -365,13 +374,19 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Tensor):
         if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"backend {ctx.name!r} does not support double backward (create_graph=True): "
-                "its backward is not differentiable; backends that do: "
-                f"{', '.join(backends_with('double_backward'))}"
-            )
+            raise double_backward_refusal(ctx.name)
         return (None, *grads)
 
 
+def double_backward_refusal(name: str) -> RuntimeError:
+    """The error of a backward run with create_graph=True (grad mode on inside it) in a backend
+    whose backward is not differentiable."""
+    return RuntimeError(
+        f"backend {name!r} does not support double backward (create_graph=True): "
+        "its backward is not differentiable; backends that do: "
+        f"{', '.join(backends_with('double_backward'))}"
+    )
+
+
 _rebuild = rebuild  # the name modules pickled before for_kind moved to cells/dropin.py refer to
-__all__ = ["LayerWeights", "RecurrentBase", "State", "for_kind"]
+__all__ = ["LayerWeights", "RecurrentBase", "State", "double_backward_refusal", "for_kind"]

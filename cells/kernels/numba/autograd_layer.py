@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from ...base import double_backward_refusal
 from . import gru_rnn_kernels as K
 from . import lstm_gemm as LG
 from . import lstm_kernels as L
@@ -169,14 +169,16 @@ class LayerFunction(torch.autograd.Function):
         # the backward reads x, the weights and hs (= h0 and y) through numpy views: saving the
         # tensors makes autograd refuse a backward after any of them was changed in place
         ctx.save_for_backward(x, w_ih, w_hh, y)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None: no zero tensors
         ctx.kind, ctx.relu, ctx.B, ctx.has_bias = kind, relu, B, b_ih is not None
         ctx.packed, ctx.tensors = packed, tensors
         ctx.arrays = (xn, hs, wn[0], wn[1]) + saved
         return (y,) + tuple(torch.from_numpy(s.copy()) for s in finals)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh, dc=None):
+        if torch.is_grad_enabled():  # create_graph=True: this backward is not differentiable
+            raise double_backward_refusal("numba")
         ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
         xn, hs, w_ih, w_hh = ctx.arrays[:4]
         kind, B = ctx.kind, ctx.B
@@ -227,13 +229,11 @@ class LayerFunction(torch.autograd.Function):
                 br_ok,
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
-            ones = need_db and need_dw  # x with a column of ones: dW_ih's last column is db
-            xw = np.concatenate((xn, np.ones((T * B, 1), dt)), axis=1) if ones else xn
-            dw_ih, dw_hh, dx2 = LG.weight_grads(
-                dg_all, hs[:T].reshape(T * B, H), xw, w_ih, need_dw, need_dx, nw
+            dw_ih, dw_hh, db, dx2 = LG.weight_grads(
+                dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, need_db, nw
             )
-            if ones:
-                db_ih, dw_ih = dw_ih[:, I].copy(), np.ascontiguousarray(dw_ih[:, :I])
+            if need_db and need_dw:  # else from L.backward, above
+                db_ih = db
             WORKSPACE.give(dg, dgT, dg_all)
             db_hh = db_ih.copy()
         else:

@@ -72,6 +72,8 @@ def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
 class NumbaLoop(RecurrentBase):
     """Backend `numba`: numba kernels for the time loop, forward and backward."""
 
+    refuses_double_backward_itself = True  # autograd_layer.LayerFunction.backward refuses it
+
     @staticmethod
     def unavailable_reason() -> str | None:
         return _IMPORT_ERROR

@@ -102,26 +102,39 @@ def backward_dot(w, dg, dgT, out, how, br):
 
 
 @serial
-def _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, dx_part, k, nblocks):
-    """Block k of the rows of dW_hh and dW_ih, and their share of dx into dx_part."""
+def _wgrad_rows(
+    dg_all, hs_prev, xw, w_ih, need_dw, need_dx, dw_ih, dw_x, dw_hh, db, dx_part, k, nb
+):
+    """Block k of the rows of dW_hh and dW_ih (and db), and their share of dx into dx_part.
+    dw_x (G, I + 1) when db is wanted: the product with [x | 1], split here into dW_ih and db
+    while the block's rows are in cache; else dw_x is dw_ih."""
     G = dg_all.shape[0]
-    r0, r1 = block(G, k, nblocks), block(G, k + 1, nblocks)
+    I = w_ih.shape[1]
+    r0, r1 = block(G, k, nb), block(G, k + 1, nb)
     if r1 == r0:
         return
     rows = dg_all[r0:r1]
     if need_dw:
         np.dot(rows, hs_prev, dw_hh[r0:r1])
-        if x2.shape[1] > 0:
-            np.dot(rows, x2, dw_ih[r0:r1])
-    if need_dx and w_ih.shape[1] > 0:
+        if xw.shape[1] > 0:
+            np.dot(rows, xw, dw_x[r0:r1])
+        if db.shape[0] > 0:
+            for r in range(r0, r1):
+                src = dw_x[r]
+                dst = dw_ih[r]
+                for j in range(I):
+                    dst[j] = src[j]
+                db[r] = src[I]
+    if need_dx and I > 0:
         np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
 @parallel
-def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
-    """dW_ih (G, I'), dW_hh (G, H) and dx (T*B, I) from dg_all (G, T*B) in torch's row order,
-    x2 (T*B, I') being x, or x with a column of ones (I' = I + 1) whose column of dW_ih is then
-    the bias gradient (the row sums of dg_all, at no extra pass over it).
+def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, need_db, nth):
+    """dW_ih (G, I), dW_hh (G, H), db (G,) and dx (T*B, I) from dg_all (G, T*B) in torch's row
+    order. With need_db (and need_dw) x gets a column of ones, and that column of the product
+    is the bias gradient: the row sums of dg_all at no extra pass over it. db is empty unless
+    need_db and need_dw (lstm_kernels.backward sums the rows itself otherwise).
 
     The rows are split evenly over the threads: one GEMM each for dW_hh and dW_ih, K = T*B, no
     reduction across threads; dx sums one partial product per thread."""
@@ -129,15 +142,29 @@ def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, nth):
     H = G // 4
     I = w_ih.shape[1]
     dt = dg_all.dtype
-    dw_ih = np.empty((G, x2.shape[1]), dt)
-    dw_hh = np.empty((G, H), dt)
+    ones = need_db and need_dw
+    if ones:
+        xw = np.empty((TB, I + 1), dt)
+        for n in range(TB):
+            row = xw[n]
+            for j in range(I):
+                row[j] = x2[n, j]
+            row[I] = 1
+        dw_x = np.empty((G, I + 1), dt)
+    else:
+        xw = x2
+        dw_x = np.empty((G if need_dw else 0, I), dt)
+    dw_ih = np.empty((G, I), dt) if ones else dw_x
+    db = np.empty(G if ones else 0, dt)
+    dw_hh = np.empty((G if need_dw else 0, H), dt)
     parts = np.zeros((nth, TB if need_dx else 0, I), dt)
     if nth == 1:  # inline: no thread pool
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[0], 0, 1)
-        return dw_ih, dw_hh, parts[0]
+        _wgrad_rows(
+            dg_all, hs_prev, xw, w_ih, need_dw, need_dx, dw_ih, dw_x, dw_hh, db, parts[0], 0, 1
+        )
+        return dw_ih, dw_hh, db, parts[0]
     for k in prange(nth):
-        _wgrad_rows(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, dw_ih, dw_hh, parts[k], k, nth)
-    return dw_ih, dw_hh, parts.sum(axis=0)
-
-
-# --- batch 1, one step (generation) ----------------------------------------------------------
+        _wgrad_rows(
+            dg_all, hs_prev, xw, w_ih, need_dw, need_dx, dw_ih, dw_x, dw_hh, db, parts[k], k, nth
+        )
+    return dw_ih, dw_hh, db, parts.sum(axis=0)
