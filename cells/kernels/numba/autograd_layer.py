@@ -30,6 +30,18 @@ def bias_or_zeros(b: Tensor | None, rows: int, dtype) -> np.ndarray:
     return np.zeros(rows, dtype) if b is None else as_numpy(b)
 
 
+def numpy_weights(weights: tuple, dtype) -> tuple[np.ndarray, ...]:
+    """A layer's (w_ih, w_hh, b_ih, b_hh) tensors as numpy views, a missing bias as zeros."""
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    rows = w_ih.shape[0]
+    return (
+        as_numpy(w_ih),
+        as_numpy(w_hh),
+        bias_or_zeros(b_ih, rows, dtype),
+        bias_or_zeros(b_hh, rows, dtype),
+    )
+
+
 def gate_rows(kind: str, hidden: int) -> int:
     return {"lstm": 4, "gru": 3, "rnn": 1}[kind] * hidden
 
@@ -56,18 +68,18 @@ class PackedLSTM:
             for t in tensors
         )
 
-    def forward_weights(self, tensors: tuple, arrays: tuple, nth: int):
+    def forward_weights(self, tensors: tuple, nth: int, dtype):
         key = self._key(tensors, nth)
         if key != self.key:
             self.key, self.wpT = key, None
-            self.wp, self.bp = pack_forward(arrays, nth)
+            self.wp, self.bp = pack_forward(numpy_weights(tensors, dtype), nth)
         return self.wp, self.bp
 
-    def backward_weight(self, tensors: tuple, w_hh: np.ndarray, nth: int) -> np.ndarray:
-        if self._key(tensors, nth) != self.key:
-            return pack_backward(w_hh, nth)  # the parameters changed since: do not keep
+    def backward_weight(self, tensors: tuple, nth: int) -> np.ndarray:
+        if self._key(tensors, nth) != self.key:  # the parameters changed since: do not keep
+            return pack_backward(as_numpy(tensors[1]), nth)
         if self.wpT is None:
-            self.wpT = pack_backward(w_hh, nth)
+            self.wpT = pack_backward(as_numpy(tensors[1]), nth)
         return self.wpT
 
 
@@ -92,16 +104,15 @@ def forward(
     relu: bool,
     x2: np.ndarray,
     states: tuple,
-    w: tuple,
+    weights: tuple,
     B: int,
     save: bool,
     packed: PackedLSTM | None = None,
-    tensors: tuple = (),
 ):
-    """Run one layer; returns (hs (T+1, B, H), final states tuple, saved tuple). `packed` and
-    the weight tensors `tensors` (LSTM): the packed-weight cache, if the caller keeps one."""
-    w_ih, w_hh, b_ih, b_hh = w
-    H = w_hh.shape[1]
+    """Run one layer; returns (hs (T+1, B, H), final states tuple, saved tuple). `weights`: the
+    layer's tensors (w_ih, w_hh, b_ih, b_hh), made numpy views only where used (an LSTM whose
+    packed weights `packed` holds, the caller's cache if it keeps one, never needs them)."""
+    H = weights[1].shape[1]
     I = x2.shape[1]
     T = x2.shape[0] // B
     dt = x2.dtype
@@ -110,9 +121,9 @@ def forward(
         G = 4 * H
         nth = lstm_threads(H, I, B)
         if packed is None:
-            wp, bp = pack_forward(w, nth)
+            wp, bp = pack_forward(numpy_weights(weights, dt), nth)
         else:
-            wp, bp = packed.forward_weights(tensors, w, nth)
+            wp, bp = packed.forward_weights(weights, nth, dt)
         z = WORKSPACE.take((T + 1, LG.padded_k(H + I), B), dt)
         cells = WORKSPACE.take((T + 1 if save else 2, H, B), dt)
         gates = WORKSPACE.take((T if save else 1, G, B), dt)
@@ -126,6 +137,7 @@ def forward(
             return hs, (hs[T], c_n), ()
         return hs, (hs[T], c_n), (Lease(cells, gates), nth)
     n = batch_threads(gate_rows(kind, H), H, I, T, B)  # GRU and RNN split the batch
+    w_ih, w_hh, b_ih, b_hh = numpy_weights(weights, dt)
     if kind == "gru":
         acts = np.empty((T if save else 1, B, 4 * H), dt)
         K.gru_forward(x2, states[0], w_ih, w_hh, b_ih, b_hh, hs, acts, save, n)
@@ -154,17 +166,10 @@ class LayerFunction(torch.autograd.Function):
         b_hh: Tensor | None,
     ):
         T, B, I = x.shape
-        rows = w_ih.shape[0]
         xn = as_numpy(x).reshape(T * B, I)
-        wn = (
-            as_numpy(w_ih),
-            as_numpy(w_hh),
-            bias_or_zeros(b_ih, rows, xn.dtype),
-            bias_or_zeros(b_hh, rows, xn.dtype),
-        )
         states = (as_numpy(h0),) if c0 is None else (as_numpy(h0), as_numpy(c0))
         tensors = (w_ih, w_hh, b_ih, b_hh)
-        hs, finals, saved = forward(kind, relu, xn, states, wn, B, True, packed, tensors)
+        hs, finals, saved = forward(kind, relu, xn, states, tensors, B, True, packed)
         y = torch.from_numpy(hs[1:])
         # the backward reads x, the weights and hs (= h0 and y) through numpy views: saving the
         # tensors makes autograd refuse a backward after any of them was changed in place
@@ -172,18 +177,19 @@ class LayerFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None: no zero tensors
         ctx.kind, ctx.relu, ctx.B, ctx.has_bias = kind, relu, B, b_ih is not None
         ctx.packed, ctx.tensors = packed, tensors
-        ctx.arrays = (xn, hs, wn[0], wn[1]) + saved
+        ctx.arrays = (xn, hs) + saved
         return (y,) + tuple(torch.from_numpy(s.copy()) for s in finals)
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):
         if torch.is_grad_enabled():  # create_graph=True: this backward is not differentiable
             raise double_backward_refusal("numba")
-        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
-        xn, hs, w_ih, w_hh = ctx.arrays[:4]
+        # unpacking raises if a saved tensor was modified in place
+        _, w_ih_t, w_hh_t, _ = ctx.saved_tensors
+        xn, hs = ctx.arrays[:2]
         kind, B = ctx.kind, ctx.B
         T, I = xn.shape[0] // B, xn.shape[1]
-        H = w_hh.shape[1]
+        H = w_hh_t.shape[1]
         need = ctx.needs_input_grad[1:]  # (kind,) relu, packed, x, h0, c0, w_ih, w_hh, b_ih, b_hh
         need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
         dt = xn.dtype
@@ -199,15 +205,15 @@ class LayerFunction(torch.autograd.Function):
         dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh)
         dc0 = None
         if kind == "lstm":  # every gradient from lstm_kernels.py, already in torch's row order
-            lease, nth = ctx.arrays[4:]
+            lease, nth = ctx.arrays[2:]
             cells, gates = lease.arrays
             dcn = np.zeros((B, H), dt) if dc is None else as_numpy(dc)
             need_db = ctx.has_bias and (need[7] or need[8])
             G = 4 * H
             if ctx.packed is None:
-                wpT = pack_backward(w_hh, nth)
+                wpT = pack_backward(as_numpy(w_hh_t), nth)
             else:
-                wpT = ctx.packed.backward_weight(ctx.tensors, w_hh, nth)
+                wpT = ctx.packed.backward_weight(ctx.tensors, nth)
             dg = WORKSPACE.take((2, LG.padded_rows(G, dt.itemsize), B), dt)
             dgT = WORKSPACE.take((2, B, G), dt)
             dg_all = WORKSPACE.take((G, T * B), dt)
@@ -230,7 +236,14 @@ class LayerFunction(torch.autograd.Function):
             )
             nw = threads_for(G * T * B * (H + I), G)  # one join; the G rows are split
             dw_ih, dw_hh, db, dx2 = LG.weight_grads(
-                dg_all, hs[:T].reshape(T * B, H), xn, w_ih, need_dw, need_dx, need_db, nw
+                dg_all,
+                hs[:T].reshape(T * B, H),
+                xn,
+                as_numpy(w_ih_t),
+                need_dw,
+                need_dx,
+                need_db,
+                nw,
             )
             if need_db and need_dw:  # else from L.backward, above
                 db_ih = db
@@ -238,8 +251,9 @@ class LayerFunction(torch.autograd.Function):
             db_hh = db_ih.copy()
         else:
             n = batch_threads(gate_rows(kind, H), H, I, T, B)
+            w_ih, w_hh = as_numpy(w_ih_t), as_numpy(w_hh_t)
             if kind == "gru":
-                (acts,) = ctx.arrays[4:]
+                (acts,) = ctx.arrays[2:]
                 dx2, dh0, dGx, dGh, db_ih, db_hh = K.gru_backward(
                     dyn, dhn, xn, hs, acts, w_ih, w_hh, need_dx, need_dh0, need_dw, n
                 )

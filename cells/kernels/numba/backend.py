@@ -245,16 +245,9 @@ class NumbaLoop(RecurrentBase):
             y, *finals = LayerFunction.apply(self.kind, relu, packed, *tensors)
             return y, tuple(finals)
         T, B, I = x.shape
-        rows = weights[0].shape[0]
         xn = as_numpy(x).reshape(T * B, I)
-        wn = (
-            as_numpy(weights[0]),
-            as_numpy(weights[1]),
-            bias_or_zeros(weights[2], rows, xn.dtype),
-            bias_or_zeros(weights[3], rows, xn.dtype),
-        )
         states = tuple(as_numpy(s) for s in state)
-        hs, finals, _ = forward(self.kind, relu, xn, states, wn, B, False, packed, weights)
+        hs, finals, _ = forward(self.kind, relu, xn, states, weights, B, False, packed)
         return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
 
 
