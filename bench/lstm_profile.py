@@ -3,10 +3,15 @@ GEMM peak, beside torch.nn's whole step.
 
     python -m bench.lstm_profile [--shapes d2l,B8,B128,H128,H512] [--rounds 15] [--threads 2]
     python -m bench.lstm_profile --gemms
+    python -m bench.lstm_profile --per-call [--shapes B8] [--rounds 15]
 
 --gemms instead times, on one thread, the three GEMMs a step can use (lstm_gemm.py) at a
 thread's share of the d2l size's step products: the forward's (512 x 284) @ (284 x B) and the
 backward's (128 x 1024) @ (1024 x B), for B = 8, 9, 12, 16, 32, 128.
+
+--per-call instead measures the Python and autograd around the kernels of a training step:
+the time outside the three kernels inside real steps (timestamps around each kernel call), and
+the same step with the kernels replaced by stubs that return stored results (the warm path).
 
 For each shape it times, in interleaved rounds (a round's time: the median of its
 torch.utils.benchmark blocks, bench.machine.time_calls), torch.nn's and the numba module's training step
@@ -42,6 +47,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gemms", action="store_true", help="time the step GEMMs on one thread")
+    p.add_argument(
+        "--per-call", action="store_true", help="time the Python and autograd around the kernels"
+    )
     args = p.parse_args(argv)
     unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
     if unknown:
@@ -163,6 +171,74 @@ def profile(name: str, rounds: int, peak: float, threads: int = 2) -> list[dict]
     return rows
 
 
+def per_call_rows(name: str, rounds: int, steps: int = 20) -> list[dict]:
+    """Microseconds per training step outside the three numba kernels: inside real steps, and
+    with the kernels stubbed (each returns what its first call returned; the step's Python,
+    autograd and allocation run as before, warm). Rounds alternate; medians over rounds."""
+    import time
+
+    import cells
+    from cells.kernels.numba import lstm_gemm as LG
+    from cells.kernels.numba import lstm_kernels as L
+
+    I, H, B, T = SHAPES[name]  # noqa: E741
+    torch.manual_seed(0)
+    module = cells.create("lstm", "numba", I, H)
+    x = torch.randn(T, B, I)
+    targets = ((L, "forward"), (L, "backward"), (LG, "weight_grads"))
+    originals = [getattr(mod, attr) for mod, attr in targets]
+    state = {"stub": False, "inside": 0.0}
+    stored: dict[str, Any] = {}
+
+    def timed(attr: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            start = time.perf_counter()
+            if not state["stub"] or attr not in stored:
+                stored[attr] = fn(*args)
+            state["inside"] += time.perf_counter() - start
+            return stored[attr]
+
+        return call
+
+    def step() -> None:
+        y, _ = module(x)
+        y.sum().backward()
+        for p in module.parameters():
+            p.grad = None
+
+    outside: dict[bool, list[float]] = {False: [], True: []}
+    totals: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for (mod, attr), fn in zip(targets, originals):
+            setattr(mod, attr, timed(attr, fn))
+        for _ in range(3):
+            step()
+        for r in range(2 * rounds):
+            stub = r % 2 == 1
+            state["stub"] = stub
+            for _ in range(3):  # settle: the first stubbed step follows real kernels
+                step()
+            state["inside"] = 0.0
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            total = (time.perf_counter() - start) / steps
+            totals[stub].append(total)
+            outside[stub].append(total - state["inside"] / steps)
+    finally:
+        for (mod, attr), fn in zip(targets, originals):
+            setattr(mod, attr, fn)
+    return [
+        {
+            "shape": name,
+            "kernels": "stubbed" if stub else "real",
+            "step us": float(np.median(totals[stub])) * 1e6,
+            "outside the kernels us": float(np.median(outside[stub])) * 1e6,
+        }
+        for stub in (False, True)
+    ]
+
+
 def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]:
     """GFLOP/s of OpenBLAS (as the kernels call it: in row blocks for the forward, whole for the
     backward), brgemm and dot_nt, one thread."""
@@ -223,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     set_threads(args.threads)
     numba.set_num_threads(args.threads)
+    if args.per_call:
+        rows = [r for name in args.shapes.split(",") for r in per_call_rows(name, args.rounds)]
+        print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".0f"))
+        return
     peak = measure_peak("cpu").get("peak_gflops") or 0.0
     print(f"float32 GEMM peak at {args.threads} threads: {peak:.0f} GFLOP/s", flush=True)
     rows = []

@@ -70,12 +70,12 @@ def states(s):
 
 
 class StepSpy:
-    """Counts the calls that the batch-1 step path served."""
+    """Counts the calls that the batch-1 step path (or another shortcut, `path`) served."""
 
-    def __init__(self, module):
+    def __init__(self, module, path="_step"):
         self.taken = 0
-        self.inner = module._step
-        module._step = self
+        self.inner = getattr(module, path)
+        setattr(module, path, self)
 
     def __call__(self, *args):
         result = self.inner(*args)
@@ -154,6 +154,56 @@ def test_step_path_falls_back_with_the_same_checks():
         module(torch.randn(1, 3, 5))
     y, _ = module(x)  # grad enabled: general path (autograd)
     assert y.requires_grad and spy.taken == 0
+
+
+@pytest.mark.parametrize(
+    "kind, nonlinearity, dtype", CASES, ids=[f"{k}-{n}-{str(d)[6:]}" for k, n, d in CASES]
+)
+def test_sequence_path_equals_general_path_bit_for_bit(kind, nonlinearity, dtype):
+    """No grad, one layer, one direction, a contiguous (T, B, I) input: the no-grad sequence
+    shortcut runs the general path's kernels without the base's Python; a non-contiguous copy
+    of the same input takes the general path, and every output must match exactly."""
+    module = make(kind, nonlinearity, dtype).eval()
+    spy = StepSpy(module, "_sequence")
+    x = torch.randn(6, 3, 5, dtype=dtype)
+    general_x = torch.empty(3, 6, 5, dtype=dtype).transpose(0, 1).copy_(x)
+    h0 = tuple(torch.randn(1, 3, 7, dtype=dtype) for _ in range(2 if kind == "lstm" else 1))
+    with torch.no_grad():
+        for hx in (None, h0 if kind == "lstm" else h0[0]):
+            y, s = module(x, hx)
+            taken = spy.taken
+            y_general, s_general = module(general_x, hx)
+            assert spy.taken == taken  # the shortcut declined the non-contiguous input
+            assert torch.equal(y, y_general)
+            for a, b in zip(states(s), states(s_general)):
+                assert torch.equal(a, b) and a.shape == (1, 3, 7) and a.is_contiguous()
+            states(s)[0].add_(1.0)  # h_n is its own memory, as torch.nn's, not a view of y
+            assert torch.equal(y, y_general)
+        assert spy.taken == 2
+        y_ref, _ = reference(module)(x.double())
+        assert rel(module(x)[0], y_ref) <= TOL[dtype]
+
+
+def test_sequence_path_leaves_the_rest_to_the_general_path():
+    module = make("lstm").eval()
+    spy = StepSpy(module, "_sequence")
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        module(x.requires_grad_(True))  # a tensor that requires grad
+        x = x.detach()
+        with torch.autocast("cpu"):  # the base casts to bfloat16, which numba refuses
+            with pytest.raises(TypeError, match="bfloat16 under torch.autocast"):
+                module(x)
+        with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size|Expected hx"):
+            module(x, (torch.zeros(1, 2, 7), torch.zeros(1, 3, 7)))
+        others = [make("lstm", batch_first=True).eval(), make("lstm", num_layers=2).eval()]
+        spies = [StepSpy(m, "_sequence") for m in others]
+        others[0](x.transpose(0, 1).contiguous())
+        others[1](x)
+    assert spy.taken == 0 and all(s.taken == 0 for s in spies)
+    with torch.no_grad():
+        module(x)
+    assert spy.taken == 1  # the spy counts what the shortcut serves
 
 
 def test_refuses_other_dtypes():

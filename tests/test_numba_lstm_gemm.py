@@ -182,6 +182,22 @@ def test_lstm_profile_reports_every_part_and_refuses_unknown_shapes(capsys):
     assert "expected names from d2l" in capsys.readouterr().err
 
 
+def test_lstm_profile_per_call_times_around_the_kernels_and_restores_them():
+    from bench import lstm_profile
+    from cells.kernels.numba import lstm_gemm as LG
+    from cells.kernels.numba import lstm_kernels as L
+
+    originals = (L.forward, L.backward, LG.weight_grads)
+    rows = lstm_profile.per_call_rows("H128", rounds=1, steps=2)
+    assert [r["kernels"] for r in rows] == ["real", "stubbed"]
+    real, stubbed = rows
+    # real kernels: the step is the kernels plus what is outside them; stubs take ~nothing
+    assert 0 < real["outside the kernels us"] < real["step us"]
+    assert 0 < stubbed["outside the kernels us"] <= stubbed["step us"]
+    assert stubbed["step us"] < real["step us"]
+    assert (L.forward, L.backward, LG.weight_grads) == originals
+
+
 @pytest.mark.parametrize("trainable", ["bias only", "weights only", "all"])
 def test_bias_gradient_with_and_without_the_weight_gradients(trainable):
     """With the weight gradients the bias gradient comes out of dW_ih's GEMM (a column of ones

@@ -69,6 +69,17 @@ def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
     )
 
 
+def _traced_or_transformed(t: Tensor) -> bool:
+    """Under autocast, torch.func, jit tracing (the TorchScript ONNX exporter) or torch.compile
+    (the dynamo one): the base's path, which casts or refuses with a clear message."""
+    return (
+        torch.is_autocast_enabled("cpu")
+        or torch._C._functorch.is_functorch_wrapped_tensor(t)
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+    )
+
+
 class NumbaLoop(RecurrentBase):
     """Backend `numba`: numba kernels for the time loop, forward and backward."""
 
@@ -212,9 +223,63 @@ class NumbaLoop(RecurrentBase):
         self.__dict__["_last_state"] = (hn, None, flat[1], None)
         return y, hn
 
+    def _sequence(self, input: Tensor, hx):
+        """A time-major (T, B, I) sequence without autograd, or None when the general path
+        must run. The general path's kernels (`forward` with nothing saved) on the same terms as
+        `_step`: anything unusual goes to the general path with its checks. It skips the shared
+        base's Python (checks, default states, stacking), whose cost is several times its warm
+        25 us inside a loop of real calls (docs/numba.md, "The per-call path")."""
+        shape = input.shape
+        if len(shape) != 3 or self.batch_first or shape[2] != self.input_size:
+            return None
+        T, B, I = shape
+        params = self.layer_weights(0, 0)
+        dtype = input.dtype
+        if (
+            T == 0
+            or B == 0
+            or dtype not in SUPPORTED_DTYPES
+            or any(p is not None and (p.dtype is not dtype or not p.is_cpu) for p in params)
+            or not input.is_cpu
+            or input.requires_grad
+            or not input.is_contiguous()
+        ):
+            return None
+        H = self.hidden_size
+        state_shape = (1, B, H)
+        states = (hx,) if self.kind != "lstm" else hx
+        if hx is not None and (
+            (self.kind == "lstm" and (type(hx) is not tuple or len(hx) != 2))
+            or not all(_plain(s, state_shape, dtype) for s in states)
+        ):
+            return None
+        xn = input.numpy().reshape(T * B, I)
+        if hx is None:
+            zeros = np.zeros((B, H), xn.dtype)
+            arrays = (zeros, zeros) if self.kind == "lstm" else (zeros,)
+        else:
+            arrays = tuple(s.numpy().reshape(B, H) for s in states)
+        relu = self.nonlinearity == "relu"
+        hs, finals, _ = forward(
+            self.kind, relu, xn, arrays, params, B, False, self._packed_for(params)
+        )
+        # h_n is hs[T], a view of y: copied, as torch.nn's h_n does not share y's memory
+        h_n = torch.from_numpy(hs[T].reshape(state_shape).copy())
+        y = torch.from_numpy(hs[1:])
+        if self.kind == "lstm":
+            return y, (h_n, torch.from_numpy(finals[1].reshape(state_shape)))
+        return y, h_n
+
     def forward(self, input: Tensor, hx=None):
-        if not torch.is_grad_enabled() and self._single and type(input) is Tensor:
+        if (
+            not torch.is_grad_enabled()
+            and self._single
+            and type(input) is Tensor
+            and not _traced_or_transformed(input)
+        ):
             result = self._step(input, hx)
+            if result is None:
+                result = self._sequence(input, hx)
             if result is not None:
                 return result
         return super().forward(input, hx)
