@@ -182,6 +182,19 @@ def test_sequence_path_equals_general_path_bit_for_bit(kind, nonlinearity, dtype
         assert spy.taken == 2
         y_ref, _ = reference(module)(x.double())
         assert rel(module(x)[0], y_ref) <= TOL[dtype]
+    # with gradients: the same autograd Function, called directly; every gradient as the
+    # general path's (x non-contiguous) bit for bit
+    grads = []
+    for inp in (x, general_x):
+        inp = inp.detach().requires_grad_(True)
+        hx = tuple(h.detach().requires_grad_(True) for h in h0)
+        y, s = module(inp, hx if kind == "lstm" else hx[0])
+        up = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+        loss = (y * up).sum() + sum((t * t).sum() for t in states(s))
+        grads.append(torch.autograd.grad(loss, [inp, *hx, *module.parameters()]))
+    assert spy.taken == 4
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
 
 
 def test_sequence_path_leaves_the_rest_to_the_general_path():
@@ -189,8 +202,6 @@ def test_sequence_path_leaves_the_rest_to_the_general_path():
     spy = StepSpy(module, "_sequence")
     x = torch.randn(4, 3, 5)
     with torch.no_grad():
-        module(x.requires_grad_(True))  # a tensor that requires grad
-        x = x.detach()
         with torch.autocast("cpu"):  # the base casts to bfloat16, which numba refuses
             with pytest.raises(TypeError, match="bfloat16 under torch.autocast"):
                 module(x)

@@ -56,15 +56,15 @@ def _check_dtype(dtype: torch.dtype, what: str) -> None:
         )
 
 
-def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-    """A contiguous CPU tensor of this shape and dtype that needs no gradient (the step path's
-    input; anything else goes to the general path and its checks)."""
+def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype, grad: bool = False) -> bool:
+    """A contiguous CPU tensor of this shape and dtype, that needs no gradient unless `grad`
+    (the shortcuts' input; anything else goes to the general path and its checks)."""
     return (
         type(t) is Tensor
         and t.shape == shape
         and t.dtype is dtype
         and t.is_cpu
-        and not t.requires_grad
+        and (grad or not t.requires_grad)
         and t.is_contiguous()
     )
 
@@ -224,11 +224,12 @@ class NumbaLoop(RecurrentBase):
         return y, hn
 
     def _sequence(self, input: Tensor, hx):
-        """A time-major (T, B, I) sequence without autograd, or None when the general path
-        must run. The general path's kernels (`forward` with nothing saved) on the same terms as
-        `_step`: anything unusual goes to the general path with its checks. It skips the shared
-        base's Python (checks, default states, stacking), whose cost is several times its warm
-        25 us inside a loop of real calls (docs/numba.md, "The per-call path")."""
+        """A time-major (T, B, I) sequence through the one layer and direction, or None when
+        the general path must run: the general path's kernels (and, with a gradient to
+        compute, its autograd Function), called directly on the same terms as `_step`:
+        anything unusual goes to the general path with its checks. It skips the shared base's
+        Python (checks, default states, stacking), which costs several times its warm time
+        inside a loop of real calls (docs/numba.md, "The per-call path")."""
         shape = input.shape
         if len(shape) != 3 or self.batch_first or shape[2] != self.input_size:
             return None
@@ -241,43 +242,50 @@ class NumbaLoop(RecurrentBase):
             or dtype not in SUPPORTED_DTYPES
             or any(p is not None and (p.dtype is not dtype or not p.is_cpu) for p in params)
             or not input.is_cpu
-            or input.requires_grad
             or not input.is_contiguous()
         ):
             return None
         H = self.hidden_size
+        lstm = self.kind == "lstm"
         state_shape = (1, B, H)
-        states = (hx,) if self.kind != "lstm" else hx
+        states: tuple = hx if lstm else (hx,)
         if hx is not None and (
-            (self.kind == "lstm" and (type(hx) is not tuple or len(hx) != 2))
-            or not all(_plain(s, state_shape, dtype) for s in states)
+            (lstm and (type(hx) is not tuple or len(hx) != 2))
+            or not all(_plain(s, state_shape, dtype, grad=True) for s in states)
         ):
             return None
-        xn = input.numpy().reshape(T * B, I)
+        relu = self.nonlinearity == "relu"
+        packed = self._packed_for(params)
+        given = () if hx is None else states
+        if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, *given, *params)
+        ):
+            if hx is None:
+                states = (torch.zeros(state_shape, dtype=dtype),) * (2 if lstm else 1)
+            c0 = states[1][0] if lstm else None
+            y, *finals = LayerFunction.apply(
+                self.kind, relu, packed, input, states[0][0], c0, *params[:4]
+            )
+            # the Function's final states are fresh arrays, not views of y
+            h_n, *c_n = (f.unsqueeze(0) for f in finals)
+            return y, ((h_n, c_n[0]) if lstm else h_n)
+        xn = input.detach().numpy().reshape(T * B, I)
         if hx is None:
             zeros = np.zeros((B, H), xn.dtype)
-            arrays = (zeros, zeros) if self.kind == "lstm" else (zeros,)
+            arrays = (zeros, zeros) if lstm else (zeros,)
         else:
-            arrays = tuple(s.numpy().reshape(B, H) for s in states)
-        relu = self.nonlinearity == "relu"
-        hs, finals, _ = forward(
-            self.kind, relu, xn, arrays, params, B, False, self._packed_for(params)
-        )
+            arrays = tuple(s.detach().numpy().reshape(B, H) for s in states)
+        hs, finals, _ = forward(self.kind, relu, xn, arrays, params, B, False, packed)
         # h_n is hs[T], a view of y: copied, as torch.nn's h_n does not share y's memory
         h_n = torch.from_numpy(hs[T].reshape(state_shape).copy())
         y = torch.from_numpy(hs[1:])
-        if self.kind == "lstm":
+        if lstm:
             return y, (h_n, torch.from_numpy(finals[1].reshape(state_shape)))
         return y, h_n
 
     def forward(self, input: Tensor, hx=None):
-        if (
-            not torch.is_grad_enabled()
-            and self._single
-            and type(input) is Tensor
-            and not _traced_or_transformed(input)
-        ):
-            result = self._step(input, hx)
+        if self._single and type(input) is Tensor and not _traced_or_transformed(input):
+            result = None if torch.is_grad_enabled() else self._step(input, hx)
             if result is None:
                 result = self._sequence(input, hx)
             if result is not None:
