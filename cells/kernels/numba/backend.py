@@ -225,9 +225,8 @@ class NumbaLoop(RecurrentBase):
 
     def _sequence(self, input: Tensor, hx):
         """A time-major (T, B, I) sequence through the one layer and direction, or None when
-        the general path must run: the general path's kernels (and, with a gradient to
-        compute, its autograd Function), called directly on the same terms as `_step`:
-        anything unusual goes to the general path with its checks. It skips the shared base's
+        the general path must run: `run_layer` called directly, on the same terms as `_step`
+        (anything unusual goes to the general path with its checks). It skips the shared base's
         Python (checks, default states, stacking), which costs several times its warm time
         inside a loop of real calls (docs/numba.md, "The per-call path")."""
         shape = input.shape
@@ -245,43 +244,21 @@ class NumbaLoop(RecurrentBase):
             or not input.is_contiguous()
         ):
             return None
-        H = self.hidden_size
         lstm = self.kind == "lstm"
-        state_shape = (1, B, H)
-        states: tuple = hx if lstm else (hx,)
-        if hx is not None and (
-            (lstm and (type(hx) is not tuple or len(hx) != 2))
-            or not all(_plain(s, state_shape, dtype, grad=True) for s in states)
-        ):
-            return None
-        relu = self.nonlinearity == "relu"
-        packed = self._packed_for(params)
-        given = () if hx is None else states
-        if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (input, *given, *params)
-        ):
-            if hx is None:
-                states = (torch.zeros(state_shape, dtype=dtype),) * (2 if lstm else 1)
-            c0 = states[1][0] if lstm else None
-            y, *finals = LayerFunction.apply(
-                self.kind, relu, packed, input, states[0][0], c0, *params[:4]
-            )
-            # the Function's final states are fresh arrays, not views of y
-            h_n, *c_n = (f.unsqueeze(0) for f in finals)
-            return y, ((h_n, c_n[0]) if lstm else h_n)
-        xn = input.detach().numpy().reshape(T * B, I)
+        state_shape = (1, B, self.hidden_size)
         if hx is None:
-            zeros = np.zeros((B, H), xn.dtype)
-            arrays = (zeros, zeros) if lstm else (zeros,)
+            state = (torch.zeros(state_shape[1:], dtype=dtype),) * (2 if lstm else 1)
         else:
-            arrays = tuple(s.detach().numpy().reshape(B, H) for s in states)
-        hs, finals, _ = forward(self.kind, relu, xn, arrays, params, B, False, packed)
-        # h_n is hs[T], a view of y: copied, as torch.nn's h_n does not share y's memory
-        h_n = torch.from_numpy(hs[T].reshape(state_shape).copy())
-        y = torch.from_numpy(hs[1:])
-        if lstm:
-            return y, (h_n, torch.from_numpy(finals[1].reshape(state_shape)))
-        return y, h_n
+            states = hx if lstm else (hx,)
+            if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
+                _plain(s, state_shape, dtype, grad=True) for s in states
+            ):
+                return None
+            state = tuple(s[0] for s in states)
+        y, finals = self.run_layer(input, state, params)
+        # copies, as the base's stacking makes them: the no-grad path's h_n is a view of y
+        h_n, *c_n = (f.unsqueeze(0).clone() for f in finals)
+        return y, ((h_n, c_n[0]) if lstm else h_n)
 
     def forward(self, input: Tensor, hx=None):
         if self._single and type(input) is Tensor and not _traced_or_transformed(input):
