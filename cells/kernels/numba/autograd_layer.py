@@ -42,6 +42,19 @@ def numpy_weights(weights: tuple, dtype) -> tuple[np.ndarray, ...]:
     )
 
 
+def state_array(t: Tensor | None, batch: int, hidden: int, dtype) -> np.ndarray:
+    """A layer's initial state as a numpy view, None (the default state) as zeros."""
+    return np.zeros((batch, hidden), dtype) if t is None else as_numpy(t)
+
+
+def final_tensors(finals: tuple, lead: bool, copy: bool) -> tuple[Tensor, ...]:
+    """The final states as tensors: (B, H), or (1, B, H) when `lead` (the module's h_n of a
+    single layer and direction, so no torch op is needed to shape it); copied when `copy`."""
+    if lead:
+        finals = tuple(f.reshape((1,) + f.shape) for f in finals)
+    return tuple(torch.from_numpy(f.copy() if copy else f) for f in finals)
+
+
 def gate_rows(kind: str, hidden: int) -> int:
     return {"lstm": 4, "gru": 3, "rnn": 1}[kind] * hidden
 
@@ -147,9 +160,10 @@ def forward(
 
 
 class LayerFunction(torch.autograd.Function):
-    """One layer, one direction. Inputs: kind, relu, packed (a PackedLSTM or None), x (T, B, I),
-    h0, c0 (None unless LSTM), w_ih, w_hh, b_ih, b_hh (None without bias). Outputs:
-    y (T, B, H), h_T (, c_T for LSTM)."""
+    """One layer, one direction. Inputs: kind, relu, packed (a PackedLSTM or None), lead,
+    x (T, B, I), h0, c0 (None: zeros; c0 None unless LSTM), w_ih, w_hh, b_ih, b_hh (None
+    without bias). Outputs: y (T, B, H), h_T (, c_T for LSTM), each (B, H), or (1, B, H) when
+    `lead`."""
 
     @staticmethod
     def forward(
@@ -157,8 +171,9 @@ class LayerFunction(torch.autograd.Function):
         kind: str,
         relu: bool,
         packed: PackedLSTM | None,
+        lead: bool,
         x: Tensor,
-        h0: Tensor,
+        h0: Tensor | None,
         c0: Tensor | None,
         w_ih: Tensor,
         w_hh: Tensor,
@@ -167,7 +182,10 @@ class LayerFunction(torch.autograd.Function):
     ):
         T, B, I = x.shape
         xn = as_numpy(x).reshape(T * B, I)
-        states = (as_numpy(h0),) if c0 is None else (as_numpy(h0), as_numpy(c0))
+        H = w_hh.shape[1]
+        states: tuple[np.ndarray, ...] = (state_array(h0, B, H, xn.dtype),)
+        if kind == "lstm":
+            states += (state_array(c0, B, H, xn.dtype),)
         tensors = (w_ih, w_hh, b_ih, b_hh)
         hs, finals, saved = forward(kind, relu, xn, states, tensors, B, True, packed)
         y = torch.from_numpy(hs[1:])
@@ -178,7 +196,7 @@ class LayerFunction(torch.autograd.Function):
         ctx.kind, ctx.relu, ctx.B, ctx.has_bias = kind, relu, B, b_ih is not None
         ctx.packed, ctx.tensors = packed, tensors
         ctx.arrays = (xn, hs) + saved
-        return (y,) + tuple(torch.from_numpy(s.copy()) for s in finals)
+        return (y,) + final_tensors(finals, lead, copy=True)
 
     @staticmethod
     def backward(ctx, dy, dh, dc=None):
@@ -190,7 +208,8 @@ class LayerFunction(torch.autograd.Function):
         kind, B = ctx.kind, ctx.B
         T, I = xn.shape[0] // B, xn.shape[1]
         H = w_hh_t.shape[1]
-        need = ctx.needs_input_grad[1:]  # (kind,) relu, packed, x, h0, c0, w_ih, w_hh, b_ih, b_hh
+        # (kind, relu,) packed, lead, x, h0, c0, w_ih, w_hh, b_ih, b_hh
+        need = ctx.needs_input_grad[2:]
         need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
         dt = xn.dtype
         # the LSTM kernel reads dy once, through a transpose, so any strides will do: no copy
@@ -202,12 +221,13 @@ class LayerFunction(torch.autograd.Function):
             if kind == "lstm"
             else as_numpy(dy)
         )
-        dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh)
+        # (1, B, H) under `lead`
+        dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh).reshape(B, H)
         dc0 = None
         if kind == "lstm":  # every gradient from lstm_kernels.py, already in torch's row order
             lease, nth = ctx.arrays[2:]
             cells, gates = lease.arrays
-            dcn = np.zeros((B, H), dt) if dc is None else as_numpy(dc)
+            dcn = np.zeros((B, H), dt) if dc is None else as_numpy(dc).reshape(B, H)
             need_db = ctx.has_bias and (need[7] or need[8])
             G = 4 * H
             if ctx.packed is None:
@@ -275,6 +295,7 @@ class LayerFunction(torch.autograd.Function):
 
         dx = out(need_dx, dx2)
         return (
+            None,
             None,
             None,
             None,

@@ -41,8 +41,10 @@ if _IMPORT_ERROR is None:
         PackedLSTM,
         as_numpy,
         bias_or_zeros,
+        final_tensors,
         forward,
         pack_forward,
+        state_array,
     )
 
     default_blas_threads()
@@ -247,7 +249,7 @@ class NumbaLoop(RecurrentBase):
         lstm = self.kind == "lstm"
         state_shape = (1, B, self.hidden_size)
         if hx is None:
-            state = (torch.zeros(state_shape[1:], dtype=dtype),) * (2 if lstm else 1)
+            state: tuple = (None, None) if lstm else (None,)  # zeros, made by the layer
         else:
             states = hx if lstm else (hx,)
             if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
@@ -255,9 +257,8 @@ class NumbaLoop(RecurrentBase):
             ):
                 return None
             state = tuple(s[0] for s in states)
-        y, finals = self.run_layer(input, state, params)
-        # copies, as the base's stacking makes them: the no-grad path's h_n is a view of y
-        h_n, *c_n = (f.unsqueeze(0).clone() for f in finals)
+        # finals shaped (1, B, H) by the layer, copies as the base's stacking makes them
+        y, (h_n, *c_n) = self.run_layer(input, state, params, lead=True)
         return y, ((h_n, c_n[0]) if lstm else h_n)
 
     def forward(self, input: Tensor, hx=None):
@@ -280,7 +281,11 @@ class NumbaLoop(RecurrentBase):
             packed = self._packed[id(weights[1])] = PackedLSTM()
         return packed
 
-    def run_layer(self, x: Tensor, state: State, weights) -> tuple[Tensor, State]:
+    def run_layer(
+        self, x: Tensor, state: State, weights, *, lead: bool = False
+    ) -> tuple[Tensor, State]:
+        """The base's per-layer hook; `lead` (the sequence shortcut): the final states are
+        shaped (1, B, H) and never share memory with y, and a None state means zeros."""
         _check_dtype(x.dtype, "the input's dtype")
         if x.device.type != "cpu" or weights[0].device.type != "cpu":
             raise RuntimeError(
@@ -292,13 +297,14 @@ class NumbaLoop(RecurrentBase):
         tensors = (x, state[0], c0) + tuple(weights)
         packed = self._packed_for(weights)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            y, *finals = LayerFunction.apply(self.kind, relu, packed, *tensors)
+            y, *finals = LayerFunction.apply(self.kind, relu, packed, lead, *tensors)
             return y, tuple(finals)
         T, B, I = x.shape
         xn = as_numpy(x).reshape(T * B, I)
-        states = tuple(as_numpy(s) for s in state)
+        states = tuple(state_array(s, B, self.hidden_size, xn.dtype) for s in state)
         hs, finals, _ = forward(self.kind, relu, xn, states, weights, B, False, packed)
-        return torch.from_numpy(hs[1:]), tuple(torch.from_numpy(s) for s in finals)
+        # h_T is a view of y: a copy under `lead` (the general path's stacking copies it)
+        return torch.from_numpy(hs[1:]), final_tensors(finals, lead, copy=lead)
 
 
 def warm_up(kinds=("rnn", "gru", "lstm"), dtypes=(torch.float32, torch.float64)) -> dict:

@@ -29,10 +29,24 @@ MIN_ROWS = 8  # batch rows per thread (GRU, RNN)
 MIN_WGRAD_ROWS = 64  # T*B rows per thread for the GRU's and RNN's weight-gradient GEMMs
 
 
-def numba_threads() -> int:
-    import numba
+_thread_count = None  # numba's getter of the calling thread's count, once the pool is up
 
-    return numba.get_num_threads()
+
+def numba_threads() -> int:
+    """numba.get_num_threads() (thread-local, as set_num_threads leaves it). After the first
+    call this reads the pool's C getter directly: numba's public function takes two locks per
+    call to check that the pool is up, which costs more than the read inside a training step
+    (docs/numba.md, "The per-call path")."""
+    global _thread_count
+    if _thread_count is None:
+        import numba
+        from numba.np.ufunc import parallel
+
+        count = numba.get_num_threads()  # starts the pool
+        getter = getattr(parallel, "_get_num_threads", None)
+        _thread_count = getter if callable(getter) and getter() == count else numba.get_num_threads
+        return count
+    return _thread_count()
 
 
 def threads_for(work: int, pieces: int) -> int:
