@@ -11,7 +11,9 @@ backward's (128 x 1024) @ (1024 x B), for B = 8, 9, 12, 16, 32, 128.
 
 --per-call instead measures the Python and autograd around the kernels of a training step:
 the time outside the three kernels inside real steps (timestamps around each kernel call), and
-the same step with the kernels replaced by stubs that return stored results (the warm path).
+the same step with the kernels replaced by stubs that return stored results (the warm path);
+then the step cut at each kernel call and at the module's return, `y.sum()` and `backward()`,
+each segment with real and with stubbed kernels.
 
 For each shape it times, in interleaved rounds (a round's time: the median of its
 torch.utils.benchmark blocks, bench.machine.time_calls), torch.nn's and the numba module's training step
@@ -175,6 +177,14 @@ def per_call_rows(name: str, rounds: int, steps: int = 20) -> list[dict]:
     """Microseconds per training step outside the three numba kernels: inside real steps, and
     with the kernels stubbed (each returns what its first call returned; the step's Python,
     autograd and allocation run as before, warm). Rounds alternate; medians over rounds."""
+    return per_call(name, rounds, steps)[0]
+
+
+def per_call(name: str, rounds: int, steps: int = 20) -> tuple[list[dict], list[dict]]:
+    """per_call_rows, and the step cut at each kernel call and at the module's return,
+    `y.sum()` and `backward()`: each segment's median over the rounds' steps, with real and
+    with stubbed kernels, and their ratio (how much slower the same Python runs after real
+    kernels)."""
     import time
 
     import cells
@@ -187,27 +197,35 @@ def per_call_rows(name: str, rounds: int, steps: int = 20) -> list[dict]:
     x = torch.randn(T, B, I)
     targets = ((L, "forward"), (L, "backward"), (LG, "weight_grads"))
     originals = [getattr(mod, attr) for mod, attr in targets]
-    state = {"stub": False, "inside": 0.0}
+    state: dict[str, Any] = {"stub": False}
     stored: dict[str, Any] = {}
+    marks: list[tuple[str, float]] = []
 
     def timed(attr: str, fn: Any) -> Any:
         def call(*args: Any) -> Any:
-            start = time.perf_counter()
+            marks.append((attr + "<", time.perf_counter()))
             if not state["stub"] or attr not in stored:
                 stored[attr] = fn(*args)
-            state["inside"] += time.perf_counter() - start
+            marks.append((attr + ">", time.perf_counter()))
             return stored[attr]
 
         return call
 
     def step() -> None:
+        marks.append(("start", time.perf_counter()))
         y, _ = module(x)
-        y.sum().backward()
+        marks.append(("module>", time.perf_counter()))
+        loss = y.sum()
+        marks.append(("sum>", time.perf_counter()))
+        loss.backward()
+        marks.append(("backward>", time.perf_counter()))
         for p in module.parameters():
             p.grad = None
+        marks.append(("end", time.perf_counter()))
 
-    outside: dict[bool, list[float]] = {False: [], True: []}
     totals: dict[bool, list[float]] = {False: [], True: []}
+    outside: dict[bool, list[float]] = {False: [], True: []}
+    segments: dict[bool, dict[str, list[float]]] = {False: {}, True: {}}
     try:
         for (mod, attr), fn in zip(targets, originals):
             setattr(mod, attr, timed(attr, fn))
@@ -218,17 +236,23 @@ def per_call_rows(name: str, rounds: int, steps: int = 20) -> list[dict]:
             state["stub"] = stub
             for _ in range(3):  # settle: the first stubbed step follows real kernels
                 step()
-            state["inside"] = 0.0
-            start = time.perf_counter()
+            marks.clear()
             for _ in range(steps):
                 step()
-            total = (time.perf_counter() - start) / steps
+            inside = 0.0
+            for (a, ta), (b, tb) in zip(marks, marks[1:]):
+                if a == "end":
+                    continue
+                segments[stub].setdefault(f"{a} .. {b}", []).append(tb - ta)
+                if a.endswith("<"):
+                    inside += tb - ta
+            total = (marks[-1][1] - marks[0][1]) / steps  # first start to last end
             totals[stub].append(total)
-            outside[stub].append(total - state["inside"] / steps)
+            outside[stub].append(total - inside / steps)
     finally:
         for (mod, attr), fn in zip(targets, originals):
             setattr(mod, attr, fn)
-    return [
+    rows = [
         {
             "shape": name,
             "kernels": "stubbed" if stub else "real",
@@ -237,6 +261,21 @@ def per_call_rows(name: str, rounds: int, steps: int = 20) -> list[dict]:
         }
         for stub in (False, True)
     ]
+    segment_rows = []
+    for seg, real in segments[False].items():
+        stubbed = segments[True].get(seg)
+        real_us = float(np.median(real)) * 1e6
+        stubbed_us = float(np.median(stubbed)) * 1e6 if stubbed else float("nan")
+        segment_rows.append(
+            {
+                "shape": name,
+                "segment": seg,
+                "real kernels us": real_us,
+                "stubbed us": stubbed_us,
+                "real / stubbed": real_us / stubbed_us,
+            }
+        )
+    return rows, segment_rows
 
 
 def gemm_rows(batches=(8, 9, 12, 16, 32, 128), repeats: int = 200) -> list[dict]:
@@ -300,8 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     numba.set_num_threads(args.threads)
     if args.per_call:
-        rows = [r for name in args.shapes.split(",") for r in per_call_rows(name, args.rounds)]
-        print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".0f"))
+        results = [per_call(name, args.rounds) for name in args.shapes.split(",")]
+        print(
+            pd.DataFrame([r for rows, _ in results for r in rows]).to_markdown(
+                index=False, floatfmt=".0f"
+            )
+        )
+        segments = pd.DataFrame([r for _, segs in results for r in segs])
+        print("\nThe step cut at each kernel call (x< .. x>: inside kernel x; the rest is Python)")
+        print(segments.to_markdown(index=False, floatfmt=".1f"))
         return
     peak = measure_peak("cpu").get("peak_gflops") or 0.0
     print(f"float32 GEMM peak at {args.threads} threads: {peak:.0f} GFLOP/s", flush=True)

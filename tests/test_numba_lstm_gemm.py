@@ -71,12 +71,14 @@ def test_brgemm_is_found_in_this_torch_build():
 
 @pytest.mark.parametrize("brgemm", [True, False], ids=["brgemm", "openblas"])
 @pytest.mark.parametrize("blocks", [1, 2])
-@pytest.mark.parametrize("batch", [5, 10, 16])
+@pytest.mark.parametrize("batch", [2, 5, 8, 10, 16])
 def test_every_step_gemm_matches_torch_nn(batch, blocks, brgemm, monkeypatch):
-    """Batch 5: OpenBLAS forward, dot_nt backward; 10: brgemm forward, dot_nt backward; 16:
-    brgemm both ways; OpenBLAS instead of brgemm without it. I = 5, H = 10 (K = 15, padded to
-    16) with 1 or 2 unit blocks: edges of dot_nt's 4 x 4 tiles in both dimensions. The no-grad
-    forward follows the same choice."""
+    """With AVX-512 (16 lanes), batch 2, 5, 8: OpenBLAS forward, dot_nt backward; 10: brgemm
+    forward, dot_nt backward; 16: brgemm both ways. With AVX2 (8 lanes): 2: OpenBLAS forward,
+    dot_nt backward; 5, 10: brgemm forward, dot_nt backward; 8, 16: brgemm both ways. OpenBLAS
+    instead of brgemm without it. So every path runs on either CPU. I = 5, H = 10 (K = 15,
+    padded to 16) with 1 or 2 unit blocks: edges of dot_nt's 4 x 4 tiles in both dimensions.
+    The no-grad forward follows the same choice."""
     if not brgemm:
         monkeypatch.setattr(onednn, "AVAILABLE", False)
     elif not onednn.AVAILABLE:
@@ -86,7 +88,10 @@ def test_every_step_gemm_matches_torch_nn(batch, blocks, brgemm, monkeypatch):
     backward = L.backward_gemm(10 // blocks, 40, batch, 4, brgemm)
     expected = (L.BRGEMM if brgemm else L.OPENBLAS) if batch >= L.BR_MIN_COLUMNS else L.OPENBLAS
     assert forward == expected
-    assert backward == (L.DOT_NT if batch <= L.NT_MAX_COLUMNS else expected)
+    whole_vectors = brgemm and batch % L.VECTOR_FLOATS == 0
+    nt = batch <= L.NT_MAX_COLUMNS and not whole_vectors
+    assert backward == (L.DOT_NT if nt else expected)
+    assert L.VECTOR_FLOATS in (8, 16) and L.BR_MIN_COLUMNS == (9 if L.VECTOR_FLOATS == 16 else 3)
     module = cells.create("lstm", "numba", 5, 10)
     check_train_step(module, batch)
     with torch.no_grad():
@@ -182,19 +187,44 @@ def test_lstm_profile_reports_every_part_and_refuses_unknown_shapes(capsys):
     assert "expected names from d2l" in capsys.readouterr().err
 
 
-def test_lstm_profile_per_call_times_around_the_kernels_and_restores_them():
+def test_lstm_profile_per_call_times_around_the_kernels_and_restores_them(monkeypatch):
     from bench import lstm_profile
     from cells.kernels.numba import lstm_gemm as LG
     from cells.kernels.numba import lstm_kernels as L
 
+    calls = {"forward": 0, "backward": 0, "weight_grads": 0}
+    for mod, attr in ((L, "forward"), (L, "backward"), (LG, "weight_grads")):
+        kernel = getattr(mod, attr)
+
+        def counted(*args, kernel=kernel, attr=attr):
+            calls[attr] += 1
+            return kernel(*args)
+
+        monkeypatch.setattr(mod, attr, counted)
     originals = (L.forward, L.backward, LG.weight_grads)
-    rows = lstm_profile.per_call_rows("H128", rounds=1, steps=2)
+    rows, segments = lstm_profile.per_call("H128", rounds=1, steps=2)
     assert [r["kernels"] for r in rows] == ["real", "stubbed"]
+    # 3 warm-up steps and a real round of 3 settling + 2 timed steps call the kernels; the
+    # stubbed round (3 + 2 steps) returns the stored results without calling them
+    assert calls == {"forward": 8, "backward": 8, "weight_grads": 8}
     real, stubbed = rows
-    # real kernels: the step is the kernels plus what is outside them; stubs take ~nothing
     assert 0 < real["outside the kernels us"] < real["step us"]
     assert 0 < stubbed["outside the kernels us"] <= stubbed["step us"]
-    assert stubbed["step us"] < real["step us"]
+    # the step cut in order: into each kernel and out, and at the module's return, the sum
+    # and backward()
+    assert [r["segment"] for r in segments] == [
+        "start .. forward<",
+        "forward< .. forward>",
+        "forward> .. module>",
+        "module> .. sum>",
+        "sum> .. backward<",
+        "backward< .. backward>",
+        "backward> .. weight_grads<",
+        "weight_grads< .. weight_grads>",
+        "weight_grads> .. backward>",
+        "backward> .. end",
+    ]
+    assert all(r["real kernels us"] > 0 and r["stubbed us"] > 0 for r in segments)
     assert (L.forward, L.backward, LG.weight_grads) == originals
 
 

@@ -5,7 +5,8 @@ A step's product is small (at the d2l size a thread's forward step is (512 x 284
 and there are T of them in sequence, so each library's small-N speed decides: oneDNN's brgemm
 from the torch build (onednn.py; float32) from batch BR_MIN_COLUMNS up, OpenBLAS in row blocks
 below it for the forward, and for the backward's dh product gemm.dot_nt up to NT_MAX_COLUMNS
-while a thread's block of W_hh fits in its core's L2. The measurements behind the thresholds
+(but brgemm at a multiple of the vector width) while a thread's block of W_hh fits in its
+core's L2. The thresholds depend on the CPU's vector width (AVX-512 or AVX2). The measurements behind the thresholds
 are in docs/numba.md, "Where the time goes". The weight gradients are two large products per
 thread, where OpenBLAS's cache blocking beats brgemm.
 """
@@ -31,9 +32,29 @@ def row_dot(w, v, out):
 # (onednn.py; float32, when the torch build exports it) or gemm.dot_nt.
 OPENBLAS, BRGEMM, DOT_NT = 0, 1, 2
 K_ALIGN = 16  # the forward's K (H + I) is padded with zeros to a multiple of this
-BR_MIN_COLUMNS = 9  # brgemm from this batch up; OpenBLAS is faster up to 8 columns, then halves
-NT_MAX_COLUMNS = 12  # the backward's dot_nt up to this batch (it beats brgemm there) ...
-NT_MAX_WEIGHT_BYTES = 1 << 20  # ... while a thread's block of W_hh fits in its core's L2
+
+
+def host_vector_floats() -> int:
+    """float32 lanes of this CPU's widest vectors: 16 with AVX-512, else 8 (AVX2). brgemm's
+    and OpenBLAS's small-N speeds, and so the thresholds below, depend on it."""
+    try:
+        from llvmlite import binding
+
+        return 16 if binding.get_host_cpu_features().get("avx512f", False) else 8
+    except Exception:  # no feature list (another architecture): no brgemm there anyway
+        return 8
+
+
+# Measured with `python -m bench.lstm_profile --gemms` on one AVX-512 CPU (AMD Zen 5) and one
+# AVX2 CPU (AMD Zen 3); docs/numba.md, "Where the time goes".
+VECTOR_FLOATS = host_vector_floats()
+# brgemm from this batch up in the forward. AVX-512: OpenBLAS is faster up to 8 columns, then
+# halves; AVX2: brgemm is faster from 3 columns (1.5-3x at 3-8).
+BR_MIN_COLUMNS = 9 if VECTOR_FLOATS == 16 else 3
+# The backward's dot_nt up to this batch (it beats brgemm there), except at a multiple of the
+# vector width with brgemm (AVX2 at batch 8: brgemm 46 GFLOP/s, dot_nt 38-40) ...
+NT_MAX_COLUMNS = 12
+NT_MAX_WEIGHT_BYTES = 1 << 20  # ... and while a thread's block of W_hh fits in its core's L2
 
 
 def padded_k(k: int) -> int:
@@ -62,7 +83,12 @@ def forward_gemm(batch, br_ok):
 @serial
 def backward_gemm(rows, cols, batch, itemsize, br_ok):
     """The GEMM of the backward's dh step for a (rows, cols) block of W_hh."""
-    if batch <= NT_MAX_COLUMNS and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES:
+    whole_vectors = br_ok and batch % VECTOR_FLOATS == 0
+    if (
+        batch <= NT_MAX_COLUMNS
+        and not whole_vectors
+        and rows * cols * itemsize <= NT_MAX_WEIGHT_BYTES
+    ):
         return DOT_NT
     return BRGEMM if br_ok and batch >= BR_MIN_COLUMNS else OPENBLAS
 
