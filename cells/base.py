@@ -31,6 +31,38 @@ State = tuple[Tensor, ...]  # (h,) or (h, c), each (B, H)
 LayerWeights = tuple[Tensor | None, ...]
 
 
+def plain_tensor(
+    t: object,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    grad: bool = False,
+    device: torch.device | None = None,
+) -> bool:
+    """A contiguous tensor of this shape and dtype on `device` (None: the CPU), that needs no
+    gradient unless `grad`: what a backend's shortcut around the shared forward accepts;
+    anything else goes to the general path and its checks."""
+    return (
+        type(t) is Tensor
+        and t.shape == shape
+        and t.dtype is dtype
+        and (t.is_cpu if device is None else t.device == device)
+        and (grad or not t.requires_grad)
+        and t.is_contiguous()
+    )
+
+
+def traced_or_transformed(t: Tensor) -> bool:
+    """Under autocast, torch.func, jit tracing (the TorchScript ONNX exporter) or torch.compile
+    (the dynamo one): a shortcut declines, and the general path casts or refuses with a clear
+    message."""
+    return (
+        torch.is_autocast_enabled(t.device.type)
+        or torch._C._functorch.is_functorch_wrapped_tensor(t)
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+    )
+
+
 class RecurrentBase(nn.Module):
     """A torch.nn-compatible multi-layer recurrent module; subclasses supply the time loop."""
 

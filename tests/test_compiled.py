@@ -251,3 +251,55 @@ def test_short_inference_path_only_without_grad(monkeypatch):
         module(torch.randn(compiled.SHORT_STEPS - 1, 2, 5))
         module(torch.randn(1, 1, 5))
     assert taken == [(compiled.SHORT_STEPS - 1, False), (1, True)]  # batch 1 runs the step eagerly
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_short_call_equals_general_path_bit_for_bit(kind):
+    """No grad, one layer and direction, fewer than SHORT_STEPS steps: `CompiledLoop._short`
+    runs infer_short without the shared base's Python. A non-contiguous copy of the same input
+    takes the general path; outputs and final states must match exactly, with hx given and
+    None, at batch 1 (the eager step) and 2 (the compiled one). Anything unusual is left to the
+    general path, with its messages."""
+    module = _build(Config(kind)).eval()
+    taken: list[bool] = []
+    inner = module._short
+    module._short = lambda *a: (lambda r: taken.append(r is not None) or r)(inner(*a))
+    I, H = module.input_size, module.hidden_size  # noqa: E741
+    for T, B in ((1, 1), (3, 2)):
+        x = torch.randn(T, B, I)
+        general_x = torch.empty(T, B, 2 * I)[..., ::2].copy_(x)  # strided: never contiguous
+        h0 = tuple(torch.randn(1, B, H) for _ in range(2 if kind == "lstm" else 1))
+        for hx in (None, h0 if kind == "lstm" else h0[0]):
+            with torch.no_grad():
+                before = sum(taken)
+                y, s = module(x, hx)
+                assert sum(taken) == before + 1
+                y_general, s_general = module(general_x, hx)
+                assert sum(taken) == before + 1  # declined: not contiguous
+            assert torch.equal(y, y_general)
+            for a, b in zip(compiled_states(s), compiled_states(s_general)):
+                assert torch.equal(a, b) and a.shape == (1, B, H)
+                assert a.data_ptr() != y.data_ptr()
+    before = sum(taken)
+    x = torch.randn(1, 1, I)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"Expected (hx|hx\[0\]|hidden\[0\]|hidden) size"):
+            bad = torch.zeros(1, 2, H)
+            module(x, (bad, bad) if kind == "lstm" else bad)
+        with torch.autocast("cpu"), pytest.raises(TypeError, match="under torch.autocast"):
+            module(x)
+        module(torch.randn(compiled.SHORT_STEPS, 1, I))
+        for other in (
+            _build(replace(Config(kind), batch_first=True)),
+            _build(replace(Config(kind), num_layers=2)),
+        ):
+            spy: list[bool] = []
+            inner_other = other._short
+            other._short = lambda *a, f=inner_other, s=spy: (
+                lambda r: s.append(r is not None) or r
+            )(f(*a))
+            other.eval()(x)
+            assert not any(spy)
+    assert sum(taken) == before
+    module(x)  # with grad enabled the shortcut is not asked
+    assert sum(taken) == before

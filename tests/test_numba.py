@@ -183,18 +183,21 @@ def test_sequence_path_equals_general_path_bit_for_bit(kind, nonlinearity, dtype
         y_ref, _ = reference(module)(x.double())
         assert rel(module(x)[0], y_ref) <= TOL[dtype]
     # with gradients: the same autograd Function, called directly; every gradient as the
-    # general path's (x non-contiguous) bit for bit
-    grads = []
-    for inp in (x, general_x):
-        inp = inp.detach().requires_grad_(True)
-        hx = tuple(h.detach().requires_grad_(True) for h in h0)
-        y, s = module(inp, hx if kind == "lstm" else hx[0])
-        up = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
-        loss = (y * up).sum() + sum((t * t).sum() for t in states(s))
-        grads.append(torch.autograd.grad(loss, [inp, *hx, *module.parameters()]))
-    assert spy.taken == 4
-    for a, b in zip(*grads):
-        assert torch.equal(a, b)
+    # general path's (x non-contiguous) bit for bit, through y and the final states (the
+    # shortcut's are shaped (1, B, H) by the layer), with hx given and None (zeros made by the
+    # layer on the shortcut, by the base on the general path)
+    for given in (True, False):
+        grads = []
+        for inp in (x, general_x):
+            inp = inp.detach().requires_grad_(True)
+            hx = tuple(h.detach().requires_grad_(True) for h in h0) if given else ()
+            y, s = module(inp, (hx if kind == "lstm" else hx[0]) if given else None)
+            up = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+            loss = (y * up).sum() + sum((t * t).sum() for t in states(s))
+            grads.append(torch.autograd.grad(loss, [inp, *hx, *module.parameters()]))
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+    assert spy.taken == 5
 
 
 def test_sequence_path_leaves_the_rest_to_the_general_path():

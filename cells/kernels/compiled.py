@@ -35,7 +35,8 @@ import shutil
 import torch
 from torch import Tensor
 
-from ..base import LayerWeights, RecurrentBase, State
+from ..base import LayerWeights, RecurrentBase, State, plain_tensor, traced_or_transformed
+from ..capabilities import capabilities_of
 from ..recurrence import (
     EAGER_STEPS,
     ForwardImpl,
@@ -123,6 +124,67 @@ class CompiledLoop(RecurrentBase):
     """Per-step cells compiled with torch.compile, batched weight-gradient backward."""
 
     unavailable_reason = staticmethod(unavailable_reason)
+
+    def forward(self, input: Tensor, hx=None):
+        if (
+            not torch.is_grad_enabled()
+            and type(input) is Tensor
+            and not traced_or_transformed(input)
+        ):
+            result = self._short(input, hx)
+            if result is not None:
+                return result
+        return super().forward(input, hx)
+
+    def _short(self, input: Tensor, hx) -> tuple[Tensor, Tensor | State] | None:
+        """A no-grad call of fewer than SHORT_STEPS steps (a generated token, mostly) of one
+        layer and direction, time-major, contiguous, in the parameters' dtype and device, hx
+        None or well-formed: what run_layer would run (compiled_infer.infer_short), without the
+        shared base's Python around it, which at batch 1 costs more than the step
+        (docs/compiled-and-triton.md, "Per-call overhead of a generation step"). None for
+        anything else: the general path runs, with its checks and messages."""
+        shape = input.shape
+        if (
+            len(shape) != 3
+            or self.num_layers != 1
+            or self.bidirectional
+            or self.proj_size
+            or self.batch_first
+            or not 0 < shape[0] < SHORT_STEPS
+            or shape[1] == 0
+            or shape[2] != self.input_size
+        ):
+            return None
+        weights = self.layer_weights(0, 0)
+        w = weights[0]
+        assert w is not None
+        dtype, device = w.dtype, w.device
+        if (
+            dtype not in capabilities_of(type(self)).dtypes
+            or not plain_tensor(input, shape, dtype, device=device)
+            or any(t is not None and (t.dtype is not dtype or t.device != device) for t in weights)
+        ):
+            return None
+        lstm = self.kind == "lstm"
+        state_shape = (1, shape[1], self.hidden_size)
+        if hx is None:
+            state = tuple(
+                torch.zeros(state_shape[1:], dtype=dtype, device=device) for _ in range(1 + lstm)
+            )
+        else:
+            states = hx if lstm else (hx,)
+            if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
+                plain_tensor(s, state_shape, dtype, device=device) for s in states
+            ):
+                return None
+            state = tuple(s[0] for s in states)
+        y, finals = compiled_infer.infer_short(
+            variant_of(self), input, state, weights, eager=shape[1] == 1
+        )
+        # the final states are the last step's own tensors (y is a stacked copy), as fresh as
+        # the base's stacked ones
+        h_n, *c_n = (f.unsqueeze(0) for f in finals)
+        return y, ((h_n, c_n[0]) if lstm else h_n)
 
     def run_layer(self, x: Tensor, state: State, weights: LayerWeights) -> tuple[Tensor, State]:
         variant = variant_of(self)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...base import RecurrentBase, State
+from ...base import RecurrentBase, State, plain_tensor, traced_or_transformed
 from .threads import default_blas_threads, lstm_threads
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -56,30 +56,6 @@ def _check_dtype(dtype: torch.dtype, what: str) -> None:
             f"backend 'numba' supports float32 and float64 only; {what} is {dtype} "
             "(use .float() or .double(), or another backend)"
         )
-
-
-def _plain(t: object, shape: tuple[int, ...], dtype: torch.dtype, grad: bool = False) -> bool:
-    """A contiguous CPU tensor of this shape and dtype, that needs no gradient unless `grad`
-    (the shortcuts' input; anything else goes to the general path and its checks)."""
-    return (
-        type(t) is Tensor
-        and t.shape == shape
-        and t.dtype is dtype
-        and t.is_cpu
-        and (grad or not t.requires_grad)
-        and t.is_contiguous()
-    )
-
-
-def _traced_or_transformed(t: Tensor) -> bool:
-    """Under autocast, torch.func, jit tracing (the TorchScript ONNX exporter) or torch.compile
-    (the dynamo one): the base's path, which casts or refuses with a clear message."""
-    return (
-        torch.is_autocast_enabled("cpu")
-        or torch._C._functorch.is_functorch_wrapped_tensor(t)
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-    )
 
 
 class NumbaLoop(RecurrentBase):
@@ -194,13 +170,13 @@ class NumbaLoop(RecurrentBase):
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 hs, cs = hx
-                if not _plain(cs, state_shape, dtype):
+                if not plain_tensor(cs, state_shape, dtype):
                     return None
                 last = self._last_state  # the state this path returned last: numpy views known
                 c = last[3] if last is not None and cs is last[1] else cs.numpy().reshape(H)
             else:
                 hs = hx
-            if not _plain(hs, state_shape, dtype):
+            if not plain_tensor(hs, state_shape, dtype):
                 return None
             last = self._last_state
             h = last[2] if last is not None and hs is last[0] else hs.numpy().reshape(H)
@@ -253,7 +229,7 @@ class NumbaLoop(RecurrentBase):
         else:
             states = hx if lstm else (hx,)
             if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
-                _plain(s, state_shape, dtype, grad=True) for s in states
+                plain_tensor(s, state_shape, dtype, grad=True) for s in states
             ):
                 return None
             state = tuple(s[0] for s in states)
@@ -262,7 +238,7 @@ class NumbaLoop(RecurrentBase):
         return y, ((h_n, c_n[0]) if lstm else h_n)
 
     def forward(self, input: Tensor, hx=None):
-        if self._single and type(input) is Tensor and not _traced_or_transformed(input):
+        if self._single and type(input) is Tensor and not traced_or_transformed(input):
             result = None if torch.is_grad_enabled() else self._step(input, hx)
             if result is None:
                 result = self._sequence(input, hx)
