@@ -54,9 +54,11 @@ def plain_tensor(
 def traced_or_transformed(t: Tensor) -> bool:
     """Under autocast, torch.func, jit tracing (the TorchScript ONNX exporter) or torch.compile
     (the dynamo one): a shortcut declines, and the general path casts or refuses with a clear
-    message."""
+    message. Tensors on other devices than the CPU and CUDA (meta, ...) count as such too."""
+    device = t.device.type
     return (
-        torch.is_autocast_enabled(t.device.type)
+        device not in ("cpu", "cuda")
+        or torch.is_autocast_enabled(device)
         or torch._C._functorch.is_functorch_wrapped_tensor(t)
         or torch.jit.is_tracing()
         or torch.compiler.is_compiling()
