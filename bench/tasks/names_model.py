@@ -133,13 +133,9 @@ class NamesClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        if model == "elman":
-            self.net = TutorialElman(N_LETTERS, hidden_size, n_classes)
-        elif model == "cell":
-            self.rnn = make_cell(kind, backend, N_LETTERS, hidden_size, num_layers)
-            self.head = nn.Linear(hidden_size, n_classes)
-        else:
+        if model not in ("cell", "elman"):
             raise ValueError(f"unknown --model {model!r}; expected 'cell' or 'elman'")
+        # the declared capability first: the message holds whether or not the backend can run here
         takes_packed = model == "cell" and declared(kind, backend).packed
         self.pack = takes_packed if pack is None else pack
         if self.pack and model == "cell" and not takes_packed:
@@ -147,6 +143,11 @@ class NamesClassifier(nn.Module):
                 f"backend {backend!r} does not declare PackedSequence input "
                 "(cells.capabilities); run it with padded batches (pack=False)"
             )
+        if model == "elman":
+            self.net = TutorialElman(N_LETTERS, hidden_size, n_classes)
+        else:
+            self.rnn = make_cell(kind, backend, N_LETTERS, hidden_size, num_layers)
+            self.head = nn.Linear(hidden_size, n_classes)
         init_weights(self, init, seed)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
