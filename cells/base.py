@@ -51,6 +51,24 @@ def plain_tensor(
     )
 
 
+def plain_states(
+    hx: Any,
+    lstm: bool,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    grad: bool = False,
+    device: torch.device | None = None,
+) -> tuple[Tensor, ...] | None:
+    """A one-layer hx (h, or (h, c) for an LSTM) of plain tensors of `shape` as the layer's
+    states (each shape[1:]), or None for anything else (the general path checks it)."""
+    states = hx if lstm else (hx,)
+    if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
+        plain_tensor(s, shape, dtype, grad=grad, device=device) for s in states
+    ):
+        return None
+    return tuple(s[0] for s in states)
+
+
 def traced_or_transformed(t: Tensor) -> bool:
     """Under autocast, torch.func, jit tracing (the TorchScript ONNX exporter) or torch.compile
     (the dynamo one): a shortcut declines, and the general path casts or refuses with a clear

@@ -35,7 +35,14 @@ import shutil
 import torch
 from torch import Tensor
 
-from ..base import LayerWeights, RecurrentBase, State, plain_tensor, traced_or_transformed
+from ..base import (
+    LayerWeights,
+    RecurrentBase,
+    State,
+    plain_states,
+    plain_tensor,
+    traced_or_transformed,
+)
 from ..capabilities import capabilities_of
 from ..recurrence import (
     EAGER_STEPS,
@@ -172,12 +179,10 @@ class CompiledLoop(RecurrentBase):
                 torch.zeros(state_shape[1:], dtype=dtype, device=device) for _ in range(1 + lstm)
             )
         else:
-            states = hx if lstm else (hx,)
-            if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
-                plain_tensor(s, state_shape, dtype, device=device) for s in states
-            ):
+            given = plain_states(hx, lstm, state_shape, dtype, device=device)
+            if given is None:
                 return None
-            state = tuple(s[0] for s in states)
+            state = given
         y, finals = compiled_infer.infer_short(
             variant_of(self), input, state, weights, eager=shape[1] == 1
         )

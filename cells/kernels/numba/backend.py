@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...base import RecurrentBase, State, plain_tensor, traced_or_transformed
+from ...base import RecurrentBase, State, plain_states, plain_tensor, traced_or_transformed
 from .threads import default_blas_threads, lstm_threads
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -227,12 +227,10 @@ class NumbaLoop(RecurrentBase):
         if hx is None:
             state: tuple = (None, None) if lstm else (None,)  # zeros, made by the layer
         else:
-            states = hx if lstm else (hx,)
-            if (lstm and (type(hx) is not tuple or len(hx) != 2)) or not all(
-                plain_tensor(s, state_shape, dtype, grad=True) for s in states
-            ):
+            given = plain_states(hx, lstm, state_shape, dtype, grad=True)
+            if given is None:
                 return None
-            state = tuple(s[0] for s in states)
+            state = given
         # finals shaped (1, B, H) by the layer, copies as the base's stacking makes them
         y, (h_n, *c_n) = self.run_layer(input, state, params, lead=True)
         return y, ((h_n, c_n[0]) if lstm else h_n)
