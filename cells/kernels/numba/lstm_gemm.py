@@ -45,8 +45,8 @@ def host_vector_floats() -> int:
         return 8
 
 
-# Measured with `python -m bench.lstm_profile --gemms` on one AVX-512 CPU (AMD Zen 5) and one
-# AVX2 CPU (AMD Zen 3); docs/numba.md, "Where the time goes".
+# Measured with `python -m bench.lstm_profile --gemms` on two AVX-512 CPUs (AMD Zen 5, Intel
+# Xeon) and one AVX2 CPU (AMD Zen 3); docs/numba.md, "Where the time goes".
 VECTOR_FLOATS = host_vector_floats()
 # brgemm from this batch up in the forward. AVX-512: OpenBLAS is faster up to 8 columns, then
 # halves; AVX2: brgemm is faster from 3 columns (1.5-3x at 3-8).
