@@ -63,6 +63,7 @@ def handle(message: tuple, state: dict) -> tuple:
     from . import environment, measure
 
     what = message[0]
+    retimed = False  # a retime round that succeeded leaves nothing to collect
     try:
         if what == "case":
             _, case, options, peak, *rest = message
@@ -70,7 +71,9 @@ def handle(message: tuple, state: dict) -> tuple:
             return ("ok", measure.run_case(case, options, peak, keep=keep))
         if what == "retime":
             _, case, options = message
-            return ("ok", measure.retime(case, options, state.setdefault("kept", {})))
+            timed = measure.retime(case, options, state.setdefault("kept", {}))
+            retimed = True
+            return ("ok", timed)
         if what == "forget":
             state.pop("kept", None)
             return ("ok", None)
@@ -85,7 +88,10 @@ def handle(message: tuple, state: dict) -> tuple:
         detail = traceback.format_exc(limit=-6)
         return ("failed", measure.error_message(exc), detail)
     finally:
-        _cleanup()
+        # a full collection after whatever built or dropped modules, or failed; not after each
+        # retime round of kept modules, where it costs more than the round in a big process
+        if not retimed:
+            _cleanup()
 
 
 def _cleanup() -> None:

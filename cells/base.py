@@ -343,7 +343,11 @@ class RecurrentBase(nn.Module):
         self, caps: Capabilities, x: Tensor, states: State, lengths: list[int] | None
     ) -> tuple[Tensor, State]:
         if not caps.compile_in_model and torch.compiler.is_compiling():
-            return _run_eagerly(self, x, states, lengths)  # a graph break: Dynamo cannot trace it
+            # a graph break: Dynamo cannot trace it. Imported here, as torch.compiler.disable
+            # imports Dynamo: two seconds that every `import cells` (and each worker) would pay
+            from .graph_break import run_eagerly
+
+            return run_eagerly(self, x, states, lengths)
         if x.size(1) == 0:
             return self._empty_batch(x, states)
         output, finals = (
@@ -400,15 +404,6 @@ class RecurrentBase(nn.Module):
                 f"torch.nn.{spec(self.kind).torch_class} with this module's state_dict"
             )
         return self
-
-
-@torch.compiler.disable
-def _run_eagerly(
-    module: RecurrentBase, x: Tensor, states: State, lengths: list[int] | None
-) -> tuple[Tensor, State]:
-    return (
-        module.run_stack(x, states, lengths) if lengths is not None else module.run_stack(x, states)
-    )
 
 
 class _FirstOrderOnly(torch.autograd.Function):

@@ -104,7 +104,7 @@ def test_exceptions_memory_errors_and_hangs_are_failed_records_and_the_sweep_goe
     monkeypatch.setenv("CELLBENCH_FAULTY_HANG_AT", "1")  # hangs on its first call
     got = sweep(
         tmp_path,
-        *"native,raises,hog,hangs --import memory_cap_for_sweep --time-limit 30".split(),
+        *"native,raises,hog,hangs --import memory_cap_for_sweep --time-limit 10".split(),
     )
     assert got["raises"]["status"] == "failed"
     assert (
@@ -112,4 +112,4 @@ def test_exceptions_memory_errors_and_hangs_are_failed_records_and_the_sweep_goe
     )
     assert got["hog"]["status"] == "failed" and "memory" in got["hog"]["error"].lower(), got["hog"]
     assert got["hangs"]["status"] == "failed", got["hangs"]
-    assert got["hangs"]["error"].startswith("exceeded the time limit of 30 s"), got["hangs"]
+    assert got["hangs"]["error"].startswith("exceeded the time limit of 10 s"), got["hangs"]

@@ -212,15 +212,10 @@ class LayerFunction(torch.autograd.Function):
         need = ctx.needs_input_grad[2:]
         need_dx, need_dh0, need_dw = need[2], need[3] or need[4], any(need[5:])
         dt = xn.dtype
-        # the LSTM kernel reads dy once, through a transpose, so any strides will do: no copy
-        # of y.sum()'s expanded gradient (a 0-stride view)
-        dyn = (
-            np.zeros((T, B, H), dt)
-            if dy is None
-            else dy.detach().numpy()
-            if kind == "lstm"
-            else as_numpy(dy)
-        )
+        # C-contiguous for every kind: one compiled specialisation, where passing any strides
+        # (y.sum()'s 0-stride gradient, a transposed one) would compile the LSTM backward once
+        # per layout, about 15 s each. The copy costs microseconds against milliseconds.
+        dyn = np.zeros((T, B, H), dt) if dy is None else as_numpy(dy)
         # (1, B, H) under `lead`
         dhn = np.zeros((B, H), dt) if dh is None else as_numpy(dh).reshape(B, H)
         dc0 = None

@@ -299,7 +299,7 @@ def _bwd_step_units(t, dy, dh, dc, cells, gates, wpT, dg, dgT, dg_all, how, br, 
 @parallel
 def backward(dy, dh_T, dc_T, cells, gates, wpT, need_dh0, need_db, nth, dg, dgT, dg_all, br, br_ok):
     """dg_all (G, T*B) <- every step's gate gradients in torch's row order; returns db (G,)
-    (torch's order), dh0, dc0 (B, H). Scratch: dg (2, Gs, B), dgT (2, B, G). dy: any strides.
+    (torch's order), dh0, dc0 (B, H). Scratch: dg (2, Gs, B), dgT (2, B, G). dy: C-contiguous.
 
     wpT (H, Gs) = pack_hh_t(w_hh), zeros beyond G: thread k's rows a:b give
     dh_{t-1}[a:b] = wpT[a:b] @ dg_t. Gs = lstm_gemm.padded_rows(G): the row stride of wpT."""
