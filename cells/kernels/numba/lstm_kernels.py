@@ -27,8 +27,8 @@ pointwise loops vectorise over the batch):
 * `hs` (T+1, B, H): h in torch's layout (each thread writes its units' block after the update,
   while it is in L1); hs[1:] is the output and hs[:T] the operand of dW_hh.
 * backward: per step dL/dy_t is added into dh's block, transposed (dy C-contiguous: the driver
-  copies a strided one, so the kernel compiles for one layout only); the gate gradients go to a (2, Gs, B) ping-pong
-  in packed order, Gs = lstm_gemm.padded_rows(G) (the next step's GEMM operand; for
+  copies a strided one, so the kernel compiles for one layout only); the gate gradients go to a
+  (2, Gs, B) ping-pong in packed order, Gs = lstm_gemm.padded_rows(G) (the next step's GEMM operand; for
   gemm.dot_nt also transposed to (2, B, G)), and to `dg_all` (G, T*B) in torch's row order,
   the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x (lstm_gemm.weight_grads:
   one GEMM each per thread over an even share of the rows, K = T*B, written straight into
