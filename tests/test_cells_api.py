@@ -243,3 +243,27 @@ def test_modules_pickle_and_deepcopy(kind, backend):
         expected = module(x)[0]
         for clone in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
             torch.testing.assert_close(clone(x)[0], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "backend", [b for b in ("fused", "compiled") if b in cells.backends("gru")]
+)
+def test_parametrized_weight_is_used(backend):
+    """The base reads weights from `_parameters` first (a fast path); a parametrized weight
+    (a property, no longer in `_parameters`) is still read through getattr, with its value."""
+    import torch.nn.utils.parametrize as parametrize
+
+    class Half(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    torch.manual_seed(0)
+    module = cells.create("gru", backend, 3, 4)
+    reference = nn.GRU(3, 4)
+    reference.load_state_dict(module.state_dict())
+    parametrize.register_parametrization(module, "weight_hh_l0", Half())
+    with torch.no_grad():
+        reference.weight_hh_l0.mul_(0.5)
+    for x in (torch.randn(5, 2, 3), torch.randn(1, 1, 3)):  # the general path, generation
+        with torch.no_grad():
+            torch.testing.assert_close(module(x)[0], reference(x)[0])

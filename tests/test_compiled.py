@@ -257,6 +257,12 @@ def test_short_inference_path_only_without_grad(monkeypatch):
         "infer_short",
         lambda *a, **k: taken.append((a[1].size(0), k.get("eager"))) or real(*a, **k),
     )
+    real_batch1 = compiled_infer.gru_batch1
+    monkeypatch.setattr(
+        compiled_infer,
+        "gru_batch1",
+        lambda *a: taken.append((a[0].size(0), "gru batch 1")) or real_batch1(*a),
+    )
     module = _build(Config("gru"))
     module(torch.randn(1, 2, 5))[0].sum().backward()
     assert all(p.grad is not None for p in module.parameters()) and taken == []
@@ -264,7 +270,8 @@ def test_short_inference_path_only_without_grad(monkeypatch):
         module(torch.randn(compiled.SHORT_STEPS, 2, 5))
         module(torch.randn(compiled.SHORT_STEPS - 1, 2, 5))
         module(torch.randn(1, 1, 5))
-    assert taken == [(compiled.SHORT_STEPS - 1, False), (1, True)]  # batch 1 runs the step eagerly
+    # batch 1 runs GRU's eager step on packed weights, straight from the module's shortcut
+    assert taken == [(compiled.SHORT_STEPS - 1, False), (1, "gru batch 1")]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
@@ -317,3 +324,30 @@ def test_short_call_equals_general_path_bit_for_bit(kind):
     assert sum(taken) == before
     module(x)  # with grad enabled the shortcut is not asked
     assert sum(taken) == before
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_batch1_weight_caches_follow_in_place_updates(kind, bias):
+    """The batch-1 step's weights (W^T, GRU's packed blocks) are derived once per weight
+    version: after an in-place update of any one parameter (what an optimizer step does) a
+    generated token uses the new value, equal to float64 torch.nn updated the same way."""
+    from cells.tolerances import tolerance
+
+    config = Config(kind, batch=1, seq_len=1, bias=bias)
+    module, reference, x, hx = _float64_pair(config)
+    arg = (hx if kind == "lstm" else hx[0]) if hx is not None else None
+    for name in [None, *dict(module.named_parameters())]:
+        if name is not None:
+            with torch.no_grad():
+                getattr(module, name).mul_(-0.5)
+                getattr(reference, name).mul_(-0.5)
+        with torch.no_grad():
+            y, _ = module(x, arg)
+            want, _ = reference(
+                x.double(),
+                None
+                if hx is None
+                else (tuple(h.double() for h in arg) if kind == "lstm" else arg.double()),
+            )
+        assert _relative_error(y, want) <= tolerance(torch.float32), f"after updating {name}"

@@ -228,10 +228,13 @@ def test_lstm_profile_per_call_times_around_the_kernels_and_restores_them(monkey
     assert (L.forward, L.backward, LG.weight_grads) == originals
 
 
+@pytest.mark.parametrize("library", ["torch", "openblas"])
 @pytest.mark.parametrize("trainable", ["bias only", "weights only", "all"])
-def test_bias_gradient_with_and_without_the_weight_gradients(trainable):
+def test_bias_gradient_with_and_without_the_weight_gradients(trainable, library, monkeypatch):
     """With the weight gradients the bias gradient comes out of dW_ih's GEMM (a column of ones
-    beside x), without them from the row sums of the gate gradients: both equal torch.nn's."""
+    beside x) or from torch's row sums, without them from the row sums of the gate gradients:
+    all equal torch.nn's, whichever library computes the weight gradients (forced here)."""
+    monkeypatch.setattr(L, "WGRAD_BY", library)
     module = cells.create("lstm", "numba", 5, 10)
     for name, p in module.named_parameters():
         p.requires_grad_(
@@ -246,3 +249,34 @@ def test_bias_gradient_with_and_without_the_weight_gradients(trainable):
         assert (p.grad is None) == (not p.requires_grad), name
         if p.requires_grad:
             assert rel(p.grad, q.grad) <= TOL, name
+
+
+@pytest.mark.parametrize("library", ["torch", "openblas"])
+@pytest.mark.parametrize("batch", [3, 16])
+def test_weight_gradients_by_either_library_equal_torch_nn(library, batch, monkeypatch):
+    """lstm_gemm.weight_grads runs torch's GEMM (MKL, on Intel CPUs) or the OpenBLAS kernel
+    (elsewhere); both, forced here whatever this CPU is, give torch.nn's gradients of x, the
+    states and every parameter."""
+    monkeypatch.setattr(L, "WGRAD_BY", library)
+    check_train_step(cells.create("lstm", "numba", 5, 10), batch)
+
+
+def test_weight_gradient_library_follows_the_cpu_and_the_override(monkeypatch):
+    monkeypatch.setenv("CELLS_NUMBA_WGRAD", "openblas")
+    assert L.wgrad_library() == "openblas"
+    monkeypatch.setenv("CELLS_NUMBA_WGRAD", "Torch")
+    assert L.wgrad_library() == "torch"
+    monkeypatch.setenv("CELLS_NUMBA_WGRAD", "mkl")
+    with pytest.raises(
+        ValueError, match="CELLS_NUMBA_WGRAD must be 'torch' or 'openblas', got 'mkl'"
+    ):
+        L.wgrad_library()
+    monkeypatch.delenv("CELLS_NUMBA_WGRAD")
+    for vendor, mkl, want in (
+        ("GenuineIntel", True, "torch"),
+        ("GenuineIntel", False, "openblas"),
+        ("AuthenticAMD", True, "openblas"),
+    ):
+        monkeypatch.setattr(L, "_cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(torch.backends.mkl, "is_available", lambda m=mkl: m)
+        assert L.wgrad_library() == want, (vendor, mkl)

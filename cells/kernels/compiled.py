@@ -174,6 +174,12 @@ class CompiledLoop(RecurrentBase):
             return None
         lstm = self.kind == "lstm"
         state_shape = (1, shape[1], self.hidden_size)
+        if self.kind == "gru" and shape[1] == 1:  # generation: x and hx as they come
+            if hx is None:
+                hx = torch.zeros(state_shape, dtype=dtype, device=device)
+            elif not plain_tensor(hx, state_shape, dtype, device=device):
+                return None
+            return compiled_infer.gru_batch1(input, hx, weights)
         if hx is None:
             state = tuple(
                 torch.zeros(state_shape[1:], dtype=dtype, device=device) for _ in range(1 + lstm)

@@ -31,9 +31,10 @@ SHORT_STEPS = 5  # < one K-step chunk: below this, packing and chunking cannot p
 
 
 def _gates(x_t: Tensor, h: Tensor, w_ih_t: Tensor, w_hh_t: Tensor, bias: Tensor | None) -> Tensor:
-    # addmm: the bias and the recurrent product added by the GEMMs, not as separate ops
+    # addmm: the bias and the recurrent product added by the GEMMs, not as separate ops; the
+    # second in place (one allocation fewer, which at batch 1 costs about what an op does)
     a = torch.mm(x_t, w_ih_t) if bias is None else torch.addmm(bias, x_t, w_ih_t)
-    return torch.addmm(a, h, w_hh_t)
+    return a.addmm_(h, w_hh_t)
 
 
 def lstm_infer_step(
@@ -58,6 +59,39 @@ def gru_infer_step(
     r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (n + z * (h - n),)
+
+
+def gru_packed_weights(
+    w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The weights of `gru_batch1_step`: wx (1, I, 4H), wh (1, H, 4H) and a (4H,) bias whose
+    column blocks are [r z from x and h | n from x | n from h]. wx's last block and wh's third
+    are zero, so that both products land in one buffer: r and z come out summed, the two parts
+    of n apart (r multiplies only the recurrent one)."""
+    hidden = w_hh.size(1)
+    gates = 2 * hidden
+    wx = w_ih.new_zeros(1, w_ih.size(1), 4 * hidden)
+    wh = w_hh.new_zeros(1, hidden, 4 * hidden)
+    wx[0, :, : 3 * hidden] = w_ih.t()
+    wh[0, :, :gates] = w_hh[:gates].t()
+    wh[0, :, 3 * hidden :] = w_hh[gates:].t()
+    if b_ih is None or b_hh is None:
+        return wx, wh, None
+    return wx, wh, torch.cat((b_ih[:gates] + b_hh[:gates], b_ih[gates:], b_hh[gates:]))
+
+
+def gru_batch1_step(x_t: Tensor, h: Tensor, wx: Tensor, wh: Tensor, bias: Tensor | None) -> Tensor:
+    """torch.nn's GRU step on `gru_packed_weights`, x_t (1, B, I) and h (1, B, H) as torch.nn
+    holds them (no views to take or undo): 8 tensor ops where gru_infer_step takes 14. At
+    batch 1 an op's dispatch and allocation cost a good part of what its matrix-vector product
+    does (docs/compiled-and-triton.md)."""
+    hidden = h.size(2)
+    g = torch.bmm(x_t, wx) if bias is None else torch.baddbmm(bias, x_t, wx)
+    g.baddbmm_(h, wh)
+    rz, n_x, n_h = g.split((2 * hidden, hidden, hidden), 2)
+    r, z = rz.sigmoid_().chunk(2, 2)
+    n = n_x.addcmul_(r, n_h).tanh_()
+    return torch.lerp(n, h, z)  # n + z * (h - n)
 
 
 def rnn_tanh_infer_step(
@@ -113,20 +147,57 @@ def _one_layout(t: Tensor) -> Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-_TRANSPOSED: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}  # id(w) -> (w, version, w^T)
+# (what, id of the first tensor) -> (the tensors, their versions, what was derived from them)
+_DERIVED: dict[tuple[str, int], tuple[tuple[weakref.ref[Tensor], ...], tuple[int, ...], Any]] = {}
+
+
+def _derived(what: str, build: Callable[..., Any], *tensors: Tensor) -> Any:
+    """build(*tensors), made once per set of tensors and their versions (an in-place update,
+    such as an optimizer step, makes a new one); dropped when the first tensor is freed."""
+    key = (what, id(tensors[0]))
+    versions = tuple(t._version for t in tensors)
+    entry = _DERIVED.get(key)
+    if (
+        entry is not None
+        and len(entry[0]) == len(tensors)
+        and all(ref() is t for ref, t in zip(entry[0], tensors))
+        and entry[1] == versions
+    ):
+        return entry[2]
+    with torch.no_grad():
+        value = build(*(t.detach() for t in tensors))
+    if entry is None or entry[0][0]() is not tensors[0]:
+        weakref.finalize(tensors[0], _DERIVED.pop, key, None)
+    _DERIVED[key] = (tuple(weakref.ref(t) for t in tensors), versions, value)
+    return value
 
 
 def transposed(w: Tensor) -> Tensor:
-    """w.t().contiguous(), made once per weight tensor and version (an in-place update, such
-    as an optimizer step, makes a new one); dropped when w is freed."""
-    entry = _TRANSPOSED.get(id(w))
-    if entry is not None and entry[0]() is w and entry[1] == w._version:
-        return entry[2]
-    w_t = w.detach().t().contiguous()
-    if entry is None or entry[0]() is not w:
-        weakref.finalize(w, _TRANSPOSED.pop, id(w), None)
-    _TRANSPOSED[id(w)] = (weakref.ref(w), w._version, w_t)
-    return w_t
+    """w.t().contiguous(), made once per weight tensor and version."""
+    return _derived("transposed", lambda t: t.t().contiguous(), w)
+
+
+def gru_packed(
+    w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """gru_packed_weights, made once per set of weights and their versions."""
+    if b_ih is None or b_hh is None:
+        return _derived("gru", lambda ih, hh: gru_packed_weights(ih, hh, None, None), w_ih, w_hh)
+    return _derived("gru biased", gru_packed_weights, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_batch1(x: Tensor, h0: Tensor, weights: LayerWeights) -> tuple[Tensor, Tensor]:
+    """A GRU layer without autograd, step by step on `gru_packed` weights: x (T, B, I) and h0
+    (1, B, H), as torch.nn takes them; returns y (T, B, H) and h_n (1, B, H), not sharing
+    memory. Meant for generation (B = 1, T = 1)."""
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    assert w_ih is not None and w_hh is not None
+    wx, wh, bias = gru_packed(w_ih, w_hh, b_ih, b_hh)
+    h, hs = h0, []
+    for t in range(x.size(0)):
+        h = gru_batch1_step(x[t : t + 1], h, wx, wh, bias)
+        hs.append(h)
+    return torch.cat(hs), h  # cat copies, also of one step
 
 
 def infer_short(
@@ -136,8 +207,11 @@ def infer_short(
     or run eagerly (`eager`: no Dynamo call, no layout normalisation)."""
     w_ih, w_hh, b_ih, b_hh = weights[:4]
     assert w_ih is not None and w_hh is not None
-    w_ih_t, w_hh_t = transposed(w_ih), transposed(w_hh)
     hs = []
+    if eager and variant == "gru":
+        y, h_n = gru_batch1(x, state[0].unsqueeze(0), weights)
+        return y, (h_n[0],)
+    w_ih_t, w_hh_t = transposed(w_ih), transposed(w_hh)
     if eager:
         step = INFER_STEPS[variant]
         for t in range(x.size(0)):

@@ -6,14 +6,19 @@ and there are T of them in sequence, so each library's small-N speed decides: on
 from the torch build (onednn.py; float32) from batch BR_MIN_COLUMNS up, OpenBLAS in row blocks
 below it for the forward, and for the backward's dh product gemm.dot_nt up to NT_MAX_COLUMNS
 (but brgemm at a multiple of the vector width) while a thread's block of W_hh fits in its
-core's L2. The thresholds depend on the CPU's vector width (AVX-512 or AVX2). The measurements behind the thresholds
-are in docs/numba.md, "Where the time goes". The weight gradients are two large products per
-thread, where OpenBLAS's cache blocking beats brgemm.
+core's L2. The thresholds depend on the CPU's vector width (AVX-512 or AVX2). The measurements
+behind the thresholds are in docs/numba.md, "Where the time goes". The weight gradients are two
+large products: torch's own GEMM (MKL) where torch is built with MKL and the CPU is Intel's
+(11-20% faster there than the kernel below), else one OpenBLAS GEMM per thread, whose cache
+blocking beats brgemm (`WGRAD_BY`).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import torch
 from numba import prange
 
 from .gemm import dot_nt, row_blocks_dot
@@ -155,8 +160,58 @@ def _wgrad_rows(
         np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
-@parallel
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def wgrad_library() -> str:
+    """'torch' or 'openblas': who computes the weight gradients. CELLS_NUMBA_WGRAD overrides;
+    else torch where it has MKL on an Intel CPU (measured faster there, docs/numba.md), OpenBLAS
+    elsewhere (on the AMD machines the rule was never measured against it)."""
+    forced = os.environ.get("CELLS_NUMBA_WGRAD", "").strip().lower()
+    if forced in ("torch", "openblas"):
+        return forced
+    if forced:
+        raise ValueError(f"CELLS_NUMBA_WGRAD must be 'torch' or 'openblas', got {forced!r}")
+    intel_mkl = torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+    return "torch" if intel_mkl else "openblas"
+
+
+WGRAD_BY = wgrad_library()
+
+
 def weight_grads(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, need_db, nth):
+    """dW_ih (G, I), dW_hh (G, H), db (G,) and dx (T*B, I) from dg_all (G, T*B) in torch's row
+    order, as numpy arrays (empty where not needed): torch's GEMM on zero-copy views when
+    WGRAD_BY is 'torch' (its own threads), else `weight_grads_kernel` on `nth` threads."""
+    if WGRAD_BY != "torch":
+        return weight_grads_kernel(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, need_db, nth)
+    G, TB = dg_all.shape
+    I = x2.shape[1]
+    dt = dg_all.dtype
+    dg = torch.from_numpy(dg_all)
+    dw_ih, db = np.empty((G, I), dt), np.empty(G if need_db and need_dw else 0, dt)
+    dw_hh = np.empty((G if need_dw else 0, hs_prev.shape[1]), dt)
+    if need_dw:
+        torch.mm(dg, torch.from_numpy(hs_prev), out=torch.from_numpy(dw_hh))
+        torch.mm(dg, torch.from_numpy(x2), out=torch.from_numpy(dw_ih))
+        if need_db:
+            torch.sum(dg, 1, out=torch.from_numpy(db))
+    dx = np.empty((TB if need_dx else 0, I), dt)
+    if need_dx and I > 0:
+        torch.mm(dg.t(), torch.from_numpy(w_ih), out=torch.from_numpy(dx))
+    return dw_ih, dw_hh, db, dx
+
+
+@parallel
+def weight_grads_kernel(dg_all, hs_prev, x2, w_ih, need_dw, need_dx, need_db, nth):
     """dW_ih (G, I), dW_hh (G, H), db (G,) and dx (T*B, I) from dg_all (G, T*B) in torch's row
     order. With need_db (and need_dw) x gets a column of ones, and that column of the product
     is the bias gradient: the row sums of dg_all at no extra pass over it. db is empty unless

@@ -31,8 +31,8 @@ pointwise loops vectorise over the batch):
   (2, Gs, B) ping-pong in packed order, Gs = lstm_gemm.padded_rows(G) (the next step's GEMM operand; for
   gemm.dot_nt also transposed to (2, B, G)), and to `dg_all` (G, T*B) in torch's row order,
   the left operand of dW_hh = dg_all @ hs[:T] and dW_ih = dg_all @ x (lstm_gemm.weight_grads:
-  one GEMM each per thread over an even share of the rows, K = T*B, written straight into
-  torch's layout).
+  torch's GEMM on Intel with MKL, else one GEMM each per thread over an even share of the rows,
+  K = T*B, written straight into torch's layout).
 
 Which library computes each step's product is lstm_gemm.py's choice (forward_gemm,
 backward_gemm): oneDNN's brgemm, OpenBLAS or gemm.dot_nt.
