@@ -12,13 +12,9 @@ from typing import Any
 
 
 def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    from cells.host import cpuinfo  # here, not at import: importing cells imports torch
+
+    return cpuinfo("model name") or platform.processor() or None
 
 
 def available_cores() -> int:

@@ -277,6 +277,8 @@ def test_weight_gradient_library_follows_the_cpu_and_the_override(monkeypatch):
         ("GenuineIntel", False, "openblas"),
         ("AuthenticAMD", True, "openblas"),
     ):
-        monkeypatch.setattr(L, "_cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(
+            L, "cpuinfo", lambda field, v=vendor: v if field == "vendor_id" else None
+        )
         monkeypatch.setattr(torch.backends.mkl, "is_available", lambda m=mkl: m)
         assert L.wgrad_library() == want, (vendor, mkl)

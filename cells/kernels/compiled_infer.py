@@ -207,11 +207,11 @@ def infer_short(
     or run eagerly (`eager`: no Dynamo call, no layout normalisation)."""
     w_ih, w_hh, b_ih, b_hh = weights[:4]
     assert w_ih is not None and w_hh is not None
-    hs = []
     if eager and variant == "gru":
         y, h_n = gru_batch1(x, state[0].unsqueeze(0), weights)
         return y, (h_n[0],)
     w_ih_t, w_hh_t = transposed(w_ih), transposed(w_hh)
+    hs = []
     if eager:
         step = INFER_STEPS[variant]
         for t in range(x.size(0)):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from numba import prange
 
+from ...host import cpuinfo
 from .gemm import dot_nt, row_blocks_dot
 from .jit_options import block, parallel, serial
 
@@ -160,17 +161,6 @@ def _wgrad_rows(
         np.dot(rows.T, w_ih[r0:r1], dx_part)
 
 
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def wgrad_library() -> str:
     """'torch' or 'openblas': who computes the weight gradients. CELLS_NUMBA_WGRAD overrides;
     else torch where it has MKL on an Intel CPU (measured faster there, docs/numba.md), OpenBLAS
@@ -180,7 +170,7 @@ def wgrad_library() -> str:
         return forced
     if forced:
         raise ValueError(f"CELLS_NUMBA_WGRAD must be 'torch' or 'openblas', got {forced!r}")
-    intel_mkl = torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+    intel_mkl = torch.backends.mkl.is_available() and cpuinfo("vendor_id") == "GenuineIntel"
     return "torch" if intel_mkl else "openblas"
 
 
